@@ -1,0 +1,196 @@
+"""The ``p2w`` command line: each command parses, calls the library, and renders. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from p2w.errors import P2WError
+from p2w.settings import Settings
+
+app = typer.Typer(
+    name="p2w",
+    help="Composed image retrieval with Pic2Word: find a photo from another photo plus words.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+embed_app = typer.Typer(help="Print embeddings of images or composed queries.", no_args_is_help=True)
+mapper_app = typer.Typer(help="Manage Pic2Word mappers.", no_args_is_help=True)
+app.add_typer(embed_app, name="embed")
+app.add_typer(mapper_app, name="mapper")
+
+err_console = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", help="open_clip model name or model-config JSON [env P2W_MODEL; default ViT-L-14]"),
+]
+PretrainedOpt = Annotated[
+    Optional[str],
+    typer.Option("--pretrained", help="open_clip tag, weights file, or 'none' [env P2W_PRETRAINED; default openai]"),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps [env P2W_DEVICE]")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16")]
+RawOpt = Annotated[bool, typer.Option("--raw", help="unnormalised vectors instead of unit-length ones")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout (the default without -o)")]
+OutOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="write a float32 .npy file instead")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from p2w import __version__
+
+        typer.echo(f"p2w {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show progress of third-party libraries")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    _configure_logging(verbose)
+
+
+class _OwnRecords(logging.Filter):
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.name.startswith("p2w")
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(_OwnRecords(verbose))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("p2w").setLevel(logging.INFO)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the library's typed errors into one ``error: ...`` line on stderr and exit status 1."""
+    try:
+        yield
+    except P2WError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _emit(records: list[dict[str, Any]], vectors: Any, output: Path | None, as_json: bool, force: bool) -> None:
+    from p2w.output import save_npy, vectors_json
+
+    if output is not None:
+        save_npy(vectors, output, overwrite=force)
+        err_console.print(f"wrote {len(vectors)} vector(s) of width {vectors.shape[1]} to {output}")
+    if as_json or output is None:
+        typer.echo(vectors_json(records, vectors))
+
+
+def _load(model: str | None, pretrained: str | None, device: str | None, precision: str, **kw: Any) -> Any:
+    import p2w
+
+    return p2w.load(model=model, pretrained=pretrained, device=device, precision=precision, **kw)
+
+
+@embed_app.command("image")
+def embed_image(
+    paths: Annotated[list[Path], typer.Argument(help="image files")],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    raw: RawOpt = False,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Embed images, e.g. p2w embed image a.jpg b.png"""
+    with _user_errors():
+        from p2w.output import check_output
+
+        check_output(output, overwrite=force)
+        engine = _load(model, pretrained, device, precision)
+        vectors = engine.encode_images([str(p) for p in paths], batch_size=batch_size, normalize=not raw)
+        _emit([{"input": str(p)} for p in paths], vectors, output, as_json, force)
+
+
+@embed_app.command("query")
+def embed_query(
+    image: Annotated[Optional[str], typer.Argument(help="query image (optional)", show_default=False)] = None,
+    text: Annotated[Optional[str], typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    prompt: Annotated[
+        Optional[str], typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'")
+    ] = None,
+    mapper: Annotated[Optional[str], typer.Option("--mapper", help="mapper name or file (pic2word mode)")] = None,
+    force_mapper: Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another backbone")] = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    raw: RawOpt = False,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
+    with _user_errors():
+        from p2w.compose import plan
+        from p2w.output import check_output, split_query_args
+
+        check_output(output, overwrite=force)
+        img, txt = split_query_args(image, text)
+        qp = plan(mode, img is not None, bool(txt), prompt)
+        engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+        vectors = engine.encode_queries([img], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
+        record = {"input": {"image": img, "text": txt}, "mode": qp.mode, "prompt": qp.template}
+        _emit([record], vectors, output, as_json, force)
+
+
+@mapper_app.command("import")
+def mapper_import(
+    file: Annotated[Path, typer.Argument(help="reference checkpoint (.pt), p2w or plain safetensors file")],
+    name: Annotated[str, typer.Option("--name", help="name to register it under")],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
+) -> None:
+    """Import a mapper (e.g. a checkpoint of the reference training code) for the given backbone."""
+    with _user_errors():
+        from p2w.mapper import import_mapper
+        from p2w.weights import BackboneSpec, mapper_dims
+
+        settings = Settings.from_env()
+        spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+        target = import_mapper(file, name, settings.mappers_dir, spec.id, mapper_dims(spec), overwrite=force)
+        err_console.print(f"imported {file} as mapper {name!r} for {spec.id}: {target}")
+        typer.echo(str(target))
+
+
+def main(argv: Optional[list[str]] = None) -> Callable[..., Any] | None:
+    """Console-script entry point."""
+    return app(args=argv, prog_name="p2w")

@@ -1,0 +1,155 @@
+"""The p2w engine: a frozen backbone plus (optionally) a mapper, encoding images and composed queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p2w.backbone import Backbone
+from p2w.compose import QueryPlan, fill, plan, prompt_ids
+from p2w.errors import MapperError, PromptError
+from p2w.images import ImageLike, open_image
+from p2w.mapper import Mapper, MapperFile, check_fits, mapper_path, read_mapper
+from p2w.settings import Settings
+from p2w.weights import BackboneSpec, mapper_dims
+
+
+class Engine:
+    """Encodes images and queries into one embedding space, e.g. ``p2w.load(...).encode_query("a.jpg", "in red")``.
+
+    Every ``encode_*`` method returns float32 numpy arrays, L2-normalised unless ``normalize=False``.
+    """
+
+    def __init__(self, backbone: Backbone, mapper: Mapper | None = None, mapper_file: MapperFile | None = None):
+        self.backbone = backbone
+        self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper else None
+        self.mapper_file = mapper_file
+
+    # ---- public, numpy -----------------------------------------------------------------------------------------
+    def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Image embeddings ``(n, embed_dim)``."""
+        return self._batched(lambda i, j: self.image_features(images[i:j]), len(images), batch_size, normalize)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, normalize: bool = True) -> np.ndarray:
+        """Plain CLIP text embeddings ``(n, embed_dim)`` of ``texts`` as written."""
+
+        def run(i: int, j: int) -> torch.Tensor:
+            return self.backbone.encode_text(self.backbone.tokenize(texts[i:j]))
+
+        with torch.inference_mode():
+            return self._batched(run, len(texts), batch_size, normalize)
+
+    def encode_query(
+        self,
+        image: ImageLike | None = None,
+        text: str | None = None,
+        mode: str | None = None,
+        prompt: str | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """One query embedding ``(embed_dim,)``; see ``encode_queries``."""
+        return self.encode_queries([image], [text], mode=mode, prompt=prompt, normalize=normalize)[0]
+
+    def encode_queries(
+        self,
+        images: Sequence[ImageLike | None],
+        texts: Sequence[str | None],
+        mode: str | None = None,
+        prompt: str | None = None,
+        normalize: bool = True,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """Query embeddings ``(n, embed_dim)`` for paired images and texts (either may be None where the mode allows).
+
+        ``mode``: ``pic2word`` (the mapped image at the template's ``*``), ``image``, ``text`` (the filled template
+        with a literal ``*``) or ``average`` (``l2n(l2n(image) + l2n(text))``). ``prompt`` is the template, with ``*``
+        and optionally ``{text}`` (default ``a photo of * , {text}``). With ``normalize=False`` the unnormalised
+        output is returned (for ``average``: the sum before the final normalisation).
+        """
+        if len(images) != len(texts):
+            raise PromptError(f"{len(images)} images but {len(texts)} texts; queries pair them one to one")
+        plans = {plan(mode, img is not None, bool(txt), prompt) for img, txt in zip(images, texts)}
+        if len(plans) > 1:
+            raise PromptError("queries of one batch must all have an image, or all lack one")
+        if not plans:
+            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
+        qp = plans.pop()
+        filled = [fill(qp.template, txt, qp.mode) if qp.needs_text_tower else "" for txt in texts]
+
+        def run(i: int, j: int) -> torch.Tensor:
+            return self.query_features(qp, images[i:j], filled[i:j])
+
+        return self._batched(run, len(texts), batch_size, normalize)
+
+    # ---- torch level (used by training and evaluation) ---------------------------------------------------------
+    def pixels(self, images: Sequence[ImageLike | None]) -> torch.Tensor:
+        """Preprocessed batch ``(batch, 3, H, W)`` float32 on the CPU."""
+        return torch.stack([self.backbone.preprocess(open_image(im)) for im in images if im is not None])
+
+    def image_features(self, images: Sequence[ImageLike | None]) -> torch.Tensor:
+        """Unnormalised image features ``(batch, embed_dim)`` float32."""
+        with torch.inference_mode():
+            return self.backbone.encode_image(self.pixels(images))
+
+    def query_features(self, qp: QueryPlan, images: Sequence[ImageLike | None], prompts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``."""
+        bb = self.backbone
+        with torch.inference_mode():
+            image = bb.encode_image(self.pixels(images)) if qp.needs_image else None
+            if qp.mode == "image":
+                return image
+            if qp.mode == "pic2word":
+                tokens = self._require_mapper()(image)  # (batch, token_width)
+                return bb.encode_text(prompt_ids(bb, prompts, need_star=True), tokens)
+            text = bb.encode_text(prompt_ids(bb, prompts, need_star=False))
+            if qp.mode == "text":
+                return text
+            return F.normalize(image, dim=-1) + F.normalize(text, dim=-1)
+
+    def _require_mapper(self) -> Mapper:
+        if self.mapper is None:
+            raise MapperError("pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)")
+        return self.mapper
+
+    @staticmethod
+    def _batched(run, n: int, batch_size: int, normalize: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+        parts = [run(i, min(i + batch_size, n)) for i in range(0, n, max(1, batch_size))]
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        out = torch.cat(parts)
+        if normalize:
+            out = F.normalize(out, dim=-1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load(
+    model: str | None = None,
+    pretrained: str | None = None,
+    mapper: str | Path | Mapper | None = None,
+    device: str | None = None,
+    precision: str | None = "auto",
+    force_mapper: bool = False,
+    settings: Settings | None = None,
+) -> Engine:
+    """Load a backbone (and a mapper), e.g. ``p2w.load("ViT-L-14", "openai", mapper="pic2word-vit-l-14")``.
+
+    ``model``: an open_clip model name or a model-config JSON; ``pretrained``: an open_clip tag, a weights file, or
+    ``"none"``; ``mapper``: a registered name, a file, or a ``Mapper``. Defaults come from ``Settings.from_env()``.
+    """
+    settings = settings or Settings.from_env()
+    spec = BackboneSpec(model or settings.model, pretrained if pretrained is not None else settings.pretrained)
+    mapper_file = None
+    if isinstance(mapper, (str, Path)):
+        mapper_file = read_mapper(mapper_path(str(mapper), settings.mappers_dir))
+        dims = mapper_dims(spec)  # cheap checks before the model is built
+        if dims is not None:
+            check_fits(mapper_file, spec.id, *dims, force=force_mapper)
+    backbone = Backbone.load(spec, device=device or settings.device, precision=precision)
+    if mapper_file is not None:
+        check_fits(mapper_file, backbone.id, backbone.embed_dim, backbone.token_width, force=force_mapper)
+        mapper = mapper_file.mapper
+    return Engine(backbone, mapper if isinstance(mapper, Mapper) else None, mapper_file)

@@ -1,0 +1,31 @@
+"""The one error family of p2w: every expected failure is a `P2WError` whose message names the remedy."""
+
+from __future__ import annotations
+
+
+class P2WError(Exception):
+    """Base class of every error p2w raises on purpose; its message is one line meant for the user."""
+
+
+class ModelUnavailableError(P2WError):
+    """Backbone weights are neither local nor downloadable (offline, unknown tag, missing file)."""
+
+
+class ModelLoadError(P2WError):
+    """A backbone config or weights file exists but cannot be used (bad JSON, wrong keys, unsupported model)."""
+
+
+class MapperError(P2WError):
+    """A mapper file is missing, unreadable, or does not fit the backbone it is used with."""
+
+
+class PromptError(P2WError):
+    """A prompt template or query text cannot express the requested query (e.g. no standalone `*`)."""
+
+
+class ImageError(P2WError):
+    """An image file cannot be opened or decoded."""
+
+
+class DeviceError(P2WError):
+    """The requested device or precision is not available on this machine."""

@@ -1,0 +1,43 @@
+"""Pic2Word's training objective: "a photo of *" with the mapped image must match the image itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from p2w.backbone import Backbone
+from p2w.compose import TRAIN_PROMPT, prompt_ids
+from p2w.mapper import Mapper
+
+
+@dataclass
+class LossParts:
+    """The loss and what it was made of (``logits_per_image`` ``(batch, batch)``)."""
+
+    loss: torch.Tensor
+    loss_img: torch.Tensor
+    loss_txt: torch.Tensor
+    logits_per_image: torch.Tensor
+    text_features: torch.Tensor  # (batch, embed_dim), unnormalised
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float) -> LossParts:
+    """CLIP's symmetric cross-entropy on L2-normalised features; row i of each matches row i of the other."""
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    loss_img = F.cross_entropy(logits, target)
+    loss_txt = F.cross_entropy(logits.T, target)
+    return LossParts((loss_img + loss_txt) / 2, loss_img, loss_txt, logits, text_features)
+
+
+def pic2word_loss(backbone: Backbone, mapper: Mapper, image_features: torch.Tensor) -> LossParts:
+    """Loss of one batch of (frozen, unnormalised) image features ``(batch, embed_dim)``; gradients reach the mapper.
+
+    Equal to the reference trainer's, which inserts the token before ``<eot>`` of "a photo of": that is the same
+    sequence as "a photo of *" with ``*`` replaced.
+    """
+    ids = prompt_ids(backbone, [TRAIN_PROMPT] * image_features.shape[0], need_star=True)
+    text = backbone.encode_text(ids, mapper(image_features))
+    return contrastive_loss(image_features, text, backbone.logit_scale)

@@ -1,0 +1,44 @@
+"""One place for settings and paths: environment variables are read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-L-14"  # the backbone of the published Pic2Word mapper
+DEFAULT_PRETRAINED = "openai"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings, e.g. ``Settings.from_env().mappers_dir``."""
+
+    home: Path
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``P2W_HOME``, ``P2W_MODEL``, ``P2W_PRETRAINED`` and ``P2W_DEVICE`` (empty means unset)."""
+        env = os.environ if env is None else env
+        home = env.get("P2W_HOME") or _default_home()
+        return cls(
+            home=Path(home).expanduser(),
+            model=env.get("P2W_MODEL") or DEFAULT_MODEL,
+            pretrained=env.get("P2W_PRETRAINED") or DEFAULT_PRETRAINED,
+            device=env.get("P2W_DEVICE") or "auto",
+        )
+
+    @property
+    def mappers_dir(self) -> Path:
+        """Where named mappers live: ``<home>/mappers/NAME.safetensors``."""
+        return self.home / "mappers"
+
+
+def _default_home() -> str:
+    import platformdirs
+
+    return platformdirs.user_data_dir("p2w", appauthor=False)
