@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 class Backbone:
     """A frozen CLIP, e.g. ``Backbone.load(BackboneSpec("ViT-L-14", "openai"))``."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, spec: BackboneSpec, label: str, place: Placement) -> None:
+    def __init__(self, model: Any, tokenizer: Any, spec: BackboneSpec, label: str, place: Placement) -> None:
         from open_clip import get_model_preprocess_cfg
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        self.model = model.to(place.device).eval().requires_grad_(False)
+        self.model: Any = model.to(place.device).eval().requires_grad_(False)  # open_clip CLIP/CustomTextCLIP
         self.tokenizer = tokenizer
         self.spec = spec
         self.label = label
@@ -115,16 +115,20 @@ class Backbone:
 
     def star_positions(self, ids: torch.Tensor) -> torch.Tensor:
         """Position of the single ``*`` token in each row ``(batch,)``; a row without exactly one is an error."""
-        hits = ids == self.star_id
+        hits = torch.eq(ids, self.star_id)
         counts = hits.sum(dim=1)
         if bool((counts != 1).any()):
             row = int((counts != 1).nonzero()[0, 0])
-            raise PromptError(f"prompt row {row} has {int(counts[row])} '*' tokens; a pic2word prompt needs exactly one")
+            raise PromptError(
+                f"prompt row {row} has {int(counts[row])} '*' tokens; a pic2word prompt needs exactly one"
+            )
         return hits.int().argmax(dim=1)
 
     def _pool_positions(self, ids: torch.Tensor) -> torch.Tensor:
         if self._text.pool_type == "eos":
-            return (ids == self._text.eos_id).int().argmax(dim=1)
+            eos = self._text.eos_id
+            assert eos is not None, "open_clip sets eos_id for pool_type 'eos'"
+            return torch.eq(ids, eos).int().argmax(dim=1)
         if self._text.pool_type == "argmax":
             return ids.argmax(dim=1)  # end-of-text has the largest id in CLIP's vocabulary
         return torch.full((ids.shape[0],), ids.shape[1] - 1 if self._text.pool_type == "last" else 0, device=ids.device)
@@ -148,14 +152,13 @@ class _TextSource:
         return getattr(self.owner, name)
 
 
-def _text_source(model: nn.Module) -> _TextSource:
+def _text_source(model: Any) -> _TextSource:
     from open_clip.transformer import TextTransformer
 
     text = getattr(model, "text", None)
     if text is None and hasattr(model, "token_embedding"):
         return _TextSource(model, model.text_pool_type, getattr(model, "text_eos_id", None))
-    usable = isinstance(text, TextTransformer) and text.cls_emb is None and not text.use_pad_mask
-    if not usable:
+    if not isinstance(text, TextTransformer) or text.cls_emb is not None or text.use_pad_mask:
         raise ModelLoadError(
             f"the text tower of this model ({type(text).__name__}) has no plain token-embedding path, "
             "so a pseudo-word token cannot be injected; choose a CLIP-style open_clip model"
@@ -201,6 +204,22 @@ def _build(spec: BackboneSpec, resolved: ResolvedBackbone, quick_gelu: bool) -> 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], resolved: ResolvedBackbone) -> None:
     """Load a state dict in open_clip's or OpenAI-CLIP's layout, strictly (every key must fit)."""
+    try:
+        missing, unexpected = model.load_state_dict(_adapt(model, state), strict=False)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[-1] if lines else type(exc).__name__
+        raise ModelLoadError(f"weights {resolved.weights} do not fit {resolved.label}: {detail}") from None
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"weights {resolved.weights} do not fit {resolved.label}: {len(missing)} missing key(s)"
+            f"{' e.g. ' + missing[0] if missing else ''}, {len(unexpected)} unexpected"
+            f"{' e.g. ' + unexpected[0] if unexpected else ''}; check --model"
+        )
+
+
+def _adapt(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip's own checkpoint massaging (as in ``open_clip.load_checkpoint``), on an in-memory state dict."""
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
@@ -215,14 +234,4 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], resolved: Res
     state.pop("text.transformer.embeddings.position_ids", None)
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()[-1].strip() if str(exc).strip() else "shape mismatch"
-        raise ModelLoadError(f"weights {resolved.weights} do not fit {resolved.label}: {detail}") from None
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"weights {resolved.weights} do not fit {resolved.label}: {len(missing)} missing key(s)"
-            f"{' e.g. ' + missing[0] if missing else ''}, {len(unexpected)} unexpected"
-            f"{' e.g. ' + unexpected[0] if unexpected else ''}; check --model"
-        )
+    return state

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,18 +31,18 @@ app.add_typer(mapper_app, name="mapper")
 err_console = Console(stderr=True, highlight=False)
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", help="open_clip model name or model-config JSON [env P2W_MODEL; default ViT-L-14]"),
 ]
 PretrainedOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--pretrained", help="open_clip tag, weights file, or 'none' [env P2W_PRETRAINED; default openai]"),
 ]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps [env P2W_DEVICE]")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps [env P2W_DEVICE]")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16")]
 RawOpt = Annotated[bool, typer.Option("--raw", help="unnormalised vectors instead of unit-length ones")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout (the default without -o)")]
-OutOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="write a float32 .npy file instead")]
+OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a float32 .npy file instead")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
 
 
@@ -140,14 +139,17 @@ def embed_image(
 
 @embed_app.command("query")
 def embed_query(
-    image: Annotated[Optional[str], typer.Argument(help="query image (optional)", show_default=False)] = None,
-    text: Annotated[Optional[str], typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    image: Annotated[str | None, typer.Argument(help="query image (optional)", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
     prompt: Annotated[
-        Optional[str], typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'")
+        str | None,
+        typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'"),
     ] = None,
-    mapper: Annotated[Optional[str], typer.Option("--mapper", help="mapper name or file (pic2word mode)")] = None,
-    force_mapper: Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another backbone")] = False,
+    mapper: Annotated[str | None, typer.Option("--mapper", help="mapper name or file (pic2word mode)")] = None,
+    force_mapper: Annotated[
+        bool, typer.Option("--force-mapper", help="use a mapper made for another backbone")
+    ] = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
@@ -191,6 +193,6 @@ def mapper_import(
         typer.echo(str(target))
 
 
-def main(argv: Optional[list[str]] = None) -> Callable[..., Any] | None:
+def main(argv: list[str] | None = None) -> Callable[..., Any] | None:
     """Console-script entry point."""
     return app(args=argv, prog_name="p2w")

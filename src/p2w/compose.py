@@ -34,11 +34,6 @@ class QueryPlan:
     template: str
 
     @property
-    def needs_image(self) -> bool:
-        """Modes that read the query image."""
-        return self.mode != "text"
-
-    @property
     def needs_text_tower(self) -> bool:
         """Modes that run the text tower."""
         return self.mode != "image"
@@ -94,7 +89,7 @@ def prompt_ids(backbone: Backbone, prompts: Sequence[str], need_star: bool) -> t
             log.warning("prompt is %d tokens, over the text tower's %d: cut to fit: %r", n, limit, prompt)
     if need_star:
         counts = (ids == backbone.star_id).sum(dim=1).tolist()
-        for prompt, count in zip(prompts, counts):
+        for prompt, count in zip(prompts, counts, strict=True):
             _check_star(prompt, int(count))
     return ids
 

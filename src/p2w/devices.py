@@ -48,7 +48,9 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     if device.type == "cuda":
         _check_cuda(device)
     elif device.type == "mps" and not mps_available():
-        raise DeviceError("device mps was asked for, but this PyTorch build cannot use Apple Metal here; use --device cpu")
+        raise DeviceError(
+            "device mps was asked for, but this PyTorch build cannot use Apple Metal here; use --device cpu"
+        )
     elif device.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device type {device.type!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device

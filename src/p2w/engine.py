@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ class Engine:
         """
         if len(images) != len(texts):
             raise PromptError(f"{len(images)} images but {len(texts)} texts; queries pair them one to one")
-        plans = {plan(mode, img is not None, bool(txt), prompt) for img, txt in zip(images, texts)}
+        plans = {plan(mode, img is not None, bool(txt), prompt) for img, txt in zip(images, texts, strict=True)}
         if len(plans) > 1:
             raise PromptError("queries of one batch must all have an image, or all lack one")
         if not plans:
@@ -99,24 +99,26 @@ class Engine:
         """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``."""
         bb = self.backbone
         with torch.inference_mode():
-            image = bb.encode_image(self.pixels(images)) if qp.needs_image else None
+            if qp.mode == "text":
+                return bb.encode_text(prompt_ids(bb, prompts, need_star=False))
+            image = bb.encode_image(self.pixels(images))  # (batch, embed_dim)
             if qp.mode == "image":
                 return image
             if qp.mode == "pic2word":
                 tokens = self._require_mapper()(image)  # (batch, token_width)
                 return bb.encode_text(prompt_ids(bb, prompts, need_star=True), tokens)
             text = bb.encode_text(prompt_ids(bb, prompts, need_star=False))
-            if qp.mode == "text":
-                return text
             return F.normalize(image, dim=-1) + F.normalize(text, dim=-1)
 
     def _require_mapper(self) -> Mapper:
         if self.mapper is None:
-            raise MapperError("pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)")
+            raise MapperError(
+                "pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)"
+            )
         return self.mapper
 
     @staticmethod
-    def _batched(run, n: int, batch_size: int, normalize: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _batched(run: Callable[[int, int], torch.Tensor], n: int, batch_size: int, normalize: bool) -> np.ndarray:
         parts = [run(i, min(i + batch_size, n)) for i in range(0, n, max(1, batch_size))]
         if not parts:
             return np.zeros((0, 0), dtype=np.float32)

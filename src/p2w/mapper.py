@@ -6,6 +6,7 @@ the reference training code's checkpoints (``state_dict_img2text``, maybe ``modu
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ class Mapper(nn.Module):
         super().__init__()
         dims = [embed_dim] + [hidden_dim] * n_layer
         self.layers = nn.Sequential(
-            *(nn.Sequential(nn.Linear(a, b), nn.Dropout(dropout), nn.ReLU()) for a, b in zip(dims, dims[1:]))
+            *(nn.Sequential(nn.Linear(a, b), nn.Dropout(dropout), nn.ReLU()) for a, b in itertools.pairwise(dims))
         )
         self.fc_out = nn.Linear(hidden_dim, token_width)
 
@@ -44,7 +45,9 @@ class Mapper(nn.Module):
     @property
     def embed_dim(self) -> int:
         """Input width: the backbone's image feature width."""
-        return int(self.layers[0][0].in_features)
+        first = self.layers[0]
+        assert isinstance(first, nn.Sequential) and isinstance(first[0], nn.Linear)
+        return int(first[0].in_features)
 
     @property
     def token_width(self) -> int:
@@ -109,7 +112,9 @@ def read_mapper(path: Path) -> MapperFile:
     except ModelLoadError as exc:
         raise MapperError(str(exc)) from None
     except Exception as exc:  # unpickling refusals and corrupt files
-        raise MapperError(f"cannot read mapper {path} (weights_only=True): {str(exc).strip().splitlines()[0]}") from None
+        raise MapperError(
+            f"cannot read mapper {path} (weights_only=True): {str(exc).strip().splitlines()[0]}"
+        ) from None
     return MapperFile(from_state_dict(state, path), path, metadata)
 
 
@@ -166,7 +171,9 @@ def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:
     if not registered.is_file():
         known = sorted(p.stem for p in mappers_dir.glob("*.safetensors")) if mappers_dir.is_dir() else []
         listing = f"registered: {', '.join(known)}" if known else f"none are registered in {mappers_dir}"
-        raise MapperError(f"no mapper named {name_or_path!r} ({listing}); import one with: p2w mapper import FILE --name NAME")
+        raise MapperError(
+            f"no mapper named {name_or_path!r} ({listing}); import one with: p2w mapper import FILE --name NAME"
+        )
     return registered
 
 

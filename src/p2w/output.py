@@ -56,4 +56,4 @@ def save_npy(vectors: Any, path: Path, overwrite: bool) -> None:
 
 def vectors_json(records: list[dict[str, Any]], vectors: Any) -> str:
     """``[{..record, "vector": [...]}, ...]``; float32 values print exactly (they round-trip)."""
-    return json.dumps([{**rec, "vector": [float(x) for x in vec]} for rec, vec in zip(records, vectors)])
+    return json.dumps([{**rec, "vector": [float(x) for x in vec]} for rec, vec in zip(records, vectors, strict=True)])

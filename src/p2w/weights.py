@@ -158,7 +158,9 @@ def _tag_config(model: str, tag: str) -> dict[str, Any]:
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model)
-        known = f"known tags for {model}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {model}"
+        known = (
+            f"known tags for {model}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {model}"
+        )
         raise ModelUnavailableError(f"{tag!r} is neither a pretrained tag nor an existing file ({known})")
     return dict(cfg)
 

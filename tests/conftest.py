@@ -1,0 +1,128 @@
+"""Shared fixtures: an isolated P2W_HOME and Hugging Face cache per run, tiny random open_clip models built
+through the real loaders, and the golden Pic2Word test vectors from ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before anything imports huggingface_hub: never touch the user's cache or the network from tests.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="p2w-test-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+
+SHARED = Path(os.environ.get("P2W_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+TV = SHARED / "testvectors" / "pic2word-parity"
+
+TINY_CFG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2},
+}
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """Files of a tiny random CLIP and a mapper for it."""
+
+    config: Path
+    weights: Path
+    mapper: Path
+    backbone_id: str
+
+
+@pytest.fixture(autouse=True)
+def p2w_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "p2w-home"
+    monkeypatch.setenv("P2W_HOME", str(home))
+    for var in ("P2W_MODEL", "P2W_PRETRAINED", "P2W_DEVICE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """A tiny CLIP (embed 32, text width 48) saved as config JSON + safetensors, and a seeded mapper file."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from p2w.mapper import Mapper, save_mapper
+    from p2w.weights import BackboneSpec
+
+    root = tmp_path_factory.mktemp("tiny")
+    config = root / "tiny_clip.json"
+    config.write_text(json.dumps(TINY_CFG))
+    model_dir = root / "build"
+    model_dir.mkdir()
+    (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG}))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{model_dir}")
+    weights = root / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    backbone_id = BackboneSpec(str(config), str(weights)).id
+    torch.manual_seed(1)
+    mapper = root / "tiny_mapper.safetensors"
+    save_mapper(Mapper(32, 48, hidden_dim=16), mapper, backbone_id)
+    return Tiny(config, weights, mapper, backbone_id)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny: Tiny):  # type: ignore[no-untyped-def]
+    """Engine over the tiny CLIP on the CPU, with its mapper."""
+    import p2w
+
+    return p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tv() -> Path:
+    """The golden test vectors folder (skips when ../shared is absent, e.g. outside the team's checkout)."""
+    if not (TV / "expected.npz").is_file():
+        pytest.skip(f"test vectors not found at {TV} (set P2W_SHARED)")
+    return TV
+
+
+@pytest.fixture(scope="session")
+def tv_engine(tv: Path):  # type: ignore[no-untyped-def]
+    """Engine over the test vectors' CLIP and mapper, fp32 on the CPU."""
+    import p2w
+
+    return p2w.load(
+        model=str(tv / "open_clip_config.json"),
+        pretrained=str(tv / "clip_state_dict.safetensors"),
+        mapper=str(tv / "mapper.safetensors"),
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    """Four small RGB images of different sizes and colours, made with PIL."""
+    from PIL import Image
+
+    out = []
+    for i, (size, colour) in enumerate(
+        [((40, 30), "red"), ((32, 32), "blue"), ((20, 50), "green"), ((64, 64), "white")]
+    ):
+        path = tmp_path / f"img{i}.png"
+        Image.new("RGB", size, colour).save(path)
+        out.append(path)
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``cuda`` where PyTorch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,187 @@
+"""The command line: parity through `p2w embed`, output contract, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from p2w.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def tv_backbone(tv: Path) -> list[str]:
+    return ["--model", str(tv / "open_clip_config.json"), "--pretrained", str(tv / "clip_state_dict.safetensors")]
+
+
+@pytest.fixture(scope="module")
+def golden(tv: Path) -> tuple[dict, dict]:
+    return dict(np.load(tv / "expected.npz")), json.loads((tv / "prompts.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("row", "args", "key"),
+    [
+        (0, ["{image}", "{caption}", "--mapper", "{tv}/mapper_official.pt"], "composed_features_normalized"),
+        (9, ["{image}", "{fiq}", "--mapper", "{tv}/mapper.safetensors"], "composed_features_normalized"),
+        (
+            21,
+            ["{image}", "--prompt", "a cartoon of *", "--mapper", "{tv}/mapper.safetensors"],
+            "composed_features_normalized",
+        ),
+        (3, ["{caption}"], "baseline_text_features_normalized"),
+        (10, ["{fiq}", "--mode", "text"], "text_star_features_normalized"),
+        (12, ["{image}", "{fiq}", "--mode", "average"], "mixture_features_normalized"),
+        (40, ["{image}", "--mode", "average", "--prompt", "{baseline}"], "mixture_features_normalized"),
+    ],
+)
+def test_embed_query_matches_reference(tv, golden, row, args, key):
+    exp, prompts = golden
+    r = prompts["rows"][row]
+    fiq = f"{r['captions'][1]} and {r['captions'][0]}" if "captions" in r else ""
+    values = {
+        "image": str(tv / r["image_file"]),
+        "caption": r.get("caption", ""),
+        "fiq": fiq,
+        "tv": str(tv),
+        "baseline": r["baseline_text"],
+    }
+    code, out, err = run("embed", "query", *[a.format(**values) for a in args], *tv_backbone(tv))
+    assert code == 0, err
+    vector = np.array(json.loads(out)[0]["vector"], dtype=np.float32)
+    np.testing.assert_allclose(vector, exp[key][row], atol=1e-6, rtol=0)
+
+
+def test_embed_image_json_and_raw(tv, golden):
+    exp, prompts = golden
+    files = [str(tv / im["file"]) for im in prompts["images"]]
+    code, out, _ = run("embed", "image", *files, *tv_backbone(tv), "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert [d["input"] for d in data] == files
+    np.testing.assert_allclose(np.array([d["vector"] for d in data]), exp["image_features_normalized"], atol=1e-6)
+    code, out, _ = run("embed", "image", *files, *tv_backbone(tv), "--raw")
+    np.testing.assert_allclose(np.array([d["vector"] for d in json.loads(out)]), exp["image_features"], atol=1e-5)
+
+
+def test_console_script_writes_npy_and_refuses_to_overwrite(tv, golden, tmp_path):
+    exp, prompts = golden
+    out = tmp_path / "q.npy"
+    image = str(tv / prompts["images"][2]["file"])
+    args = [
+        sys.executable,
+        "-m",
+        "p2w",
+        "embed",
+        "query",
+        image,
+        prompts["rows"][2]["caption"],
+        *tv_backbone(tv),
+        "--mapper",
+        str(tv / "mapper.safetensors"),
+        "-o",
+        str(out),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # with -o and no --json, vectors go to the file only
+    np.testing.assert_allclose(np.load(out)[0], exp["composed_features_normalized"][2], atol=1e-6)
+    before = out.read_bytes()
+    again = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip().startswith("error:") and "--force" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == before
+
+
+def test_missing_image_is_one_line_error(tmp_path):
+    code, out, err = run("embed", "query", str(tmp_path / "nope.jpg"), "in red")
+    assert code == 1 and out == ""
+    assert err.strip() == f"error: image not found: {tmp_path / 'nope.jpg'}"
+
+
+def test_single_argument_that_looks_like_a_missing_image(tmp_path):
+    code, _, err = run("embed", "query", str(tmp_path / "shirt.jpg"))
+    assert code == 1 and "image not found" in err
+
+
+def test_offline_tag_fails_fast_with_remedy():
+    code, out, err = run("embed", "query", "a dog", "--model", "ViT-B-32", "--pretrained", "openai")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for needle in ("ViT-B-32/openai", "HF_HUB_OFFLINE", "--pretrained PATH", "hub"):
+        assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_unknown_model_and_tag_suggest_alternatives():
+    code, _, err = run("embed", "query", "a dog", "--model", "ViT-B-31", "--pretrained", "openai")
+    assert code == 1 and "ViT-B-32" in err
+    code, _, err = run("embed", "query", "a dog", "--model", "ViT-B-32", "--pretrained", "opnai")
+    assert code == 1 and "laion2b" in err
+
+
+def test_pic2word_without_mapper_says_what_to_pass(tiny, images):
+    code, _, err = run(
+        "embed", "query", str(images[0]), "in red", "--model", str(tiny.config), "--pretrained", str(tiny.weights)
+    )
+    assert code == 1 and "--mapper" in err
+
+
+def test_prompt_without_star_is_refused(tiny, images):
+    code, _, err = run(
+        "embed",
+        "query",
+        str(images[0]),
+        "in red",
+        "--prompt",
+        "a photo , {text}",
+        "--mapper",
+        str(tiny.mapper),
+        "--model",
+        str(tiny.config),
+        "--pretrained",
+        str(tiny.weights),
+    )
+    assert code == 1 and "'*'" in err
+
+
+def test_bad_output_suffix_is_refused_before_loading(tmp_path):
+    code, _, err = run("embed", "query", "a dog", "-o", str(tmp_path / "v.txt"))
+    assert code == 1 and ".npy" in err
+
+
+def test_version_and_help_do_not_import_torch():
+    code = (
+        "import sys; from p2w.cli import main; sys.argv=['p2w','--help'];\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+    done = subprocess.run([sys.executable, "-m", "p2w", "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("p2w ")
+
+
+@pytest.mark.skipif(shutil.which("p2w") is None, reason="console script not installed (source checkout)")
+def test_console_script_is_installed():
+    done = subprocess.run(["p2w", "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("p2w ")
+
+
+def test_import_p2w_does_not_import_torch():
+    code = "import sys, p2w; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,115 @@
+"""Query modes and prompt templates, checked as invariants on a tiny random CLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from open_clip import SimpleTokenizer
+
+from p2w.compose import DEFAULT_TEMPLATE, fill, plan
+from p2w.errors import MapperError, PromptError
+
+
+@pytest.mark.parametrize(
+    ("mode", "has_image", "has_text", "prompt", "expected"),
+    [
+        (None, True, True, None, ("pic2word", DEFAULT_TEMPLATE)),
+        (None, True, False, None, ("image", DEFAULT_TEMPLATE)),
+        (None, True, False, "a cartoon of *", ("pic2word", "a cartoon of *")),
+        (None, False, True, None, ("text", "{text}")),
+        ("text", False, True, None, ("text", DEFAULT_TEMPLATE)),
+        ("average", True, True, "{text}", ("average", "{text}")),
+    ],
+)
+def test_plan(mode, has_image, has_text, prompt, expected):
+    qp = plan(mode, has_image, has_text, prompt)
+    assert (qp.mode, qp.template) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("pic2word", False, True, None), "needs a query image"),
+        (("image", False, True, None), "needs a query image"),
+        (("text", False, False, None), "needs TEXT"),
+        (("pic2word", True, True, "a photo of {text}"), "no '\\*'"),
+        (("magic", True, True, None), "unknown mode"),
+    ],
+)
+def test_plan_refuses(args, match):
+    with pytest.raises(PromptError, match=match):
+        plan(*args)
+
+
+def test_fill_slots_and_refusals():
+    assert fill(DEFAULT_TEMPLATE, "with a red logo") == "a photo of * , with a red logo"
+    assert fill("a cartoon of *", None) == "a cartoon of *"
+    with pytest.raises(PromptError, match="no TEXT"):
+        fill(DEFAULT_TEMPLATE, None)
+    with pytest.raises(PromptError, match="no \\{text\\} slot"):
+        fill("a cartoon of *", "in red")
+    with pytest.raises(PromptError, match="contains '\\*'"):
+        fill(DEFAULT_TEMPLATE, "a 5* hotel")
+    assert fill(DEFAULT_TEMPLATE, "a 5* hotel", mode="text") == "a photo of * , a 5 * hotel"
+
+
+@pytest.mark.parametrize(
+    "template", ["a photo of *, {text}", "a photo of *. {text}", "(*) {text}", "a photo of*,{text}"]
+)
+def test_star_glued_to_punctuation_stays_a_token(template):
+    tok = SimpleTokenizer()
+    glued = tok.encode(template.replace("{text}", "in red"))
+    assert 265 not in glued  # the tokenizer really merges '*' away ...
+    assert tok.encode(fill(template, "in red")).count(265) == 1  # ... and fill() keeps it
+
+
+def test_modes_are_what_they_claim(tiny_engine, images):
+    e, img = tiny_engine, images[0]
+    image = e.encode_images([img])[0]
+    np.testing.assert_allclose(e.encode_query(img, None), image, atol=1e-6)
+    np.testing.assert_allclose(e.encode_query(img, "in red", mode="image"), image, atol=1e-6)
+    text = e.encode_query(None, "in red", mode="text")
+    np.testing.assert_allclose(text, e.encode_texts(["a photo of * , in red"])[0], atol=1e-6)
+    np.testing.assert_allclose(e.encode_query(None, "in red"), e.encode_texts(["in red"])[0], atol=1e-6)
+    avg = e.encode_query(img, "in red", mode="average")
+    expected = (image + text) / np.linalg.norm(image + text)
+    np.testing.assert_allclose(avg, expected, atol=1e-6)
+    composed = e.encode_query(img, "in red")
+    assert np.linalg.norm(composed) == pytest.approx(1.0, abs=1e-6)
+    assert np.abs(composed - text).max() > 1e-3  # the image really changes the query
+    other = e.encode_query(images[1], "in red")
+    assert np.abs(composed - other).max() > 1e-4
+
+
+def test_raw_output_is_unnormalised(tiny_engine, images):
+    raw = tiny_engine.encode_query(images[0], "in red", normalize=False)
+    unit = tiny_engine.encode_query(images[0], "in red")
+    assert abs(np.linalg.norm(raw) - 1) > 1e-3
+    np.testing.assert_allclose(raw / np.linalg.norm(raw), unit, atol=1e-6)
+
+
+def test_batch_equals_single_queries(tiny_engine, images):
+    texts = ["in red", "with stripes", "as a shirt", "smaller"]
+    batch = tiny_engine.encode_queries(images, texts)
+    single = np.stack([tiny_engine.encode_query(i, t) for i, t in zip(images, texts, strict=True)])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+def test_long_text_that_cuts_off_the_star(tiny_engine, images):
+    long_text = " ".join(["red"] * 100)
+    with pytest.raises(PromptError, match="cut off"):
+        tiny_engine.encode_query(images[0], None, prompt=long_text + " of *")
+
+
+def test_pic2word_needs_a_mapper(tiny, images):
+    import p2w
+
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), device="cpu")
+    with pytest.raises(MapperError, match="--mapper"):
+        engine.encode_query(images[0], "in red")
+    assert engine.encode_query(images[0], "in red", mode="average").shape == (32,)
+
+
+def test_mismatched_lengths(tiny_engine, images):
+    with pytest.raises(PromptError, match="one to one"):
+        tiny_engine.encode_queries(images, ["in red"])

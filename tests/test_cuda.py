@@ -1,0 +1,64 @@
+"""GPU paths: automatic device and fp16 autocast. Skipped without CUDA; run on a lent GPU machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import p2w
+
+pytestmark = pytest.mark.cuda
+
+
+def tv_args(tv: Path) -> dict[str, str]:
+    return {
+        "model": str(tv / "open_clip_config.json"),
+        "pretrained": str(tv / "clip_state_dict.safetensors"),
+        "mapper": str(tv / "mapper.safetensors"),
+    }
+
+
+def test_auto_device_is_cuda_with_fp16(tv):
+    engine = p2w.load(**tv_args(tv))
+    assert engine.backbone.placement.device.type == "cuda"
+    assert engine.backbone.placement.precision == "fp16"
+    assert next(engine.mapper.parameters()).is_cuda
+
+
+def test_cuda_fp32_matches_reference(tv):
+    exp = np.load(tv / "expected.npz")
+    prompts = json.loads((tv / "prompts.json").read_text())
+    engine = p2w.load(**tv_args(tv), device="cuda", precision="fp32")
+    imgs = [str(tv / im["file"]) for im in prompts["images"]]
+    rows = prompts["rows"][:8]
+    got = engine.encode_queries(imgs, [r["caption"] for r in rows])
+    # cuDNN convolutions may use TF32 in fp32 mode, hence a looser bound than the CPU's 1e-6
+    np.testing.assert_allclose(got, exp["composed_features_normalized"][:8], atol=2e-3, rtol=0)
+    np.testing.assert_allclose(engine.encode_images(imgs), exp["image_features_normalized"], atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_autocast_stays_close_to_fp32(tv, precision):
+    prompts = json.loads((tv / "prompts.json").read_text())
+    imgs = [str(tv / im["file"]) for im in prompts["images"]]
+    texts = [r["caption"] for r in prompts["rows"][:8]]
+    ref = p2w.load(**tv_args(tv), device="cpu").encode_queries(imgs, texts)
+    low = p2w.load(**tv_args(tv), device="cuda", precision=precision).encode_queries(imgs, texts)
+    assert low.dtype == np.float32
+    cosine = (ref * low).sum(axis=1)
+    assert cosine.min() > (0.999 if precision == "fp16" else 0.99), cosine
+
+
+def test_training_loss_on_cuda_under_autocast(tv):
+    from p2w.objective import pic2word_loss
+
+    exp = np.load(tv / "expected.npz")
+    engine = p2w.load(**tv_args(tv), device="cuda", precision="fp16")
+    feats = torch.from_numpy(exp["image_features"]).cuda()
+    with torch.no_grad():
+        loss = float(pic2word_loss(engine.backbone, engine.mapper, feats).loss)
+    assert loss == pytest.approx(float(exp["train_loss"]), abs=5e-3)
