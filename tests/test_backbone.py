@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -217,3 +219,21 @@ def test_tag_not_cached_and_hub_unreachable(registered_tag, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(ModelUnavailableError, match=r"127\.0\.0\.1 cannot be reached .*HF_HUB_OFFLINE"):
         Backbone.load(BackboneSpec("p2w-tiny", "testtag"), device="cpu")
+
+
+def test_large_weight_digests_are_cached_on_disk(tmp_path, monkeypatch, p2w_home):
+    from p2w import weights
+
+    monkeypatch.setattr(weights, "_DISK_CACHE_MIN_BYTES", 10)
+    monkeypatch.setattr(weights, "_DIGESTS", {})
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(b"x" * 100)
+    first = BackboneSpec("ViT-B-32", str(path)).id
+    assert (p2w_home / "cache" / "digests.json").is_file()
+    monkeypatch.setattr(weights, "_DIGESTS", {})  # a new process: only the disk cache is left
+    monkeypatch.setattr(weights, "_hash_file", lambda p: pytest.fail("hashed again"))
+    assert BackboneSpec("ViT-B-32", str(path)).id == first
+    path.write_bytes(b"y" * 100)  # same size, new content and mtime: hashed anew
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    monkeypatch.setattr(weights, "_hash_file", lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
+    assert BackboneSpec("ViT-B-32", str(path)).id != first

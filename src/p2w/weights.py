@@ -293,22 +293,59 @@ def _sniff(path: Path) -> str:
     return "torch"
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS: dict[str, str] = {}
+_DISK_CACHE_MIN_BYTES = 64 << 20  # smaller files hash in well under a second
 
 
 def _sha256(path: Path) -> str:
+    """Content hash; large files' hashes are kept in ``P2W_HOME/cache/digests.json`` by (path, size, mtime)."""
     try:
         st = path.stat()
     except OSError:
         return "missing"
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        disk = _digest_cache_file() if st.st_size >= _DISK_CACHE_MIN_BYTES else None
+        known = _read_json(disk) if disk else {}
+        if key not in known:
+            known[key] = _hash_file(path)
+            if disk:
+                _write_json(disk, known)
+        _DIGESTS[key] = known[key]
     return _DIGESTS[key]
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest_cache_file() -> Path:
+    from p2w.settings import Settings
+
+    return Settings.from_env().home / "cache" / "digests.json"
+
+
+def _read_json(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, str]) -> None:
+    """Best effort (a read-only home only costs a re-hash next time); atomic, so readers never see half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write digest cache %s: %s", path, exc)
 
 
 def mapper_dims(spec: BackboneSpec) -> tuple[int, int] | None:
