@@ -134,6 +134,11 @@ def test_unknown_model_and_tag_suggest_alternatives():
     assert code == 1 and "laion2b" in err
 
 
+def test_pic2word_without_mapper_fails_before_loading_a_model(images):
+    code, _, err = run("embed", "query", str(images[0]), "in red")  # the default ViT-L-14 is not available here
+    assert code == 1 and "--mapper" in err and "HF_HUB_OFFLINE" not in err
+
+
 def test_pic2word_without_mapper_says_what_to_pass(tiny, images):
     code, _, err = run(
         "embed", "query", str(images[0]), "in red", "--model", str(tiny.config), "--pretrained", str(tiny.weights)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from p2w.errors import P2WError
+from p2w.errors import MapperError, P2WError
 from p2w.settings import Settings
 
 app = typer.Typer(
@@ -161,12 +161,14 @@ def embed_query(
 ) -> None:
     """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
     with _user_errors():
-        from p2w.compose import plan
+        from p2w.compose import MAPPER_NEEDED, plan
         from p2w.output import check_output, split_query_args
 
         check_output(output, overwrite=force)
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
+        if qp.needs_mapper and mapper is None:  # fail before the model loads
+            raise MapperError(MAPPER_NEEDED)
         engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
         vectors = engine.encode_queries([img], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
         record = {"input": {"image": img, "text": txt}, "mode": qp.mode, "prompt": qp.template}

@@ -24,6 +24,7 @@ DEFAULT_TEMPLATE = "a photo of * , {text}"
 TRAIN_PROMPT = "a photo of *"
 SLOT = "{text}"
 _STAR_RUN = re.compile(r"\s*\*\s*")
+MAPPER_NEEDED = "pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class QueryPlan:
 
     mode: str
     template: str
+
+    @property
+    def needs_mapper(self) -> bool:
+        """Only pic2word maps the image to a token."""
+        return self.mode == "pic2word"
 
     @property
     def needs_text_tower(self) -> bool:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from p2w.backbone import Backbone
-from p2w.compose import QueryPlan, fill, plan, prompt_ids
+from p2w.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
 from p2w.errors import MapperError, PromptError
 from p2w.images import ImageLike, open_image
 from p2w.mapper import Mapper, MapperFile, check_fits, mapper_path, read_mapper
@@ -112,9 +112,7 @@ class Engine:
 
     def _require_mapper(self) -> Mapper:
         if self.mapper is None:
-            raise MapperError(
-                "pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)"
-            )
+            raise MapperError(MAPPER_NEEDED)
         return self.mapper
 
     @staticmethod
