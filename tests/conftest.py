@@ -36,6 +36,24 @@ class Tiny:
     backbone_id: str
 
 
+class _CodePayload:
+    """Unpickling this writes a marker file: proof that a loader ran code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def write_code_pickle(path: Path, marker: Path, key: str) -> None:
+    """A checkpoint-like pickle ``{key: <payload>}`` whose loading, if allowed, would create ``marker``."""
+    import pickle
+
+    with path.open("wb") as f:
+        pickle.dump({key: {"w": _CodePayload(marker)}}, f)
+
+
 @pytest.fixture(autouse=True)
 def p2w_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "p2w-home"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import write_code_pickle
 from p2w.backbone import Backbone
 from p2w.errors import ModelLoadError, ModelUnavailableError, PromptError
 from p2w.weights import BackboneSpec, read_state_dict
@@ -143,19 +143,10 @@ def test_torchscript_archive_is_refused(tmp_path):
         read_state_dict(path)
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (Path.write_text, (self.marker, "code ran"))
-
-
 def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    with path.open("wb") as f:
-        pickle.dump({"state_dict": {"w": _Payload(marker)}}, f)
+    write_code_pickle(path, marker, key="state_dict")
     with pytest.raises(ModelLoadError, match="weights_only"):
         read_state_dict(path)
     assert not marker.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import p2w
+from conftest import write_code_pickle
 from p2w.cli import app
 from p2w.errors import MapperError
 from p2w.mapper import Mapper, check_fits, read_mapper, save_mapper
@@ -99,19 +99,10 @@ def test_not_a_mapper(tiny, tmp_path):
         read_mapper(tmp_path / "missing.pt")
 
 
-class _Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (Path.write_text, (self.marker, "code ran"))
-
-
 def test_mapper_pickle_with_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    with evil.open("wb") as f:
-        pickle.dump({"state_dict_img2text": _Payload(marker)}, f)
+    write_code_pickle(evil, marker, key="state_dict_img2text")
     with pytest.raises(MapperError, match="weights_only"):
         read_mapper(evil)
     assert not marker.exists()
