@@ -110,6 +110,11 @@ def test_pic2word_needs_a_mapper(tiny, images):
     assert engine.encode_query(images[0], "in red", mode="average").shape == (32,)
 
 
+def test_empty_inputs_give_empty_arrays_of_the_right_width(tiny_engine):
+    assert tiny_engine.encode_images([]).shape == (0, 32)
+    assert tiny_engine.encode_queries([], []).shape == (0, 32)
+
+
 def test_mismatched_lengths(tiny_engine, images):
     with pytest.raises(PromptError, match="one to one"):
         tiny_engine.encode_queries(images, ["in red"])

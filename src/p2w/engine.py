@@ -26,7 +26,7 @@ class Engine:
 
     def __init__(self, backbone: Backbone, mapper: Mapper | None = None, mapper_file: MapperFile | None = None):
         self.backbone = backbone
-        self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper else None
+        self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper is not None else None
         self.mapper_file = mapper_file
 
     # ---- public, numpy -----------------------------------------------------------------------------------------
@@ -115,11 +115,10 @@ class Engine:
             raise MapperError(MAPPER_NEEDED)
         return self.mapper
 
-    @staticmethod
-    def _batched(run: Callable[[int, int], torch.Tensor], n: int, batch_size: int, normalize: bool) -> np.ndarray:
+    def _batched(self, run: Callable[[int, int], torch.Tensor], n: int, batch_size: int, normalize: bool) -> np.ndarray:
         parts = [run(i, min(i + batch_size, n)) for i in range(0, n, max(1, batch_size))]
         if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
+            return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
         out = torch.cat(parts)
         if normalize:
             out = F.normalize(out, dim=-1)
