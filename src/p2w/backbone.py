@@ -60,7 +60,10 @@ class Backbone:
     @property
     def embed_dim(self) -> int:
         """Width of image (and text) features."""
-        return int(self.model.visual.output_dim)
+        proj = self._text.text_projection  # the text tower ends in the shared embedding space
+        if proj is None:
+            return int(self._text.token_embedding.embedding_dim)
+        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
 
     @property
     def token_width(self) -> int:
