@@ -62,3 +62,32 @@ def test_training_loss_on_cuda_under_autocast(tv):
     with torch.no_grad():
         loss = float(pic2word_loss(engine.backbone, engine.mapper, feats).loss)
     assert loss == pytest.approx(float(exp["train_loss"]), abs=5e-3)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_training_runs_under_amp(tiny, tmp_path, precision):
+    from PIL import Image
+
+    from p2w.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    result = train(
+        TrainConfig(
+            data=str(tmp_path),
+            name=f"amp-{precision}",
+            model=str(tiny.config),
+            pretrained=str(tiny.weights),
+            device="cuda",
+            precision=precision,
+            epochs=3,
+            batch_size=8,
+            lr=1e-2,
+            hidden_dim=16,
+            workers=2,
+            val_fraction=0.0,
+        )
+    )
+    assert all(np.isfinite(result.step_losses))
+    assert result.epochs[-1].loss < result.epochs[0].loss

@@ -20,6 +20,7 @@ from p2w.errors import (
     ModelUnavailableError,
     P2WError,
     PromptError,
+    TrainingInterrupted,
 )
 from p2w.settings import Settings
 
@@ -41,6 +42,7 @@ __all__ = [
     "P2WError",
     "PromptError",
     "Settings",
+    "TrainingInterrupted",
     "__version__",
     "load",
 ]

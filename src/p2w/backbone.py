@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,16 @@ from p2w.errors import ModelLoadError, PromptError
 from p2w.weights import OPENAI_EXTRA_KEYS, BackboneSpec, ResolvedBackbone, read_state_dict, resolve
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """A batch of token ids trimmed to the needed length, with its ``*`` and pooling positions ``(batch,)``."""
+
+    ids: torch.Tensor  # (batch, length) int64
+    rows: torch.Tensor  # arange(batch)
+    star: torch.Tensor | None
+    pool: torch.Tensor
 
 
 class Backbone:
@@ -38,6 +49,7 @@ class Backbone:
         pp_cfg = PreprocessCfg(**get_model_preprocess_cfg(model))
         self.preprocess = image_transform_v2(pp_cfg, is_train=False)  # PIL -> (3, H, W) float32
         self._text = _text_source(model)
+        self._logit_scale = float(model.logit_scale.detach().float().exp())  # frozen: read once, no sync per step
         self.star_id = _star_id(tokenizer)
 
     @classmethod
@@ -78,7 +90,7 @@ class Backbone:
     @property
     def logit_scale(self) -> float:
         """CLIP's temperature, ``exp(logit_scale)``, not clamped (as the reference trainer uses it)."""
-        return float(self.model.logit_scale.detach().float().exp())
+        return self._logit_scale
 
     # ---- encoding ---------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -97,20 +109,29 @@ class Backbone:
         ``star_tokens[i]``. Only the positions up to the last end-of-text token of the batch are encoded: with a
         causal text tower, later positions cannot change the pooled feature.
         """
-        src = self._text
+        return self.encode_planned(self.text_plan(ids, with_star=star_tokens is not None), star_tokens)
+
+    def text_plan(self, ids: torch.Tensor, with_star: bool) -> TextPlan:
+        """Everything about a batch of token ids that ``encode_planned`` needs, computed once (it syncs the GPU)."""
         ids = ids.to(self.placement.device)
-        length = self._needed_length(ids)
-        ids = ids[:, :length]  # (batch, length)
+        ids = ids[:, : self._needed_length(ids)]  # (batch, length)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        star = self.star_positions(ids) if with_star else None
+        return TextPlan(ids, rows, star, self._pool_positions(ids))
+
+    def encode_planned(self, plan: TextPlan, star_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """``encode_text`` for a prepared plan: no host synchronisation, so it can run inside a CUDA graph."""
+        src, ids, length = self._text, plan.ids, plan.ids.shape[1]
         with self.placement.autocast():
             x = src.token_embedding(ids)  # (batch, length, width)
             if star_tokens is not None:
-                rows = torch.arange(ids.shape[0], device=ids.device)
-                x = x.index_put((rows, self.star_positions(ids)), star_tokens.to(x.dtype))
+                assert plan.star is not None, "plan made without with_star"
+                x = x.index_put((plan.rows, plan.star), star_tokens.to(x.dtype))
             cast_dtype = src.transformer.get_cast_dtype()
             x = x.to(cast_dtype) + src.positional_embedding[:length].to(cast_dtype)
             mask = src.attn_mask[:length, :length] if src.attn_mask is not None else None
             x = src.ln_final(src.transformer(x, attn_mask=mask))
-            x = x[torch.arange(ids.shape[0], device=ids.device), self._pool_positions(ids)]  # (batch, width)
+            x = x[plan.rows, plan.pool]  # (batch, width)
             proj = src.text_projection
             if proj is not None:
                 x = proj(x) if isinstance(proj, nn.Module) else x @ proj

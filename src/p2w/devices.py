@@ -25,7 +25,7 @@ class Placement:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=False)  # CUDA-graph safe
 
 
 def mps_available() -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 class P2WError(Exception):
     """Base class of every error p2w raises on purpose; its message is one line meant for the user."""
 
+    exit_code = 1
+
 
 class ModelUnavailableError(P2WError):
     """Backbone weights are neither local nor downloadable (offline, unknown tag, missing file)."""
@@ -29,3 +31,9 @@ class ImageError(P2WError):
 
 class DeviceError(P2WError):
     """The requested device or precision is not available on this machine."""
+
+
+class TrainingInterrupted(P2WError):
+    """Ctrl-C during training: a checkpoint was written and the run can be resumed."""
+
+    exit_code = 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,9 @@ class LossParts:
     text_features: torch.Tensor  # (batch, embed_dim), unnormalised
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, float], LossParts]
+
+
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float) -> LossParts:
     """CLIP's symmetric cross-entropy on L2-normalised features; row i of each matches row i of the other."""
     logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
@@ -32,12 +36,24 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return LossParts((loss_img + loss_txt) / 2, loss_img, loss_txt, logits, text_features)
 
 
-def pic2word_loss(backbone: Backbone, mapper: Mapper, image_features: torch.Tensor) -> LossParts:
+def photo_of_star_features(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
+    """Text features ``(batch, embed_dim)`` of "a photo of *" with ``tokens`` ``(batch, token_width)`` at ``*``."""
+    ids = prompt_ids(backbone, [TRAIN_PROMPT], need_star=True).expand(tokens.shape[0], -1)
+    return backbone.encode_text(ids, tokens)
+
+
+def pic2word_loss(
+    backbone: Backbone,
+    mapper: Mapper,
+    image_features: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    loss_fn: LossFn = contrastive_loss,
+) -> LossParts:
     """Loss of one batch of (frozen, unnormalised) image features ``(batch, embed_dim)``; gradients reach the mapper.
 
-    Equal to the reference trainer's, which inserts the token before ``<eot>`` of "a photo of": that is the same
-    sequence as "a photo of *" with ``*`` replaced.
+    ``tokens`` defaults to ``mapper(image_features)`` (pass them when the mapper is wrapped, e.g. by DDP). Equal to
+    the reference trainer's loss, which inserts the token before ``<eot>`` of "a photo of": the same sequence as
+    "a photo of *" with ``*`` replaced.
     """
-    ids = prompt_ids(backbone, [TRAIN_PROMPT] * image_features.shape[0], need_star=True)
-    text = backbone.encode_text(ids, mapper(image_features))
-    return contrastive_loss(image_features, text, backbone.logit_scale)
+    tokens = mapper(image_features) if tokens is None else tokens
+    return loss_fn(image_features, photo_of_star_features(backbone, tokens), backbone.logit_scale)

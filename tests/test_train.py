@@ -1,0 +1,284 @@
+"""`p2w train` on a tiny random CLIP: learning, caching, resuming, torchrun, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from p2w import features
+from p2w.cli import app
+from p2w.data import list_images
+from p2w.errors import P2WError, TrainingInterrupted
+from p2w.mapper import read_mapper
+from p2w.train import TrainConfig, lr_at, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """24 small images with distinct colour blocks, in nested folders, plus one broken file."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        pixels = np.zeros((40, 48, 3), dtype=np.uint8)
+        pixels[:] = rng.integers(0, 255, 3)
+        for _ in range(4):
+            y, x = rng.integers(0, 32), rng.integers(0, 40)
+            pixels[y : y + 8, x : x + 8] = rng.integers(0, 255, 3)
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    (root / "broken.jpg").write_bytes(b"not an image at all")
+    return root
+
+
+def config(tiny, photos, **kw) -> TrainConfig:
+    base = {
+        "data": str(photos),
+        "name": "t",
+        "model": str(tiny.config),
+        "pretrained": str(tiny.weights),
+        "device": "cpu",
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "hidden_dim": 16,
+        "dropout": 0.0,
+        "val_fraction": 0.0,
+        "augment_views": 1,
+        "workers": 0,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def test_loss_decreases_and_mapper_is_registered(tiny, photos, p2w_home, images):
+    result = train(config(tiny, photos, epochs=15, lr=1e-2, val_fraction=0.25, name="learns"))
+    first, last = result.epochs[0], result.epochs[-1]
+    assert last.loss < first.loss - 0.3, [e.loss for e in result.epochs]
+    assert result.samples == 18 and len(result.skipped) == 1  # 24 images, 6 held out, broken.jpg skipped
+    assert last.val_recall_at_1 is not None and 0 <= last.val_recall_at_1 <= 1
+    mf = read_mapper(p2w_home / "mappers" / "learns.safetensors")
+    assert mf.backbone == tiny.backbone_id and mf.mapper.hidden_dim == 16
+    query = runner.invoke(
+        app,
+        [
+            "embed",
+            "query",
+            str(images[0]),
+            "in red",
+            "--mapper",
+            "learns",
+            "--model",
+            str(tiny.config),
+            "--pretrained",
+            str(tiny.weights),
+        ],
+    )
+    assert query.exit_code == 0, query.stderr
+
+
+def test_cached_and_uncached_give_the_same_losses(tiny, photos):
+    cached = train(config(tiny, photos, name="cached"))
+    live = train(config(tiny, photos, name="live", cache=False))
+    np.testing.assert_allclose(cached.step_losses, live.step_losses, atol=1e-5)
+    assert len(cached.step_losses) == 3 * (24 // 8)
+
+
+def test_second_run_reads_no_image_and_moved_files_reuse_features(tiny, photos, tmp_path, monkeypatch):
+    train(config(tiny, photos, name="first", augment_views=2))
+    copy = tmp_path / "moved"
+    copy.mkdir()
+    for p in sorted(photos.rglob("*.png")):
+        (copy / f"renamed_{p.name}").write_bytes(p.read_bytes())
+
+    def no_decoding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("an image was decoded although its features are cached")
+
+    monkeypatch.setattr(features, "open_image", no_decoding)
+    again = train(config(tiny, copy, name="second", augment_views=2))
+    assert again.samples == 24
+
+
+def test_resume_continues_exactly(tiny, photos, p2w_home, monkeypatch):
+    monkeypatch.setattr("p2w.train.REPORT_EVERY", 1)  # report (and so check for Ctrl-C) at every step
+    straight = train(config(tiny, photos, name="straight", dropout=0.1))
+
+    class StopAtStep4:
+        def stage(self, text): ...
+        def features(self, done, total): ...
+        def epoch(self, summary): ...
+        def step(self, step, total, loss, lr, rate):  # type: ignore[no-untyped-def]
+            if step == 4:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    cfg = config(tiny, photos, name="resumed", dropout=0.1)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(cfg, callbacks=StopAtStep4())
+    assert not (p2w_home / "mappers" / "resumed.safetensors").exists()
+    ckpt = torch.load(p2w_home / "runs" / "resumed" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 4
+    resumed = train(replace(cfg, resume=True))
+    np.testing.assert_allclose(resumed.step_losses, straight.step_losses, atol=1e-6)
+    a = read_mapper(p2w_home / "mappers" / "straight.safetensors").mapper.state_dict()
+    b = read_mapper(p2w_home / "mappers" / "resumed.safetensors").mapper.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    with pytest.raises(P2WError, match="changed: lr"):
+        train(replace(cfg, resume=True, lr=5e-4))
+
+
+def test_names_are_never_clobbered(tiny, photos):
+    train(config(tiny, photos, name="taken", epochs=1))
+    with pytest.raises(P2WError, match="exists already"):
+        train(config(tiny, photos, name="taken", epochs=1))
+    with pytest.raises(P2WError, match="no checkpoint to resume"):
+        train(config(tiny, photos, name="never-ran", resume=True))
+    train(config(tiny, photos, name="taken", epochs=1, force=True))
+
+
+def test_bad_data(tiny, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(P2WError, match="no images found"):
+        train(config(tiny, empty))
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (10, 10)).save(one / "x.png")
+    (one / "bad.png").write_bytes(b"broken")
+    with pytest.raises(P2WError, match="1 readable image"):
+        train(config(tiny, one))
+    with pytest.raises(P2WError, match="not found"):
+        train(config(tiny, tmp_path / "missing"))
+
+
+def test_list_file_and_reference_csv(photos, tmp_path):
+    pngs = sorted(photos.rglob("*.png"))[:3]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\n" + "\n".join(str(p) for p in pngs) + "\n")
+    assert list_images(listing) == pngs
+    csv = tmp_path / "cc3m.csv"
+    rel = [os.path.relpath(p, tmp_path) for p in pngs]
+    csv.write_text("title\tfilepath\n" + "".join(f"a caption\t{r}\n" for r in rel))
+    assert list_images(csv) == sorted(tmp_path / r for r in rel)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a\tb\n")
+    with pytest.raises(P2WError, match="filepath"):
+        list_images(bad)
+
+
+def test_schedule_matches_the_reference():
+    assert lr_at(0, 1e-4, 10, 100) == pytest.approx(1e-5)
+    assert lr_at(9, 1e-4, 10, 100) == pytest.approx(1e-4)
+    assert lr_at(55, 1e-4, 10, 100) == pytest.approx(5e-5)
+    assert lr_at(100, 1e-4, 10, 100) == pytest.approx(0, abs=1e-12)
+
+
+def test_cli_train_json(tiny, photos, p2w_home):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(photos),
+            "--name",
+            "cli",
+            "--model",
+            str(tiny.config),
+            "--pretrained",
+            str(tiny.weights),
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--hidden-dim",
+            "16",
+            "--workers",
+            "0",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["name"] == "cli" and summary["backbone"] == tiny.backbone_id
+    assert summary["mapper_path"] == str(p2w_home / "mappers" / "cli.safetensors")
+    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    assert {"loss", "val_recall@1", "samples_per_s"} <= set(summary["epochs"][0])
+
+
+@pytest.mark.slow
+def test_two_process_gloo_agrees_with_one_process(tiny, photos, tmp_path):
+    common = [
+        "train",
+        "--data",
+        str(photos),
+        "--model",
+        str(tiny.config),
+        "--pretrained",
+        str(tiny.weights),
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--hidden-dim",
+        "16",
+        "--workers",
+        "0",
+        "--dropout",
+        "0",
+        "--val-fraction",
+        "0",
+        "--lr",
+        "1e-3",
+        "--json",
+    ]
+    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "p2w",
+            *common,
+            "--batch-size",
+            "4",
+            "--name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "p2w", *common, "--batch-size", "8", "--name", "single"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp, single = json.loads(two.stdout), json.loads(one.stdout)
+    assert ddp["samples"] == single["samples"] == 24
+    np.testing.assert_allclose([e["loss"] for e in ddp["epochs"]], [e["loss"] for e in single["epochs"]], atol=1e-5)
+    a = read_mapper(Path(ddp["mapper_path"])).mapper.state_dict()
+    b = read_mapper(Path(single["mapper_path"])).mapper.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
