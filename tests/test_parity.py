@@ -173,3 +173,23 @@ def test_official_checkpoint_gives_the_same_mapper(tv, tv_engine, exp):
     with torch.inference_mode():
         out = official.mapper(torch.from_numpy(exp["image_features"])).numpy()
     np.testing.assert_allclose(out, exp["mapped_tokens"], atol=ATOL, rtol=0)
+
+
+def test_training_step_reproduces_the_reference_loss(tv, exp):
+    """The code `p2w train` runs (TrainStep: planned text tower, global loss, AdamW) returns the golden loss."""
+    import p2w
+    from p2w.distributed import Dist
+    from p2w.train import TrainStep, adamw
+
+    engine = p2w.load(
+        model=str(tv / "open_clip_config.json"),
+        pretrained=str(tv / "clip_state_dict.safetensors"),
+        mapper=str(tv / "mapper.safetensors"),
+        device="cpu",
+    )
+    mapper = engine.mapper.requires_grad_(True).eval()  # eval: the golden loss has dropout off
+    step = TrainStep(engine.backbone, mapper, mapper, adamw(mapper, 1e-4, 0.1), batch=8, d=Dist())
+    feats = torch.from_numpy(exp["image_features"])
+    first = float(step(feats, lr=1e-4))
+    assert first == pytest.approx(float(exp["train_loss"]), abs=ATOL_UNIT)
+    assert float(step(feats, lr=1e-4)) < first  # and it learns

@@ -97,7 +97,7 @@ def test_cached_and_uncached_give_the_same_losses(tiny, photos):
 
 
 def test_second_run_reads_no_image_and_moved_files_reuse_features(tiny, photos, tmp_path, monkeypatch):
-    train(config(tiny, photos, name="first", augment_views=2))
+    train(config(tiny, photos, name="first", augment_views=2, workers=2))  # DataLoader worker processes
     copy = tmp_path / "moved"
     copy.mkdir()
     for p in sorted(photos.rglob("*.png")):
