@@ -139,6 +139,25 @@ def test_resume_continues_exactly(tiny, photos, p2w_home, monkeypatch):
         train(replace(cfg, resume=True, lr=5e-4))
 
 
+def test_resume_by_name_alone(tiny, photos, p2w_home, monkeypatch):
+    monkeypatch.setattr("p2w.train.REPORT_EVERY", 1)
+
+    class StopAtStep2:
+        def stage(self, text): ...
+        def features(self, done, total): ...
+        def epoch(self, summary): ...
+        def step(self, step, total, loss, lr, rate):  # type: ignore[no-untyped-def]
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="p2w train --name byname --resume"):
+        train(config(tiny, photos, name="byname", epochs=2), callbacks=StopAtStep2())
+    result = runner.invoke(app, ["train", "--name", "byname", "--resume", "--json"])  # the first run's options
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["backbone"] == tiny.backbone_id
+    assert (p2w_home / "mappers" / "byname.safetensors").is_file()
+
+
 def test_names_are_never_clobbered(tiny, photos):
     train(config(tiny, photos, name="taken", epochs=1))
     with pytest.raises(P2WError, match="exists already"):

@@ -198,7 +198,9 @@ def mapper_import(
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="name to register the mapper under")] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -229,8 +231,10 @@ def train_command(
         from p2w.render import TrainProgress, train_table
         from p2w.train import TrainConfig, train
 
+        if data is None and not resume:
+            raise P2WError("--data is required: an image folder, a list file or a CSV (or --resume a run)")
         cfg = TrainConfig(
-            data=str(data),
+            data=str(data) if data else "",
             name=name,
             model=model,
             pretrained=pretrained,

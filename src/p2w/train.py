@@ -178,10 +178,12 @@ class _Run:
 def train(cfg: TrainConfig, settings: Settings | None = None, callbacks: Callbacks | None = None) -> TrainResult:
     """Train a mapper and register it as ``P2W_HOME/mappers/NAME.safetensors``; see ``TrainConfig``."""
     settings = settings or Settings.from_env()
-    cfg = replace(cfg, model=cfg.model or settings.model, pretrained=cfg.pretrained or settings.pretrained)
     name = cfg.name or datetime.now(timezone.utc).strftime("mapper-%Y%m%d-%H%M%S")
     paths = _paths(settings, name)
     _check_start(cfg, name, paths)
+    if cfg.resume:
+        cfg = _resumed_config(cfg, _read_checkpoint(paths["checkpoint"]))
+    cfg = replace(cfg, model=cfg.model or settings.model, pretrained=cfg.pretrained or settings.pretrained)
     d = Dist.from_env(cfg.device)
     cb = (callbacks or NoCallbacks()) if d.is_main else NoCallbacks()
     try:
@@ -340,7 +342,7 @@ def _loop(run: _Run, checkpoint: Path, cb: Callbacks) -> None:
                     _save_checkpoint(run, checkpoint)
                     raise TrainingInterrupted(
                         f"interrupted at step {run.step}/{run.total_steps}; checkpoint saved to {checkpoint}; "
-                        f"continue with: p2w train --data {run.cfg.data} --name {run.name} --resume"
+                        f"continue with: p2w train --name {run.name} --resume"
                     )
             values = torch.stack(losses).tolist() if losses else []
             run.step_losses += values
@@ -449,19 +451,33 @@ def _save_checkpoint(run: _Run, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _load_checkpoint(run: _Run, path: Path) -> None:
+def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files raise many types
         raise P2WError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise P2WError(f"{path} is not a p2w training checkpoint")
-    stored = state["config"]
-    wanted = {k: getattr(run.cfg, k) for k in RUN_FIELDS}
-    changed = [f"{k} ({stored.get(k)!r} -> {wanted[k]!r})" for k in RUN_FIELDS if stored.get(k) != wanted[k]]
-    if changed or state["backbone"] != run.backbone.id:
-        what = ", ".join(changed) or f"backbone ({state['backbone']} -> {run.backbone.id})"
-        raise P2WError(f"--resume needs the options of the first run; changed: {what}")
+    return state
+
+
+def _resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    """The first run's options for every field left at its default; a field set to another value is an error."""
+    defaults, stored = TrainConfig(data=""), state["config"]
+    changed = [
+        f"{k} ({stored[k]!r} -> {getattr(cfg, k)!r})"
+        for k in RUN_FIELDS
+        if getattr(cfg, k) != getattr(defaults, k) and getattr(cfg, k) != stored[k]
+    ]
+    if changed:
+        raise P2WError(f"--resume continues a run with its own options; changed: {', '.join(changed)}")
+    return replace(cfg, **{k: stored[k] for k in RUN_FIELDS})
+
+
+def _load_checkpoint(run: _Run, path: Path) -> None:
+    state = _read_checkpoint(path)
+    if state["backbone"] != run.backbone.id:
+        raise P2WError(f"the checkpoint was made with backbone {state['backbone']}, not {run.backbone.id}")
     run.mapper.load_state_dict(state["mapper"])
     run.stepper.optimizer.load_state_dict(state["optimizer"])
     run.stepper.scaler.load_state_dict(state["scaler"])
