@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +180,7 @@ class ViewDataset(torch.utils.data.Dataset[Any]):
             torch.set_rng_state(state)
 
 
-def _collate(batch: list[tuple[int, int, torch.Tensor | None, str]]) -> list[tuple[int, int, torch.Tensor | None, str]]:
+def _collate(batch: list[Any]) -> list[Any]:
     return batch
 
 
@@ -193,6 +193,51 @@ def view_dataset(backbone: Backbone, images: ImageSet, items: list[tuple[int, in
     return ViewDataset(images, items, views, train_tf, backbone.preprocess)
 
 
+class FileDataset(torch.utils.data.Dataset[Any]):
+    """Paths -> (index, pixels, "") or (index, None, reason), with the eval transform (JPEGs decoded in draft mode)."""
+
+    def __init__(self, paths: Sequence[str], transform: Any, draft: int | None) -> None:
+        self.paths, self.transform, self.draft = paths, transform, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            return i, self.transform(open_image(self.paths[i], draft=self.draft)), ""
+        except ImageError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decoder bug on a hostile file must not stop a library scan
+            return i, None, f"{self.paths[i]} cannot be decoded ({type(exc).__name__}: {exc})"
+
+
+def iter_encoded(
+    backbone: Backbone, dataset: torch.utils.data.Dataset[Any], batch_size: int = 64, workers: int = 4
+) -> Iterator[list[tuple[Any, torch.Tensor | None, str]]]:
+    """Batches of (key, features (embed_dim,) float32 on CPU, "") or (key, None, reason), as the items decode.
+
+    Decoding and preprocessing run in ``workers`` processes, overlapped with the model; pinned memory on CUDA.
+    Items are ``(key, pixels_or_None, reason)`` or ``(row, view, pixels_or_None, reason)`` (keyed by (row, view)).
+    """
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=backbone.placement.device.type == "cuda",
+        persistent_workers=False,
+    )
+    for batch in loader:
+        items = [((it[0], it[1]), it[2], it[3]) if len(it) == 4 else (it[0], it[1], it[2]) for it in batch]
+        good = [(key, px) for key, px, _ in items if px is not None]
+        out: list[tuple[Any, torch.Tensor | None, str]] = [(key, None, why) for key, px, why in items if px is None]
+        if good:
+            with torch.inference_mode():
+                feats = backbone.encode_image(torch.stack([px for _, px in good])).cpu()
+            out += [(key, f, "") for (key, _), f in zip(good, feats, strict=True)]
+        yield out
+
+
 def encode_views(
     backbone: Backbone,
     dataset: ViewDataset,
@@ -201,23 +246,15 @@ def encode_views(
     progress: Progress | None = None,
 ) -> tuple[dict[tuple[int, int], torch.Tensor], list[tuple[int, str]]]:
     """Encode every item of ``dataset``: {(row, view): features (embed_dim,) float32 on CPU}, and failures."""
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=backbone.placement.device.type == "cuda",
-    )
     out: dict[tuple[int, int], torch.Tensor] = {}
     failed: list[tuple[int, str]] = []
     done = 0
-    for batch in loader:
-        good = [(r, v, px) for r, v, px, _ in batch if px is not None]
-        failed += [(r, why) for r, _, px, why in batch if px is None]
-        if good:
-            with torch.inference_mode():
-                feats = backbone.encode_image(torch.stack([px for _, _, px in good])).cpu()
-            out.update({(r, v): f for (r, v, _), f in zip(good, feats, strict=True)})
+    for batch in iter_encoded(backbone, dataset, batch_size, workers):
+        for key, feat, why in batch:
+            if feat is None:
+                failed.append((key[0], why))
+            else:
+                out[key] = feat
         done += len(batch)
         if progress:
             progress(done, len(dataset))

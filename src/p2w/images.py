@@ -16,13 +16,29 @@ MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2x its warning threshold)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif")
 
 
+def _register_heif() -> bool:
+    try:
+        from pillow_heif import register_heif_opener  # optional extra: pip install p2w[heif]
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF = _register_heif()
+
+
 def looks_like_image_path(value: str) -> bool:
     """True for strings that name an image file by their suffix, e.g. ``"shirt.jpg"``."""
     return Path(value).suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_image(source: ImageLike) -> Image.Image:
-    """Open a path (or take a PIL image), apply EXIF orientation, return RGB; raise ``ImageError`` with a reason."""
+def open_image(source: ImageLike, draft: int | None = None) -> Image.Image:
+    """Open a path (or take a PIL image), apply EXIF orientation, return 8-bit RGB; raise ``ImageError`` with a reason.
+
+    ``draft``: let JPEGs decode at a reduced scale (1/2, 1/4, 1/8) that keeps the shorter side >= ``draft`` pixels;
+    much faster for photos larger than the model's input, and how JPEGs over the pixel limit are read at all.
+    """
     if isinstance(source, Image.Image):
         return _rgb(ImageOps.exif_transpose(source))
     path = Path(source)
@@ -30,12 +46,10 @@ def open_image(source: ImageLike) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}")
+                _reduce(im, path, draft)
                 im.seek(0)  # first frame of animations
                 im.load()
-                oriented = ImageOps.exif_transpose(im)
-                return _rgb(oriented)
+                return _rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise ImageError(f"image not found: {path}") from None
     except IsADirectoryError:
@@ -44,11 +58,36 @@ def open_image(source: ImageLike) -> Image.Image:
         raise ImageError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image Pillow can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path} is too large to decode safely") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path} is too large to decode safely ({str(exc).split(',')[0]})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path} cannot be decoded ({exc})") from None
 
 
+def _reduce(im: Image.Image, path: Path, draft: int | None) -> None:
+    """Use JPEG draft mode where allowed, then refuse what would still be over the pixel limit."""
+    if im.format == "JPEG" and (draft or im.width * im.height > MAX_PIXELS):
+        short = min(im.size)
+        scale = 1
+        while scale < 8 and (short // (scale * 2) >= (draft or 0) or im.width * im.height / scale**2 > MAX_PIXELS):
+            scale *= 2
+        if scale > 1:
+            im.draft("RGB", (im.width // scale, im.height // scale))
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}")
+
+
 def _rgb(im: Image.Image) -> Image.Image:
-    return im if im.mode == "RGB" else im.convert("RGB")
+    """8-bit RGB from any mode: 16-bit and 32-bit greyscale are scaled, palettes with transparency go via RGBA."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        im = im.convert("I")
+        extrema = im.getextrema()
+        high = float(extrema[1]) if isinstance(extrema, tuple) and not isinstance(extrema[1], tuple) else 0.0
+        im = im.point(lambda v: v / 257 if high > 255 else v).convert("L")  # 16-bit range -> 8-bit
+    elif im.mode == "F":
+        im = im.point(lambda v: max(0.0, min(255.0, v))).convert("L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")

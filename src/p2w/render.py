@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from p2w.library import CatalogInfo, Hit, IndexReport
     from p2w.train import EpochSummary, TrainResult
 
 
@@ -66,6 +67,41 @@ class TrainProgress:
         )
 
 
+class LibraryProgress:
+    """``p2w.library`` progress callback: a bar per stage (hashing, embedding) on stderr."""
+
+    def __init__(self, console: Console) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.started: dict[str, float] = {}
+
+    def __enter__(self) -> LibraryProgress:
+        return self  # the bar starts with the first report: a run with nothing to do prints nothing
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.tasks:
+            self.bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        if not self.tasks:
+            self.bar.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, rate="")
+            self.started[stage] = time.perf_counter()
+        rate = done / max(time.perf_counter() - self.started[stage], 1e-9)
+        self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.0f} files/s")
+
+
 def train_table(result: TrainResult) -> Table:
     """The per-epoch summary of a run."""
     table = Table(
@@ -78,3 +114,80 @@ def train_table(result: TrainResult) -> Table:
         r5 = "-" if e.val_recall_at_5 is None else f"{e.val_recall_at_5:.3f}"
         table.add_row(str(e.epoch), f"{e.loss:.4f}", r1, r5, f"{e.samples_per_s:,.0f}")
     return table
+
+
+def index_table(report: IndexReport) -> Table:
+    """Summary of an index run."""
+    title = f"{report.total} photos in the catalog of {report.backbone}" + (
+        " (interrupted)" if report.interrupted else ""
+    )
+    table = Table(title=title)
+    for column in ("added", "updated", "moved", "removed", "unchanged", "skipped", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(
+            str(v)
+            for v in (
+                report.added,
+                report.updated,
+                report.moved,
+                report.removed,
+                report.unchanged,
+                len(report.skipped),
+                f"{report.seconds:.1f}",
+            )
+        )
+    )
+    return table
+
+
+def skipped_table(report: IndexReport) -> Table:
+    """The files an index run could not use, with the reason."""
+    table = Table(title="skipped files")
+    table.add_column("path", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for path, reason in report.skipped:
+        table.add_row(path, reason)
+    return table
+
+
+def hits_table(hits: list[Hit]) -> Table:
+    """Search results: rank, score, path, size, date."""
+    from datetime import datetime
+
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("path", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("date")
+    for h in hits:
+        date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.path, _size(h.size), date)
+    return table
+
+
+def status_table(infos: list[CatalogInfo]) -> Table:
+    """One row per catalog."""
+    table = Table(title="p2w catalogs")
+    for column in ("backbone", "photos", "skipped", "size", "index", "location"):
+        table.add_column(column, overflow="fold")
+    for c in infos:
+        table.add_row(
+            c.backbone,
+            str(c.files),
+            str(c.skipped),
+            _size(c.bytes_on_disk),
+            "current" if c.ann_current else "rebuilt on next use",
+            str(c.folder),
+        )
+    return table
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"

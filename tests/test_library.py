@@ -1,0 +1,267 @@
+"""`p2w index` / `p2w search`: incremental, crash-safe, per backbone, with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import p2w
+from p2w import ann as ann_mod
+from p2w.catalog import Catalog, writer_lock
+from p2w.cli import app
+from p2w.errors import P2WError
+from p2w.library import catalog_for, index, open_catalog, search
+from p2w.weights import BackboneSpec
+
+runner = CliRunner()
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        pixels = rng.integers(0, 255, (36 + i % 5, 44, 3), dtype=np.uint8)
+        path = folder / f"photo {i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        out.append(path)
+    return out
+
+
+@pytest.fixture
+def lib(tmp_path: Path) -> Path:
+    make_photos(tmp_path / "Pictures" / "2024", 6)
+    make_photos(tmp_path / "Pictures" / "2025 été", 6, seed=1)
+    return tmp_path / "Pictures"
+
+
+@pytest.fixture
+def spec(tiny) -> BackboneSpec:
+    return BackboneSpec(str(tiny.config), str(tiny.weights))
+
+
+def engine_factory(spec: BackboneSpec):  # type: ignore[no-untyped-def]
+    calls = []
+
+    def load():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return p2w.load(model=spec.model, pretrained=spec.pretrained, device="cpu")
+
+    load.calls = calls  # type: ignore[attr-defined]
+    return load
+
+
+def never():  # type: ignore[no-untyped-def]
+    raise AssertionError("the model was loaded although nothing needed embedding")
+
+
+def test_index_then_rerun_opens_nothing(lib, spec, monkeypatch):
+    first = index([lib], spec, engine_factory(spec), workers=0, batch_size=4)
+    assert (first.added, first.unchanged, first.total, first.skipped) == (12, 0, 12, [])
+    monkeypatch.setattr("p2w.images.Image.open", lambda *a, **k: pytest.fail("an image was opened"))
+    again = index([lib], spec, never, workers=0)
+    assert (again.added, again.updated, again.removed, again.unchanged, again.total) == (0, 0, 0, 12, 12)
+
+
+def test_moves_copies_edits_and_deletions(lib, spec):
+    index([lib], spec, engine_factory(spec), workers=0)
+    a, b, c = sorted((lib / "2024").glob("*.jpg"))[:3]
+    shutil.move(a, lib / "2025 été" / "moved here.jpg")
+    shutil.copy(b, lib / "copy of b.jpg")
+    c.unlink()
+    report = index([lib], spec, never, workers=0)  # no new content: no model needed
+    assert (report.added, report.moved, report.removed, report.updated) == (1, 1, 1, 0)
+    assert report.total == 12
+    edited = sorted((lib / "2025 été").glob("photo*.jpg"))[0]
+    Image.new("RGB", (40, 40), "red").save(edited)
+    load = engine_factory(spec)
+    report = index([lib], spec, load, workers=0)
+    assert report.updated == 1 and load.calls == [1]
+    catalog = open_catalog(spec)
+    paths = {r[0] for r in catalog.con.execute("SELECT path FROM files")}
+    assert str(lib / "2025 été" / "moved here.jpg") in paths and str(a) not in paths and str(c) not in paths
+    assert len(paths) == catalog.count() == 12
+    ann = ann_mod.load(catalog)
+    assert ann.live == 12 and set(ann.index.get_ids_list()) >= set(catalog.ids())
+
+
+def test_search_matches_exact_and_skips_deleted_files(lib, spec):
+    index([lib], spec, engine_factory(spec), workers=0)
+    engine = p2w.load(model=spec.model, pretrained=spec.pretrained, device="cpu")
+    query = engine.encode_query(None, "a photo of a cat")
+    catalog = open_catalog(spec)
+    hits = search(catalog, query, k=5)
+    ids = catalog.ids()
+    vecs = catalog.vectors_for(ids)
+    exact = sorted(ids, key=lambda i: -float(np.frombuffer(vecs[i], dtype=np.float32) @ query))[:5]
+    assert [h.path for h in hits] == [catalog.rows_for([i])[i].path for i in exact]
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    Path(hits[0].path).unlink()
+    assert hits[0].path not in [h.path for h in search(catalog, query, k=5)]
+    within = search(catalog, query, k=20, within=lib / "2024")
+    assert within and all(h.path.startswith(str(lib / "2024") + os.sep) for h in within)
+    assert len(search(catalog, query, k=50)) == 11  # k is clamped to what exists
+
+
+def test_stale_or_corrupt_ann_is_rebuilt(lib, spec):
+    index([lib], spec, engine_factory(spec), workers=0)
+    catalog = open_catalog(spec)
+    index_file, _ = ann_mod.paths(catalog.folder)
+    index_file.write_bytes(b"garbage")
+    query = np.frombuffer(next(catalog.all_vectors())[1], dtype=np.float32)
+    assert search(catalog, query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)
+    assert index_file.stat().st_size > 100  # rebuilt and saved
+
+
+def test_corrupt_and_unusual_files(tmp_path, spec):
+    folder = tmp_path / "odd"
+    make_photos(folder, 2)
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("I am not a JPEG")
+    good = (folder / "photo 000.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "huge.png").write_bytes(_png_header(200_000, 200_000))
+    Image.new("I;16", (30, 30), 40000).save(folder / "sixteen.png")
+    Image.new("CMYK", (30, 30), (0, 255, 0, 0)).save(folder / "cmyk.jpg")
+    pal = Image.new("P", (30, 30), 1)
+    pal.info["transparency"] = 0
+    pal.save(folder / "palette.png", transparency=0)
+    Image.new("RGBA", (30, 30), (255, 0, 0, 100)).save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), "blue").save(folder / "rotated.jpg", exif=exif)
+    (folder / ".hidden.jpg").write_bytes(good)
+    (folder / "._appledouble.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (folder / "@eaDir").mkdir()
+    (folder / "@eaDir" / "thumb.jpg").write_bytes(good)
+    report = index([folder], spec, engine_factory(spec), workers=0)
+    skipped = {Path(p).name for p, _ in report.skipped}
+    assert skipped == {"zero.jpg", "text.jpg", "truncated.jpg", "huge.png"}
+    assert report.added == 7 and report.total == 7
+    assert "pixels" in dict((Path(p).name, r) for p, r in report.skipped)["huge.png"]
+    again = index([folder], spec, never, workers=0)  # unchanged broken files are not retried
+    assert {Path(p).name for p, _ in again.skipped} == skipped
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_a_second_writer_is_refused(lib, spec):
+    with writer_lock(catalog_for(spec)), pytest.raises(P2WError, match="another p2w index"):
+        index([lib], spec, never, workers=0)
+
+
+def test_one_catalog_per_backbone(lib, tiny, spec):
+    index([lib], spec, engine_factory(spec), workers=0)
+    random_spec = BackboneSpec(str(tiny.config), "none")
+    index([lib / "2024"], random_spec, engine_factory(random_spec), workers=0)
+    assert catalog_for(spec) != catalog_for(random_spec)
+    assert open_catalog(spec).count() == 12 and open_catalog(random_spec).count() == 6
+    with pytest.raises(P2WError, match="belongs to"):
+        Catalog(catalog_for(spec), random_spec.id)
+
+
+def test_errors_before_any_model(tmp_path, spec, tiny):
+    with pytest.raises(P2WError, match="p2w index DIR"):
+        open_catalog(spec)
+    with pytest.raises(P2WError, match="not found"):
+        index([tmp_path / "nope"], spec, never)
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights)]
+    result = runner.invoke(app, ["search", "a dog", *backbone])
+    assert result.exit_code == 1 and "p2w index DIR" in result.stderr
+    result = runner.invoke(app, ["index", str(tmp_path / "nope"), *backbone])
+    assert result.exit_code == 1 and result.stderr.startswith("error: not found")
+
+
+def test_cli_json_schemas(lib, tiny, images):
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--device", "cpu"]
+    result = runner.invoke(app, ["index", str(lib), *backbone, "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"added", "updated", "moved", "removed", "unchanged", "skipped", "total", "backbone"} <= set(report)
+    found = runner.invoke(app, ["search", "a dog", *backbone, "--json", "-k", "3"])
+    assert found.exit_code == 0, found.stderr
+    rows = json.loads(found.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3] and all(set(r) == {"rank", "score", "path"} for r in rows)
+    paths = runner.invoke(app, ["search", str(images[0]), *backbone, "--paths", "-k", "2"])
+    assert paths.exit_code == 0 and len(paths.stdout.splitlines()) == 2
+    composed = runner.invoke(app, ["search", str(images[0]), "in red", *backbone, "--mapper", str(tiny.mapper)])
+    assert composed.exit_code == 0, composed.stderr
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status[0]["files"] == 12 and status[0]["backbone"] == BackboneSpec(*backbone[1:4:2]).id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [3, 15])
+def test_kill_9_then_resume(tmp_path, tiny, spec, kill_after):
+    folder = tmp_path / "many"
+    make_photos(folder, 30)
+    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "p2w",
+        "index",
+        str(folder),
+        "--model",
+        str(tiny.config),
+        "--pretrained",
+        str(tiny.weights),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = catalog_for(spec, p2w.Settings.from_env(env)) / "catalog.sqlite"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if db.is_file() and _count(db) >= kill_after:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["total"] == 30 and report["unchanged"] >= kill_after
+    assert report["added"] == 30 - report["unchanged"]
+    con = sqlite3.connect(db)
+    paths = [r[0] for r in con.execute("SELECT path FROM files")]
+    assert len(paths) == len(set(paths)) == 30
+    con.close()
+
+
+def _count(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return int(con.execute("SELECT count(*) FROM files").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
