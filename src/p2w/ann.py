@@ -99,21 +99,23 @@ def build(catalog: Catalog, batch: int = 50_000) -> Ann:
     return Ann(index, catalog.generation, count)
 
 
-def update(ann: Ann, added: dict[int, np.ndarray], removed: Sequence[int], catalog: Catalog) -> Ann:
-    """Apply a run's additions and removals, or rebuild when many labels are dead."""
+def update(ann: Ann, added_ids: Sequence[int], removed: Sequence[int], catalog: Catalog, chunk: int = 20_000) -> Ann:
+    """Apply a run's additions (read from the catalog in chunks) and removals, or rebuild when many labels are dead."""
     dead = ann.index.element_count - ann.live + len(removed)
-    if dead > REBUILD_DELETED_FRACTION * max(1, ann.index.element_count + len(added)):
+    if dead > REBUILD_DELETED_FRACTION * max(1, ann.index.element_count + len(added_ids)):
         return build(catalog)
     for label in removed:
         try:
             ann.index.mark_deleted(int(label))
-        except RuntimeError:  # not in the index (added and removed before it was saved)
+        except RuntimeError:  # already marked
             dead -= 1
-    if added:
-        need = ann.index.element_count + len(added)
-        if need > ann.index.get_max_elements():
-            ann.index.resize_index(max(need, int(ann.index.get_max_elements() * 1.5)))
-        ann.index.add_items(np.stack(list(added.values())), np.asarray(list(added)))
+    need = ann.index.element_count + len(added_ids)
+    if need > ann.index.get_max_elements():
+        ann.index.resize_index(max(need, int(ann.index.get_max_elements() * 1.5)))
+    for i in range(0, len(added_ids), chunk):
+        vecs = catalog.vectors_for(list(added_ids[i : i + chunk]))
+        ids = list(vecs)
+        ann.index.add_items(np.stack([np.frombuffer(vecs[j], dtype=np.float32) for j in ids]), np.asarray(ids))
     return Ann(ann.index, catalog.generation, ann.index.element_count - dead)
 
 

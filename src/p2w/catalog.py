@@ -192,7 +192,11 @@ class Catalog:
 
     def vectors_for(self, ids: Sequence[int]) -> dict[int, bytes]:
         """Vectors of the given ids."""
-        return {i: v for i, v in self.con.execute(f"SELECT id, vec FROM files WHERE id IN ({_marks(ids)})", ids)}
+        return {
+            r[0]: r[1]
+            for part in _parts(ids)
+            for r in self.con.execute(f"SELECT id, vec FROM files WHERE id IN ({_marks(part)})", part)
+        }
 
     def ids_under(self, folder: str) -> list[int]:
         """Ids of files under a folder (``--in DIR``)."""
@@ -203,8 +207,13 @@ class Catalog:
 
     def rows_for(self, ids: Sequence[int]) -> dict[int, Row]:
         """Rows of the given ids."""
-        query = f"SELECT id, path, size, mtime_ns, hash FROM files WHERE id IN ({_marks(ids)})"
-        return {r[0]: Row(*r) for r in self.con.execute(query, ids)}
+        return {
+            r[0]: Row(*r)
+            for part in _parts(ids)
+            for r in self.con.execute(
+                f"SELECT id, path, size, mtime_ns, hash FROM files WHERE id IN ({_marks(part)})", part
+            )
+        }
 
     def ids(self) -> list[int]:
         """Every file id (the ANN's labels)."""
@@ -217,6 +226,11 @@ class Catalog:
     def close(self) -> None:
         """Close the database."""
         self.con.close()
+
+
+def _parts(ids: Sequence[int], size: int = 900) -> list[list[int]]:
+    """Slices under SQLite's oldest limit on bound parameters (999)."""
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
 def _marks(ids: Sequence[int]) -> str:

@@ -253,9 +253,7 @@ def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
         return
     current = set(catalog.ids())
     present = set(base.index.get_ids_list())
-    new = sorted(current - present)
-    added = {i: np.frombuffer(v, dtype=np.float32) for i, v in catalog.vectors_for(new).items()} if new else {}
-    ann_mod.save(ann_mod.update(base, added, sorted(present - current), catalog), catalog.folder)
+    ann_mod.save(ann_mod.update(base, sorted(current - present), sorted(present - current), catalog), catalog.folder)
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:

@@ -1,0 +1,111 @@
+"""Indexing rate of `p2w index` against the model's own forward rate on already-preprocessed tensors.
+
+    python benchmarks/make_photos.py /tmp/photos 2000
+    python benchmarks/index_throughput.py /tmp/photos --model ViT-B-32 --batch 64 --workers 2
+
+Random weights are used (`--pretrained none`): the speed is the same as with trained ones. Both rates use the same
+model, batch size, device and thread count; the index run starts from an empty P2W_HOME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import p2w
+from p2w.library import index
+from p2w.settings import Settings
+from p2w.weights import BackboneSpec
+
+
+def model_rate(engine, batch: int, batches: int) -> float:  # type: ignore[no-untyped-def]
+    """Images/s of the image tower alone on preprocessed tensors (inference mode)."""
+    bb = engine.backbone
+    size = bb.model.visual.image_size
+    size = (size, size) if isinstance(size, int) else size
+    pixels = torch.randn(batch, 3, *size)
+    with torch.inference_mode():
+        bb.encode_image(pixels)  # warm-up
+        start = time.perf_counter()
+        for _ in range(batches):
+            bb.encode_image(pixels)
+    return batch * batches / (time.perf_counter() - start)
+
+
+def decode_rate(engine, files: list[str], n: int = 200) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Single-process ms per image of decoding (JPEG draft) and of preprocessing."""
+    from p2w.images import open_image
+
+    bb = engine.backbone
+    size = bb.model.visual.image_size
+    draft = size if isinstance(size, int) else min(size)
+    t0 = time.perf_counter()
+    images = [open_image(f, draft=draft) for f in files[:n]]
+    t1 = time.perf_counter()
+    for im in images:
+        bb.preprocess(im)
+    t2 = time.perf_counter()
+    return {"decode_ms": 1000 * (t1 - t0) / n, "preprocess_ms": 1000 * (t2 - t1) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    files = sorted(str(p) for p in args.folder.rglob("*.jpg"))
+    engine = p2w.load(model=args.model, pretrained="none", device=args.device)
+    pure = model_rate(engine, args.batch, batches=max(3, min(30, len(files) // args.batch // 3)))
+    parts = decode_rate(engine, files)
+    home = Path(tempfile.mkdtemp(prefix="p2w-bench-"))
+    settings = Settings(home=home, model=args.model, pretrained="none", device=args.device)
+    start = time.perf_counter()
+    report = index(
+        [args.folder],
+        BackboneSpec(args.model, "none"),
+        lambda: engine,
+        settings,
+        batch_size=args.batch,
+        workers=args.workers,
+    )
+    seconds = time.perf_counter() - start
+    rerun = time.perf_counter()
+    index([args.folder], BackboneSpec(args.model, "none"), lambda: engine, settings, workers=args.workers)
+    rerun = time.perf_counter() - rerun
+    rate = report.added / seconds
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "device": args.device,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "batch": args.batch,
+                "workers": args.workers,
+                "images": report.added,
+                "skipped": len(report.skipped),
+                "index_seconds": round(seconds, 2),
+                "index_images_per_s": round(rate, 2),
+                "model_images_per_s": round(pure, 2),
+                "ratio": round(rate / pure, 3),
+                "decode_ms_per_image": round(parts["decode_ms"], 2),
+                "preprocess_ms_per_image": round(parts["preprocess_ms"], 2),
+                "unchanged_rerun_seconds": round(rerun, 2),
+                "torch": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
