@@ -91,3 +91,28 @@ def test_training_runs_under_amp(tiny, tmp_path, precision):
     )
     assert all(np.isfinite(result.step_losses))
     assert result.epochs[-1].loss < result.epochs[0].loss
+
+
+def test_index_on_cuda_matches_cpu(tiny, tmp_path):
+    """The GPU indexing path (pinned-memory DataLoader, fp16 autocast) stores the vectors the CPU path does."""
+    from PIL import Image
+
+    from p2w.library import index, open_catalog
+    from p2w.settings import Settings
+    from p2w.weights import BackboneSpec
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(photos / f"{i}.jpg")
+    spec = BackboneSpec(str(tiny.config), str(tiny.weights))
+    vectors = []
+    for device in ("cpu", "cuda"):
+        settings = Settings(home=tmp_path / device)
+        engine = p2w.load(model=spec.model, pretrained=spec.pretrained, device=device)
+        index([photos], spec, lambda e=engine: e, settings, workers=2, batch_size=4)
+        catalog = open_catalog(spec, settings)
+        rows = dict(catalog.con.execute("SELECT path, vec FROM files").fetchall())
+        vectors.append(np.stack([np.frombuffer(rows[k], dtype=np.float32) for k in sorted(rows)]))
+    assert (vectors[0] * vectors[1]).sum(axis=1).min() > 0.999

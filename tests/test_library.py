@@ -265,3 +265,15 @@ def _count(db: Path) -> int:
             con.close()
     except sqlite3.Error:
         return 0
+
+
+def test_file_overwritten_with_known_content_is_an_update(lib, spec):
+    index([lib], spec, engine_factory(spec), workers=0)
+    a, b = sorted((lib / "2024").glob("*.jpg"))[:2]
+    time.sleep(0.01)
+    a.write_bytes(b.read_bytes())  # same content as b: its vector is reused, no model needed
+    report = index([lib], spec, never, workers=0)
+    assert (report.updated, report.added, report.moved, report.removed) == (1, 0, 0, 0)
+    catalog = open_catalog(spec)
+    hashes = dict(catalog.con.execute("SELECT path, hash FROM files").fetchall())
+    assert hashes[str(a)] == hashes[str(b)]

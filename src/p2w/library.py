@@ -158,12 +158,13 @@ def _plan(
         elif row and row.hash == digest:
             plan.touch.append((f.path, f.size, f.mtime_ns))
             plan.unchanged += 1
-        elif digest in by_hash:
-            plan.reuse.append((f, digest, by_hash[digest], digest in removed_hashes and not row))
         else:
-            plan.embed.append((f, digest))
             if row:
                 plan.replaced.add(f.path)
+            if digest in by_hash:
+                plan.reuse.append((f, digest, by_hash[digest], digest in removed_hashes and not row))
+            else:
+                plan.embed.append((f, digest))
     return plan
 
 
@@ -194,7 +195,8 @@ def _apply(
     if plan.reuse:
         catalog.put([(f.path, f.size, f.mtime_ns, h, v) for f, h, v, _ in plan.reuse], len(plan.reuse[0][2]) // 4)
         report.moved = sum(1 for *_, move in plan.reuse if move)
-        report.added += len(plan.reuse) - report.moved
+        report.updated += sum(1 for f, *_ in plan.reuse if f.path in plan.replaced)
+        report.added += len(plan.reuse) - report.moved - report.updated
     try:
         if plan.embed:
             _embed(catalog, plan, load_engine, batch_size, workers, progress, report)
