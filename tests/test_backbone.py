@@ -222,9 +222,9 @@ def test_large_weight_digests_are_cached_on_disk(tmp_path, monkeypatch, p2w_home
     first = BackboneSpec("ViT-B-32", str(path)).id
     assert (p2w_home / "cache" / "digests.json").is_file()
     monkeypatch.setattr(weights, "_DIGESTS", {})  # a new process: only the disk cache is left
-    monkeypatch.setattr(weights, "_hash_file", lambda p: pytest.fail("hashed again"))
+    monkeypatch.setattr(weights, "sha256_file", lambda p: pytest.fail("hashed again"))
     assert BackboneSpec("ViT-B-32", str(path)).id == first
     path.write_bytes(b"y" * 100)  # same size, new content and mtime: hashed anew
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
-    monkeypatch.setattr(weights, "_hash_file", lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
     assert BackboneSpec("ViT-B-32", str(path)).id != first

@@ -8,8 +8,6 @@ A moved or copied file costs nothing; a re-run reads no image.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import re
 import sqlite3
@@ -24,6 +22,7 @@ import torch
 from PIL import Image
 
 from p2w.backbone import Backbone
+from p2w.digest import sha256_or_none
 from p2w.errors import ImageError
 from p2w.images import open_image
 
@@ -126,28 +125,13 @@ def hash_files(paths: Sequence[Path], cache: FeatureCache | None, workers: int =
     known = cache.known_hashes(stats) if cache else {}
     todo = [p for p in stats if p not in known]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        fresh = dict(zip(todo, pool.map(_sha256_or_none, todo), strict=True))
+        fresh = dict(zip(todo, pool.map(sha256_or_none, todo), strict=True))
     if cache:
         cache.add_hashes([(p, *stats[p], d) for p, d in fresh.items() if d])
     digests = {**known, **fresh}
     ok = [p for p in stats if digests.get(p)]
     skipped += [(p, "cannot be read") for p in stats if not digests.get(p)]
     return ImageSet([Path(p) for p in ok], [str(digests[p]) for p in ok], skipped)
-
-
-def _sha256_or_none(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() if hasattr(hashlib, "file_digest") else _hash(f)
-    except OSError:
-        return None
-
-
-def _hash(f: io.BufferedReader) -> str:
-    h = hashlib.sha256()
-    for block in iter(lambda: f.read(1 << 20), b""):
-        h.update(block)
-    return h.hexdigest()
 
 
 class ViewDataset(torch.utils.data.Dataset[Any]):

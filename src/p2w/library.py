@@ -16,8 +16,8 @@ import numpy as np
 
 from p2w import ann as ann_mod
 from p2w.catalog import Catalog, catalog_dir, writer_lock
+from p2w.digest import sha256_or_none
 from p2w.errors import P2WError
-from p2w.features import FileDataset, _sha256_or_none, iter_encoded
 from p2w.scan import Found, scan
 from p2w.settings import Settings
 from p2w.weights import BackboneSpec
@@ -173,7 +173,7 @@ def _hash_all(paths: list[str], workers: int, progress: Progress | None) -> dict
 
     out: dict[str, str | None] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, (p, d) in enumerate(zip(paths, pool.map(_sha256_or_none, paths), strict=True), 1):
+        for i, (p, d) in enumerate(zip(paths, pool.map(sha256_or_none, paths), strict=True), 1):
             out[p] = d
             if progress and (i % 200 == 0 or i == len(paths)):
                 progress("hashing", i, len(paths))
@@ -217,6 +217,8 @@ def _embed(
     progress: Progress | None,
     report: IndexReport,
 ) -> None:
+    from p2w.features import FileDataset, iter_encoded  # torch: only when something is embedded
+
     engine = load_engine()
     bb = engine.backbone
     size = bb.model.visual.image_size

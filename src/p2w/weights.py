@@ -6,7 +6,6 @@ Nothing here builds a model; `p2w.backbone` does that with what this module reso
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -15,12 +14,14 @@ import socket
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-
+from p2w.digest import sha256_file
 from p2w.errors import ModelLoadError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,8 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a torch file loaded with ``weights_only=True`` (never pickle code)."""
+    import torch
+
     kind = _sniff(path)
     if kind == "torchscript":
         raise ModelLoadError(
@@ -266,6 +269,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def tensors_of(obj: Any, path: Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
     """The tensor entries of a checkpoint object (``obj[key]`` when present), ``module.`` prefix removed."""
+    import torch
+
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
         obj = obj[key]
     if not isinstance(obj, dict):
@@ -308,19 +313,11 @@ def _sha256(path: Path) -> str:
         disk = _digest_cache_file() if st.st_size >= _DISK_CACHE_MIN_BYTES else None
         known = _read_json(disk) if disk else {}
         if key not in known:
-            known[key] = _hash_file(path)
+            known[key] = sha256_file(path)
             if disk:
                 _write_json(disk, known)
         _DIGESTS[key] = known[key]
     return _DIGESTS[key]
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _digest_cache_file() -> Path:
