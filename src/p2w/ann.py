@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 M = 32
 EF_CONSTRUCTION = 200
-EF_SEARCH = 200  # hnswlib does not save ef: it is set after every load
+EF_SEARCH = 150  # hnswlib does not save ef: it is set after every load (see docs/performance.md)
 REBUILD_DELETED_FRACTION = 0.2
 
 
