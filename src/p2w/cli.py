@@ -46,6 +46,9 @@ RawOpt = Annotated[bool, typer.Option("--raw", help="unnormalised vectors instea
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout (the default without -o)")]
 OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a float32 .npy file instead")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
+MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
+ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
 
 
 def _version(value: bool) -> None:
@@ -148,10 +151,9 @@ def embed_query(
         str | None,
         typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'"),
     ] = None,
-    mapper: Annotated[str | None, typer.Option("--mapper", help="mapper name or file (pic2word mode)")] = None,
-    force_mapper: Annotated[
-        bool, typer.Option("--force-mapper", help="use a mapper made for another backbone")
-    ] = False,
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
@@ -163,14 +165,14 @@ def embed_query(
 ) -> None:
     """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
     with _user_errors():
-        from p2w.compose import MAPPER_NEEDED, plan
+        from p2w.compose import plan
         from p2w.output import check_output, split_query_args
 
         check_output(output, overwrite=force)
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
-        if qp.needs_mapper and mapper is None:  # fail before the model loads
-            raise MapperError(MAPPER_NEEDED)
+        if qp.needs_mapper:  # resolved before the model loads
+            mapper = _mapper_or_default(mapper, model, pretrained, download)
         engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
         vectors = engine.encode_queries([img], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
         record = {"input": {"image": img, "text": txt}, "mode": qp.mode, "prompt": qp.template}
@@ -255,8 +257,9 @@ def search_command(
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
     mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="template with '*' and maybe {text}")] = None,
-    mapper: Annotated[str | None, typer.Option("--mapper", help="mapper name or file (pic2word mode)")] = None,
-    force_mapper: Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")] = False,
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
     within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -267,15 +270,15 @@ def search_command(
 ) -> None:
     """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME"""
     with _user_errors():
-        from p2w.compose import MAPPER_NEEDED, plan
+        from p2w.compose import plan
         from p2w.library import open_catalog, search
         from p2w.output import split_query_args
         from p2w.weights import BackboneSpec
 
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
-        if qp.needs_mapper and mapper is None:
-            raise MapperError(MAPPER_NEEDED)
+        if qp.needs_mapper:
+            mapper = _mapper_or_default(mapper, model, pretrained, download)
         settings = Settings.from_env()
         spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
         catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
@@ -405,6 +408,95 @@ def train_command(
         else:
             Console().print(train_table(result))
         err_console.print(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")
+
+
+@mapper_app.command("download")
+def mapper_download(
+    source: Annotated[str, typer.Argument(help="known name (pic2word-vit-l-14), hf://owner/repo/file, URL or file")],
+    name: Annotated[str | None, typer.Option("--name", help="name to register it under")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="expected SHA-256 of the downloaded file")] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    keep_source: Annotated[bool, typer.Option("--keep-source", help="keep the downloaded checkpoint")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
+) -> None:
+    """Download a published mapper and register it, e.g. p2w mapper download pic2word-vit-l-14"""
+    with _user_errors():
+        from p2w.mappers import download
+        from p2w.render import DownloadProgress
+
+        with DownloadProgress(err_console) as progress:
+            got = download(
+                source,
+                name=name,
+                sha256=sha256,
+                model=model,
+                pretrained=pretrained,
+                keep_source=keep_source,
+                overwrite=force,
+                progress=progress,
+            )
+        err_console.print(f"registered mapper {got.name!r} for {got.backbone} (source sha256 {got.sha256})")
+        if got.source_kept:
+            err_console.print(f"the source checkpoint stays at {got.source_kept}")
+        typer.echo(str(got.path))
+
+
+@mapper_app.command("list")
+def mapper_list(as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+    """List the registered mappers (name, backbone, dims, size, source, default)."""
+    with _user_errors():
+        from p2w.mappers import registered
+        from p2w.render import mappers_table
+
+        rows = registered()
+        if as_json:
+            typer.echo(json.dumps([r.to_json() for r in rows]))
+        elif not rows:
+            err_console.print("no mappers yet: p2w mapper download pic2word-vit-l-14, p2w mapper import, or p2w train")
+        else:
+            Console().print(mappers_table(rows))
+
+
+@mapper_app.command("remove")
+def mapper_remove(name: Annotated[str, typer.Argument(help="registered mapper name")]) -> None:
+    """Delete a registered mapper."""
+    with _user_errors():
+        from p2w.mappers import remove
+
+        err_console.print(f"removed {remove(name)}")
+
+
+@mapper_app.command("default")
+def mapper_default(name: Annotated[str, typer.Argument(help="registered mapper name")]) -> None:
+    """Make a mapper the default of its backbone (used when --mapper is not given)."""
+    with _user_errors():
+        from p2w.mappers import set_default
+
+        err_console.print(f"{name!r} is now the default mapper of {set_default(name)}")
+
+
+def _mapper_or_default(mapper: str | None, model: str | None, pretrained: str | None, download: bool) -> str:
+    """``--mapper`` as given, else the backbone's default, else (only with ``--download``) the known published one."""
+    if mapper is not None:
+        return mapper
+    from p2w.mappers import default_for, known_for, missing_mapper_hint, set_default
+    from p2w.mappers import download as fetch
+    from p2w.weights import BackboneSpec
+
+    settings = Settings.from_env()
+    spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+    name = default_for(spec.id, settings)
+    if name:
+        return name
+    known = known_for(spec.id)
+    if not (download and known):
+        raise MapperError(missing_mapper_hint(spec.id))
+    if not (settings.mappers_dir / f"{known.name}.safetensors").is_file():
+        err_console.print(f"downloading the mapper {known.name} for {spec.id} (--download)")
+        fetch(known.name, settings)
+    set_default(known.name, settings)
+    return known.name
 
 
 def main(argv: list[str] | None = None) -> None:

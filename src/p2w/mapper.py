@@ -13,6 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,7 +108,7 @@ def read_mapper(path: Path) -> MapperFile:
                 metadata = dict(f.metadata() or {})
             state = read_state_dict(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _load_checkpoint(path)
             state = tensors_of(obj, path, key="state_dict_img2text")
     except ModelLoadError as exc:
         raise MapperError(str(exc)) from None
@@ -116,6 +117,17 @@ def read_mapper(path: Path) -> MapperFile:
             f"cannot read mapper {path} (weights_only=True): {str(exc).strip().splitlines()[0]}"
         ) from None
     return MapperFile(from_state_dict(state, path), path, metadata)
+
+
+def _load_checkpoint(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; memory-mapped where the format allows (a 1.7 GB checkpoint whose
+    mapper is a few MB need not be read into memory whole)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
 def check_fits(mf: MapperFile, backbone_id: str, embed_dim: int, token_width: int, force: bool = False) -> None:
@@ -178,7 +190,13 @@ def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:
 
 
 def import_mapper(
-    source: Path, name: str, mappers_dir: Path, backbone: str, dims: tuple[int, int] | None, overwrite: bool = False
+    source: Path,
+    name: str,
+    mappers_dir: Path,
+    backbone: str,
+    dims: tuple[int, int] | None,
+    overwrite: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Convert any readable mapper file into ``mappers_dir/NAME.safetensors`` recording ``backbone``."""
     if not NAME_RE.match(name):
@@ -189,6 +207,6 @@ def import_mapper(
     mf = read_mapper(source)
     if dims is not None:
         check_fits(mf, backbone, *dims, force=True)
-    save_mapper(mf.mapper, target, backbone, extra={"source": source.name})
+    save_mapper(mf.mapper, target, backbone, extra={"source": source.name, **(extra or {})})
     log.info("imported %s as %s (%s)", source, name, backbone)
     return target

@@ -11,6 +11,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from p2w.library import CatalogInfo, Hit, IndexReport
+    from p2w.mappers import Registered
     from p2w.train import EpochSummary, TrainResult
 
 
@@ -191,3 +192,51 @@ def _size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
+
+
+class DownloadProgress:
+    """Byte progress of a mapper download on stderr (drawn only once bytes arrive)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import DownloadColumn, TransferSpeedColumn
+
+        self.bar = Progress(
+            TextColumn("downloading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> DownloadProgress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("download", total=total or None)
+        self.bar.update(self.task, completed=done)
+
+
+def mappers_table(rows: list[Registered]) -> Table:
+    """The registered mappers."""
+    table = Table(title="p2w mappers")
+    for column in ("name", "backbone", "dims", "size", "source", "default"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.backbone,
+            f"{r.embed_dim} -> {r.token_width}",
+            _size(r.size),
+            r.source,
+            "*" if r.is_default else "",
+        )
+    return table

@@ -201,13 +201,10 @@ def fetch_tag_weights(model: str, tag: str, tag_cfg: dict[str, Any]) -> Path:
         return cached
     from huggingface_hub import constants
 
-    host_url = constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
-    host = urlparse(host_url).hostname or host_url
-    if constants.HF_HUB_OFFLINE:
-        reason = "HF_HUB_OFFLINE=1 is set"
-    elif not _reachable(host_url):
-        reason = f"{host} cannot be reached (set HF_HUB_OFFLINE=1 to skip this check)"
-    else:
+    reason = offline_reason(
+        constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", ""), hub=bool(tag_cfg.get("hf_hub"))
+    )
+    if reason is None:
         return _download(model, tag, tag_cfg)
     raise ModelUnavailableError(
         f"cannot load {model}/{tag}: its weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
@@ -227,6 +224,21 @@ def _download(model: str, tag: str, tag_cfg: dict[str, Any]) -> Path:
             f"downloading the weights of {model}/{tag} failed ({first}); "
             "retry, or pass a local file: --pretrained PATH.safetensors"
         ) from None
+
+
+def offline_reason(url: str, hub: bool = True) -> str | None:
+    """Why ``url`` cannot be downloaded from now (``HF_HUB_OFFLINE``, or its host unreachable), or None.
+
+    A quick probe, so that an offline machine fails in a second instead of after the hub client's retries.
+    """
+    from huggingface_hub import constants
+
+    if hub and constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 is set"
+    if not _reachable(url):
+        host = urlparse(url).hostname or url
+        return f"{host} cannot be reached" + (" (set HF_HUB_OFFLINE=1 to skip this check)" if hub else "")
+    return None
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:

@@ -1,0 +1,181 @@
+"""Mapper registry: download (through a local HTTP server), sha256, list/remove/default, default-mapper use."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_code_pickle
+from p2w import mappers
+from p2w.cli import app
+from p2w.errors import MapperError
+from p2w.mapper import Mapper, read_mapper
+from p2w.settings import Settings
+from test_mapper import official_checkpoint
+
+runner = CliRunner()
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) for the duration of the block."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    torch.manual_seed(7)
+    official_checkpoint(root / "pic2word_model.pt", Mapper(32, 48, hidden_dim=16))
+    with serve(root) as url:
+        yield url, root
+
+
+def backbone(tiny) -> list[str]:
+    return ["--model", str(tiny.config), "--pretrained", str(tiny.weights)]
+
+
+def test_download_over_http_registers_the_mapper(served, tiny, p2w_home):
+    url, root = served
+    result = runner.invoke(app, ["mapper", "download", f"{url}/pic2word_model.pt", "--name", "web", *backbone(tiny)])
+    assert result.exit_code == 0, result.stderr
+    stored = p2w_home / "mappers" / "web.safetensors"
+    assert result.stdout.strip() == str(stored)
+    mf = read_mapper(stored)
+    assert mf.backbone == tiny.backbone_id and mf.metadata["source"] == f"{url}/pic2word_model.pt"
+    from p2w.digest import sha256_file
+
+    assert sha256_file(root / "pic2word_model.pt") in result.stderr  # the digest is printed
+    assert not list((p2w_home / "downloads").iterdir())  # the source was dropped
+
+
+def test_wrong_sha256_is_refused_and_nothing_is_left(served, tiny, p2w_home):
+    url, _ = served
+    result = runner.invoke(
+        app, ["mapper", "download", f"{url}/pic2word_model.pt", "--name", "bad", "--sha256", "0" * 64, *backbone(tiny)]
+    )
+    assert result.exit_code == 1 and "not the expected" in result.stderr
+    assert not (p2w_home / "mappers" / "bad.safetensors").exists()
+    assert not list((p2w_home / "downloads").iterdir())
+
+
+def test_right_sha256_and_keep_source(served, tiny, p2w_home):
+    from p2w.digest import sha256_file
+
+    url, root = served
+    digest = sha256_file(root / "pic2word_model.pt")
+    got = mappers.download(
+        f"{url}/pic2word_model.pt",
+        name="kept",
+        sha256=digest.upper(),
+        model=str(tiny.config),
+        pretrained=str(tiny.weights),
+        keep_source=True,
+    )
+    assert got.source_kept is not None and got.source_kept.read_bytes() == (root / "pic2word_model.pt").read_bytes()
+
+
+def test_a_resumed_download_completes_the_part_file(served, tiny, p2w_home):
+    url, root = served
+    data = (root / "pic2word_model.pt").read_bytes()
+    part = p2w_home / "downloads" / "pic2word_model.pt.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[: len(data) // 3])  # left by an interrupted run
+    got = mappers.download(
+        f"{url}/pic2word_model.pt",
+        name="resumed",
+        model=str(tiny.config),
+        pretrained=str(tiny.weights),
+        keep_source=True,
+    )
+    assert got.source_kept is not None and got.source_kept.read_bytes() == data
+
+
+def test_code_in_a_served_pickle_never_runs(tmp_path, tiny, p2w_home):
+    root = tmp_path / "evil"
+    root.mkdir()
+    marker = tmp_path / "pwned"
+    write_code_pickle(root / "evil.pt", marker, key="state_dict_img2text")
+    with serve(root) as url, pytest.raises(MapperError, match="weights_only"):
+        mappers.download(f"{url}/evil.pt", name="evil", model=str(tiny.config), pretrained=str(tiny.weights))
+    assert not marker.exists()
+    assert not (p2w_home / "mappers" / "evil.safetensors").exists()
+
+
+def test_offline_sources_fail_fast_with_what_to_do(p2w_home):
+    with pytest.raises(MapperError, match=r"flashingtt/pic2word.*HF_HUB_OFFLINE.*p2w mapper import"):
+        mappers.download("pic2word-vit-l-14")
+    with pytest.raises(MapperError, match="cannot be reached"):
+        mappers.download("http://127.0.0.1:9/m.pt", name="x")
+    with pytest.raises(MapperError, match="known names: pic2word-vit-l-14"):
+        mappers.download("pic2word-vit-l-15")
+
+
+def test_list_default_remove_round_trip(served, tiny, p2w_home, images):
+    url, _ = served
+    for name in ("one", "two"):
+        mappers.download(f"{url}/pic2word_model.pt", name=name, model=str(tiny.config), pretrained=str(tiny.weights))
+    listed = json.loads(runner.invoke(app, ["mapper", "list", "--json"]).stdout)
+    assert [(m["name"], m["backbone"], m["default"]) for m in listed] == [
+        ("one", tiny.backbone_id, False),
+        ("two", tiny.backbone_id, False),
+    ]
+    query = ["embed", "query", str(images[0]), "in red", *backbone(tiny)]
+    no_default = runner.invoke(app, query)
+    assert no_default.exit_code == 1 and "has no default" in no_default.stderr
+    assert runner.invoke(app, ["mapper", "default", "two"]).exit_code == 0
+    assert [m["default"] for m in json.loads(runner.invoke(app, ["mapper", "list", "--json"]).stdout)] == [False, True]
+    assert runner.invoke(app, query).exit_code == 0  # the default is used
+    assert runner.invoke(app, ["mapper", "remove", "two"]).exit_code == 0
+    assert mappers.default_for(tiny.backbone_id) is None
+    assert [m["name"] for m in json.loads(runner.invoke(app, ["mapper", "list", "--json"]).stdout)] == ["one"]
+    missing = runner.invoke(app, ["mapper", "remove", "two"])
+    assert missing.exit_code == 1 and "registered: one" in missing.stderr
+
+
+def test_default_backbone_without_mapper_names_the_download(images):
+    result = runner.invoke(app, ["embed", "query", str(images[0]), "in red"])  # ViT-L-14/openai, nothing set up
+    assert result.exit_code == 1
+    assert "p2w mapper download pic2word-vit-l-14" in result.stderr and "HF_HUB_OFFLINE" not in result.stderr
+    assert Settings.from_env().mappers_dir.exists() is False  # nothing was downloaded or created
+
+
+def test_mismatched_backbone_is_refused_on_download(served, p2w_home):
+    url, _ = served  # a 32 -> 48 mapper does not fit ViT-L-14 (768 -> 768)
+    with pytest.raises(MapperError, match="768"):
+        mappers.download(f"{url}/pic2word_model.pt", name="wrong")
+    assert not (p2w_home / "mappers" / "wrong.safetensors").exists()
+
+
+def test_hf_source_from_the_cache_offline(tmp_path, tiny, monkeypatch, p2w_home):
+    from huggingface_hub import constants
+
+    from test_backbone import _put_in_hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    ckpt = official_checkpoint(tmp_path / "ckpt.pt", Mapper(32, 48, hidden_dim=16))
+    cached = _put_in_hub_cache(tmp_path / "hub", "someone/mapper", "ckpt.pt", ckpt)
+    got = mappers.download(
+        "hf://someone/mapper/ckpt.pt", name="hub", model=str(tiny.config), pretrained=str(tiny.weights)
+    )
+    assert read_mapper(got.path).metadata["source"] == "hf://someone/mapper/ckpt.pt"
+    assert not cached.exists()  # the large source was dropped from the cache (no --keep-source)
