@@ -1,0 +1,1 @@
+"""Benchmark evaluation: metrics in the published protocols (and, per benchmark, layout parsing)."""

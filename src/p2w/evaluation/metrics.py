@@ -1,0 +1,108 @@
+"""Retrieval metrics of the composed-image-retrieval papers, on L2-normalised features (numpy, float32 scores).
+
+All rank arrays are 0-based: rank 0 is the top result. Functions return fractions; benchmarks print percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KS = (1, 5, 10, 50, 100)
+
+
+def target_ranks(
+    queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Rank of each query's target ``(n_queries,)``: how many gallery items score higher.
+
+    ``queries`` (Q, D) and ``gallery`` (G, D) are unit vectors; ``targets`` and ``exclude`` (Q,) are gallery indices;
+    an excluded item (CIRR removes each query's reference image) never counts.
+    """
+    scores = (queries.astype(np.float32) @ gallery.astype(np.float32).T).astype(np.float32)  # (Q, G)
+    rows = np.arange(len(queries))
+    if exclude is not None:
+        scores[rows, exclude] = -np.inf
+    own = scores[rows, targets][:, None]
+    return (scores > own).sum(axis=1)
+
+
+def recall_at(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """``{"R@k": fraction of targets ranked in the top k}``."""
+    return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+def subset_recall(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    targets: np.ndarray,
+    subsets: Sequence[Sequence[int]],
+    exclude: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 2, 3),
+) -> dict[str, float]:
+    """CIRR's Recall_subset@K: the target's rank among the query's own ``img_set`` (its reference left out)."""
+    hits = {k: 0 for k in ks}
+    for i, members in enumerate(subsets):
+        members = [m for m in members if exclude is None or m != exclude[i]]
+        scores = gallery[members] @ queries[i]
+        own = float(gallery[targets[i]] @ queries[i])
+        rank = int((scores > own).sum())
+        for k in ks:
+            hits[k] += rank < k
+    return {f"Rsubset@{k}": hits[k] / max(1, len(subsets)) for k in ks}
+
+
+def top_names(
+    queries: np.ndarray, gallery: np.ndarray, names: Sequence[str], exclude: np.ndarray | None = None, top: int = 50
+) -> list[list[str]]:
+    """The ``top`` gallery names of each query, best first (excluded items left out)."""
+    scores = queries.astype(np.float32) @ gallery.astype(np.float32).T
+    if exclude is not None:
+        scores[np.arange(len(queries)), exclude] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+    return [[names[j] for j in row] for row in order]
+
+
+def cirr_submission(pair_ids: Sequence[int], tops: Sequence[Sequence[str]]) -> dict[str, object]:
+    """The CIRR test server's JSON: ``{"version": "rc2", "metric": "recall", "<pair id>": [50 names]}``."""
+    out: dict[str, object] = {"version": "rc2", "metric": "recall"}
+    for pair, names in zip(pair_ids, tops, strict=True):
+        out[str(int(pair))] = [n.removesuffix(".png") for n in names[:50]]
+    return out
+
+
+def domain_metrics(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    ks: Sequence[int] = (*KS, 200),
+) -> dict[str, float]:
+    """ImageNet -> ImageNet-R (the Pic2Word reference's metric): per query, R@k = relevant in the top k / all relevant
+    (0 when none is relevant), P@k = relevant in the top k / min(k, gallery size); both averaged over queries."""
+    scores = queries.astype(np.float32) @ gallery.astype(np.float32).T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    relevant = query_labels[:, None] == gallery_labels[None, :]  # (Q, G)
+    ranked = np.take_along_axis(relevant, order, axis=1)
+    total = relevant.sum(axis=1)
+    out = {}
+    for k in ks:
+        found = ranked[:, :k].sum(axis=1)
+        out[f"R@{k}"] = float(np.mean(np.where(total > 0, found / np.maximum(total, 1), 0.0)))
+        out[f"P@{k}"] = float(np.mean(found / min(k, gallery.shape[0])))
+    return out
+
+
+def paired_ranks(images: np.ndarray, refs: np.ndarray) -> dict[str, float]:
+    """COCO composition (the reference's metric): row i of each matches row i of the other, in both directions;
+    mean rank (1-based), median rank (floor of the 0-based median, plus 1) and R@k fractions."""
+    scores = images.astype(np.float32) @ refs.astype(np.float32).T
+    out: dict[str, float] = {}
+    for name, s in (("image_to_ref", scores), ("ref_to_image", scores.T)):
+        rows = np.arange(len(s))
+        ranks = (s > s[rows, rows][:, None]).sum(axis=1)
+        out[f"{name}_mean_rank"] = float(ranks.mean() + 1)
+        out[f"{name}_median_rank"] = float(np.floor(np.median(ranks)) + 1)
+        out.update({f"{name}_{k}": v for k, v in recall_at(ranks).items()})
+    return out

@@ -1,0 +1,62 @@
+"""Metrics against the reference implementation's outputs (../shared/testvectors/pic2word-parity/metrics.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p2w.evaluation import metrics as m
+
+
+@pytest.fixture(scope="module")
+def golden(tv: Path) -> tuple[dict, dict]:
+    return dict(np.load(tv / "metrics_inputs.npz")), json.loads((tv / "metrics.json").read_text())
+
+
+def test_fashioniq_recall(golden):
+    x, want = golden
+    ranks = m.target_ranks(x["query_features"], x["gallery_features"], x["target_index"])
+    got = {k: 100 * v for k, v in m.recall_at(ranks).items()}
+    assert got == pytest.approx(want["fashioniq"], abs=1e-5)
+
+
+def test_cirr_recall_removes_the_reference(golden):
+    x, want = golden
+    ranks = m.target_ranks(x["query_features"], x["gallery_features"], x["target_index"], x["reference_index"])
+    got = {f"recall_{k}": 100 * v for k, v in m.recall_at(ranks).items()}
+    assert got == pytest.approx(want["cirr"], abs=1e-5)
+
+
+def test_cirr_test_submission(golden):
+    x, want = golden
+    names = [str(n) for n in x["index_names"]]
+    tops = m.top_names(x["query_features"], x["gallery_features"], names, x["reference_index"])
+    assert m.cirr_submission(x["pair_ids"], tops) == want["cirr_test_output"]
+
+
+def test_domain_metrics(golden):
+    x, want = golden
+    got = m.domain_metrics(
+        x["imgnet_query_features"], x["imgnet_target_features"], x["imgnet_query_labels"], x["imgnet_target_labels"]
+    )
+    expected = {k.removeprefix("Real2Sketch_"): v for k, v in want["imgnet"].items()}
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_coco_paired_ranks(golden):
+    x, want = golden
+    got = m.paired_ranks(x["coco_image_features"], x["coco_ref_features"])
+    assert got == pytest.approx(want["coco"], abs=1e-6)
+
+
+def test_subset_recall_by_hand():
+    gallery = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.9, 0.5, 0.0]], dtype=np.float32)  # scores: 0.1, 0.9, 0.5, 0.0
+    # target 2 in the subset {0, 1, 2, 3}, reference 1 excluded: only item 1 beat it, so it is first
+    got = m.subset_recall(query, gallery, np.array([2]), [[0, 1, 2, 3]], exclude=np.array([1]))
+    assert got == {"Rsubset@1": 1.0, "Rsubset@2": 1.0, "Rsubset@3": 1.0}
+    got = m.subset_recall(query, gallery, np.array([0]), [[0, 1, 2, 3]], exclude=np.array([1]))
+    assert got == {"Rsubset@1": 0.0, "Rsubset@2": 1.0, "Rsubset@3": 1.0}
