@@ -338,6 +338,81 @@ def status_command(
             Console().print(status_table(infos))
 
 
+@app.command("eval")
+def eval_command(
+    benchmark: Annotated[str, typer.Argument(help="fashioniq or cirr")],
+    data: Annotated[Path, typer.Option("--data", help="the benchmark's folder, in its published layout")],
+    mode: Annotated[str, typer.Option("--mode", help="pic2word, image, text, average or all")] = "pic2word",
+    split: Annotated[str, typer.Option("--split", help="val (or test1 for CIRR)")] = "val",
+    category: Annotated[list[str] | None, typer.Option("--category", help="FashionIQ category (repeatable)")] = None,
+    caption_order: Annotated[
+        str, typer.Option("--caption-order", help="FashionIQ: pic2word (cap2 and cap1) or both (averaged)")
+    ] = "pic2word",
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 4,
+    strict: Annotated[bool, typer.Option("--strict", help="missing images or queries are an error")] = False,
+    save_predictions: Annotated[
+        Path | None, typer.Option("--save-predictions", help="write the top-50 gallery names of every query (JSON)")
+    ] = None,
+    submission: Annotated[
+        Path | None, typer.Option("--submission", help="CIRR test1: folder for the server files")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """Benchmark numbers in the papers' protocols, e.g. p2w eval fashioniq --data fashion-iq/"""
+    with _user_errors():
+        from p2w.render import eval_table
+
+        runners = {"fashioniq": "p2w.evaluation.fashioniq", "cirr": "p2w.evaluation.cirr"}
+        if benchmark not in runners:
+            later = (
+                " (imagenet-r, circo and coco are not supported yet)"
+                if benchmark in ("imagenet-r", "circo", "coco")
+                else ""
+            )
+            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq or cirr{later}")
+        if not data.is_dir():
+            raise P2WError(f"benchmark folder not found: {data}")
+        if mode in ("pic2word", "all"):
+            mapper = _mapper_or_default(mapper, model, pretrained, download)
+        import importlib
+
+        run = importlib.import_module(runners[benchmark]).evaluate
+        kwargs: dict[str, Any] = {"submission": submission}
+        if benchmark == "fashioniq":
+            kwargs = {"categories": category, "caption_order": caption_order}
+        engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+        results = run(
+            engine,
+            data,
+            Settings.from_env().home,
+            mode=mode,
+            split=split,
+            strict=strict,
+            workers=workers,
+            batch_size=batch_size,
+            **kwargs,
+        )
+        if save_predictions is not None:
+            from p2w.output import write_json
+
+            preds = results[0].predictions if len(results) == 1 else {r.mode: r.predictions for r in results}
+            write_json(save_predictions, preds)
+        if as_json:
+            payload = results[0].to_json() if len(results) == 1 else [r.to_json() for r in results]
+            typer.echo(json.dumps(payload))
+        else:
+            for r in results:
+                Console().print(eval_table(r))
+
+
 @app.command("train")
 def train_command(
     data: Annotated[

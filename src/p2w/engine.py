@@ -97,11 +97,19 @@ class Engine:
 
     def query_features(self, qp: QueryPlan, images: Sequence[ImageLike | None], prompts: Sequence[str]) -> torch.Tensor:
         """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``."""
+        with torch.inference_mode():
+            image = None if qp.mode == "text" else self.backbone.encode_image(self.pixels(images))
+            return self.compose(qp, image, prompts)
+
+    def compose(self, qp: QueryPlan, image: torch.Tensor | None, prompts: Sequence[str]) -> torch.Tensor:
+        """Unnormalised query features ``(batch, embed_dim)`` from (unnormalised) image features ``(batch, embed_dim)``
+        already computed, e.g. cached by an evaluation, and filled prompts."""
         bb = self.backbone
         with torch.inference_mode():
             if qp.mode == "text":
                 return bb.encode_text(prompt_ids(bb, prompts, need_star=False))
-            image = bb.encode_image(self.pixels(images))  # (batch, embed_dim)
+            assert image is not None, f"mode {qp.mode} needs image features"
+            image = image.to(bb.placement.device)
             if qp.mode == "image":
                 return image
             if qp.mode == "pic2word":

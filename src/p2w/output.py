@@ -57,3 +57,17 @@ def save_npy(vectors: Any, path: Path, overwrite: bool) -> None:
 def vectors_json(records: list[dict[str, Any]], vectors: Any) -> str:
     """``[{..record, "vector": [...]}, ...]``; float32 values print exactly (they round-trip)."""
     return json.dumps([{**rec, "vector": [float(x) for x in vec]} for rec, vec in zip(records, vectors, strict=True)])
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    if not path.parent.is_dir():
+        raise P2WError(f"folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

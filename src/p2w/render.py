@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from p2w.evaluation.common import EvalResult
     from p2w.library import CatalogInfo, Hit, IndexReport
     from p2w.mappers import Registered
     from p2w.train import EpochSummary, TrainResult
@@ -239,4 +240,21 @@ def mappers_table(rows: list[Registered]) -> Table:
             r.source,
             "*" if r.is_default else "",
         )
+    return table
+
+
+def eval_table(result: EvalResult) -> Table:
+    """Benchmark metrics (percent), a row per group (category) or one row, and what was missing."""
+    missing = {k: v for k, v in result.missing.items() if v}
+    title = f"{result.benchmark} {result.split}, mode {result.mode}, {result.backbone}" + (
+        f", mapper {result.mapper}" if result.mapper else ""
+    )
+    table = Table(title=title, caption=f"missing: {missing}" if missing else None)
+    groups = result.metrics if all(isinstance(v, dict) for v in result.metrics.values()) else {"": result.metrics}
+    keys = list(next(iter(groups.values()), {}))
+    table.add_column("")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for group, values in groups.items():
+        table.add_row(group, *(f"{values[k]:.2f}" for k in keys))
     return table

@@ -60,8 +60,8 @@ def top_names(
     scores = queries.astype(np.float32) @ gallery.astype(np.float32).T
     if exclude is not None:
         scores[np.arange(len(queries)), exclude] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
-    return [[names[j] for j in row] for row in order]
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : top + 1]
+    return [[names[j] for j in row if scores[i, j] > -np.inf][:top] for i, row in enumerate(order)]
 
 
 def cirr_submission(pair_ids: Sequence[int], tops: Sequence[Sequence[str]]) -> dict[str, object]:

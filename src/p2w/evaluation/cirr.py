@@ -1,0 +1,102 @@
+"""CIRR (Liu et al., ICCV 2021): the gallery is the split's images with each query's reference removed from its
+ranking; prompt ``a photo of * , {caption}``; Recall@1/5/10/50 and Recall_subset@1/2/3 over each query's ``img_set``
+(CIRR's own definition; the Pic2Word reference code lacks it). ``test1`` writes the test server's two files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from p2w.engine import Engine
+from p2w.errors import P2WError
+from p2w.evaluation import metrics as m
+from p2w.evaluation.common import EvalResult, Progress, image_features, l2n, modes_of, query_vectors, read_json
+
+TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
+KS = (1, 5, 10, 50)
+
+
+def evaluate(
+    engine: Engine,
+    data: Path,
+    home: Path,
+    mode: str = "pic2word",
+    split: str = "val",
+    strict: bool = False,
+    workers: int = 4,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    submission: Path | None = None,
+) -> list[EvalResult]:
+    """One ``EvalResult`` per mode; with ``split="test1"``, no metrics but the test-server files in ``submission``."""
+    caps = read_json(data / "captions" / f"cap.rc2.{split}.json")
+    names: dict[str, str] = read_json(data / "image_splits" / f"split.rc2.{split}.json")
+    test = "target_hard" not in (caps[0] if caps else {})
+    if test and submission is None:
+        raise P2WError(f"CIRR {split} has no targets: pass --submission DIR to write the test server's files")
+    paths = {n: data / rel for n, rel in names.items()}
+    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress)
+    gallery = [n for n in names if str(paths[n]) in feats]
+    index = {n: i for i, n in enumerate(gallery)}
+    ok = [i for i, q in enumerate(caps) if q["reference"] in index and (test or q["target_hard"] in index)]
+    missing = {"gallery_images": len(names) - len(gallery), "queries": len(caps) - len(ok)}
+    if strict and any(missing.values()):
+        raise P2WError(f"CIRR {split}: {missing} images or queries missing under {data} (--strict)")
+    g = l2n(np.stack([feats[str(paths[n])] for n in gallery])) if gallery else np.zeros((0, engine.backbone.embed_dim))
+    refs = np.stack([feats[str(paths[caps[i]["reference"]])] for i in ok]) if ok else None
+    exclude = np.array([index[caps[i]["reference"]] for i in ok], dtype=np.int64)
+    results = []
+    for md in modes_of(mode):
+        q = query_vectors(engine, md, TEMPLATES[md], refs, [caps[i]["caption"] for i in ok])
+        tops = m.top_names(q, g, gallery, exclude) if ok else []
+        by_query = dict(zip(ok, tops, strict=True))
+        result = EvalResult(
+            "cirr",
+            split,
+            md,
+            engine.backbone.id,
+            _mapper(engine),
+            {},
+            missing,
+            {"cirr": [by_query.get(i, []) for i in range(len(caps))]},
+        )
+        if test:
+            _write_submission(submission, md, caps, ok, q, g, gallery, index, tops)  # type: ignore[arg-type]
+        elif ok:
+            targets = np.array([index[caps[i]["target_hard"]] for i in ok], dtype=np.int64)
+            ranks = m.target_ranks(q, g, targets, exclude)
+            subsets = [[index[x] for x in caps[i]["img_set"]["members"] if x in index] for i in ok]
+            result.metrics = {k: 100 * v for k, v in m.recall_at(ranks, KS).items()}
+            result.metrics.update({k: 100 * v for k, v in m.subset_recall(q, g, targets, subsets, exclude).items()})
+        results.append(result)
+    return results
+
+
+def _write_submission(
+    folder: Path,
+    mode: str,
+    caps: list,
+    ok: list[int],
+    q: np.ndarray,
+    g: np.ndarray,
+    gallery: list[str],
+    index: dict[str, int],
+    tops: list[list[str]],
+) -> None:
+    """``cirr-test1-<mode>-recall.json`` and ``...-recall_subset.json`` as the CIRR server wants them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pair_ids = [caps[i]["pairid"] for i in ok]
+    recall = m.cirr_submission(pair_ids, tops)
+    subset: dict[str, object] = {"version": "rc2", "metric": "recall_subset"}
+    for row, i in enumerate(ok):
+        members = [x for x in caps[i]["img_set"]["members"] if x in index and x != caps[i]["reference"]]
+        scores = g[[index[x] for x in members]] @ q[row] if members else np.zeros(0)
+        subset[str(caps[i]["pairid"])] = [members[j] for j in np.argsort(-scores, kind="stable")[:3]]
+    for kind, content in (("recall", recall), ("recall_subset", subset)):
+        (folder / f"cirr-test1-{mode}-{kind}.json").write_text(json.dumps(content), encoding="utf-8")
+
+
+def _mapper(engine: Engine) -> str | None:
+    return engine.mapper_file.path.stem if engine.mapper_file else None

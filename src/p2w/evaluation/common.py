@@ -1,0 +1,118 @@
+"""What every benchmark shares: cached image features, query encoding, and the result record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2w.compose import QueryPlan, fill
+from p2w.engine import Engine
+from p2w.errors import P2WError
+from p2w.features import FeatureCache, Views, encode_views, hash_files, view_dataset
+
+Progress = Callable[[int, int], None]
+MODES = ("pic2word", "image", "text", "average")
+
+
+@dataclass
+class EvalResult:
+    """One benchmark run in one mode: metrics in percent, what was missing, and the top-50 predictions."""
+
+    benchmark: str
+    split: str
+    mode: str
+    backbone: str
+    mapper: str | None
+    metrics: dict[str, Any]
+    missing: dict[str, int]
+    predictions: dict[str, list[list[str]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form (predictions go to ``--save-predictions`` instead)."""
+        return {
+            "benchmark": self.benchmark,
+            "split": self.split,
+            "mode": self.mode,
+            "backbone": self.backbone,
+            "mapper": self.mapper,
+            "metrics": self.metrics,
+            "missing": self.missing,
+        }
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def read_json(path: Path) -> Any:
+    """A benchmark annotation file, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise P2WError(f"annotation file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise P2WError(f"cannot read annotation file {path}: {exc}") from None
+
+
+def image_features(
+    engine: Engine,
+    paths: Sequence[Path | None],
+    home: Path,
+    workers: int = 4,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Unnormalised features of the readable images among ``paths``, cached per backbone and file content."""
+    present = sorted({p for p in paths if p is not None and p.is_file()})
+    cache = FeatureCache.for_backbone(home, engine.backbone.id)
+    try:
+        images = hash_files(present, cache, workers)
+        have = cache.get([(h, 0) for h in images.hashes], Views(0).kind)
+        todo = [(r, 0) for r, h in enumerate(images.hashes) if (h, 0) not in have]
+        if todo:
+            done, _ = encode_views(
+                engine.backbone,
+                view_dataset(engine.backbone, images, todo, Views(0)),
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+            )
+            cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], Views(0).kind)
+            have.update({(images.hashes[r], v): f.numpy() for (r, v), f in done.items()})
+    finally:
+        cache.close()
+    return {str(p): have[(h, 0)] for p, h in zip(images.paths, images.hashes, strict=True) if (h, 0) in have}
+
+
+def query_vectors(
+    engine: Engine,
+    mode: str,
+    template: str,
+    image: np.ndarray | None,
+    texts: Sequence[str | None],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Unit query vectors ``(n, dim)`` of ``mode`` from reference image features ``(n, dim)`` and texts."""
+    qp = QueryPlan(mode, template)
+    prompts = [fill(template, t, mode) if mode != "image" else "" for t in texts]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        feats = None if image is None else torch.from_numpy(np.ascontiguousarray(image[i : i + batch_size]))
+        out.append(engine.compose(qp, feats, prompts[i : i + batch_size]).float().cpu().numpy())
+    return l2n(np.concatenate(out)) if out else np.zeros((0, engine.backbone.embed_dim), dtype=np.float32)
+
+
+def modes_of(mode: str) -> list[str]:
+    """``all`` -> every mode; else the one named."""
+    if mode == "all":
+        return list(MODES)
+    if mode not in MODES:
+        raise P2WError(f"unknown mode {mode!r}; use one of {', '.join(MODES)} or all")
+    return [mode]

@@ -1,0 +1,203 @@
+"""`p2w eval` on small datasets cut from the real annotation files (../shared/data), with stand-in images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import p2w
+from p2w.cli import app
+from p2w.evaluation import cirr, fashioniq
+
+runner = CliRunner()
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def picture(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def fiq(tmp_path) -> Path:
+    """5 queries per category; the gallery is their images plus 10 more ids of the real split; .png and .jpg mixed."""
+    if not (DATA / "fashioniq").is_dir():
+        pytest.skip("../shared/data not found")
+    root = tmp_path / "fashion-iq"
+    for c in fashioniq.CATEGORIES:
+        caps = json.loads((DATA / "fashioniq" / "captions" / f"cap.{c}.val.json").read_text())[:5]
+        split = json.loads((DATA / "fashioniq" / "image_splits" / f"split.{c}.val.json").read_text())
+        gallery = list(dict.fromkeys([x for q in caps for x in (q["candidate"], q["target"])] + split[:10]))
+        (root / "captions").mkdir(parents=True, exist_ok=True)
+        (root / "image_splits").mkdir(parents=True, exist_ok=True)
+        (root / "captions" / f"cap.{c}.val.json").write_text(json.dumps(caps))
+        (root / "image_splits" / f"split.{c}.val.json").write_text(json.dumps(gallery))
+        for i, asin in enumerate(gallery):
+            picture(root / "images" / f"{asin}{'.png' if i % 2 else '.jpg'}", hash(asin) % 10_000)
+    return root
+
+
+def tiny_args(tiny) -> list[str]:
+    return [
+        "--model",
+        str(tiny.config),
+        "--pretrained",
+        str(tiny.weights),
+        "--mapper",
+        str(tiny.mapper),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    ]
+
+
+def test_fashioniq_numbers_match_an_independent_computation(fiq, tiny, tmp_path):
+    out = runner.invoke(
+        app,
+        [
+            "eval",
+            "fashioniq",
+            "--data",
+            str(fiq),
+            *tiny_args(tiny),
+            "--json",
+            "--mode",
+            "all",
+            "--save-predictions",
+            str(tmp_path / "pred.json"),
+        ],
+    )
+    assert out.exit_code == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average"]
+    composed = results[0]
+    assert set(composed["metrics"]) == {"dress", "shirt", "toptee", "average"}
+    assert set(composed["metrics"]["dress"]) == {"R@1", "R@5", "R@10", "R@50", "R@100"}
+    assert not any(composed["missing"].values())
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    caps = json.loads((fiq / "captions" / "cap.dress.val.json").read_text())
+    gallery = json.loads((fiq / "image_splits" / "split.dress.val.json").read_text())
+    img = lambda a: fashioniq.image_path(fiq, a)  # noqa: E731
+    g = engine.encode_images([img(a) for a in gallery])
+    q = engine.encode_queries(
+        [img(x["candidate"]) for x in caps], [f"{x['captions'][1]} and {x['captions'][0]}" for x in caps]
+    )
+    ranks = [(g @ q[i] > g[gallery.index(x["target"])] @ q[i]).sum() for i, x in enumerate(caps)]
+    for k in (1, 5, 10):
+        assert composed["metrics"]["dress"][f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k), abs=1e-4)
+    preds = json.loads((tmp_path / "pred.json").read_text())
+    assert set(preds) == {"pic2word", "image", "text", "average"}
+    assert len(preds["pic2word"]["dress"]) == 5 and preds["pic2word"]["dress"][0][0] in gallery
+
+
+def test_fashioniq_missing_images_are_counted_or_refused(fiq, tiny):
+    caps = json.loads((fiq / "captions" / "cap.shirt.val.json").read_text())
+    fashioniq.image_path(fiq, caps[0]["candidate"]).unlink()
+    out = runner.invoke(
+        app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--json", "--category", "shirt"]
+    )
+    assert out.exit_code == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["missing"] == {"shirt_gallery_images": 1, "shirt_queries": 1}
+    assert set(result["metrics"]) == {"shirt", "average"}
+    strict = runner.invoke(
+        app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--category", "shirt", "--strict"]
+    )
+    assert strict.exit_code == 1 and "--strict" in strict.stderr
+
+
+def test_features_are_cached_across_modes_and_runs(fiq, tiny, monkeypatch):
+    assert (
+        runner.invoke(app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "image"]).exit_code
+        == 0
+    )
+    monkeypatch.setattr("p2w.features.open_image", lambda *a, **k: pytest.fail("an image was decoded again"))
+    again = runner.invoke(app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "average"])
+    assert again.exit_code == 0, again.stderr
+
+
+@pytest.fixture
+def cirr_data(tmp_path) -> Path:
+    """6 val queries with every image their img_set, reference and target name."""
+    if not (DATA / "cirr").is_dir():
+        pytest.skip("../shared/data not found")
+    root = tmp_path / "cirr"
+    caps = json.loads((DATA / "cirr" / "captions" / "cap.rc2.val.json").read_text())[:6]
+    split = json.loads((DATA / "cirr" / "image_splits" / "split.rc2.val.json").read_text())
+    names = {n for q in caps for n in [q["reference"], q["target_hard"], *q["img_set"]["members"]]}
+    (root / "captions").mkdir(parents=True)
+    (root / "image_splits").mkdir(parents=True)
+    (root / "captions" / "cap.rc2.val.json").write_text(json.dumps(caps))
+    (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps({n: split[n] for n in sorted(names)}))
+    for n in names:
+        picture(root / split[n], hash(n) % 10_000)
+    return root
+
+
+def test_cirr_recall_and_subset_recall(cirr_data, tiny):
+    out = runner.invoke(app, ["eval", "cirr", "--data", str(cirr_data), *tiny_args(tiny), "--json"])
+    assert out.exit_code == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["metrics"]) == {"R@1", "R@5", "R@10", "R@50", "Rsubset@1", "Rsubset@2", "Rsubset@3"}
+    assert result["missing"] == {"gallery_images": 0, "queries": 0}
+    assert result["metrics"]["R@50"] == 100.0 and result["metrics"]["Rsubset@3"] >= result["metrics"]["Rsubset@1"]
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    caps = json.loads((cirr_data / "captions" / "cap.rc2.val.json").read_text())
+    split = json.loads((cirr_data / "image_splits" / "split.rc2.val.json").read_text())
+    names = list(split)
+    g = engine.encode_images([cirr_data / split[n] for n in names])
+    q = engine.encode_queries([cirr_data / split[x["reference"]] for x in caps], [x["caption"] for x in caps])
+    hits = 0
+    for i, x in enumerate(caps):
+        scores = g @ q[i]
+        scores[names.index(x["reference"])] = -np.inf
+        hits += int((scores > scores[names.index(x["target_hard"])]).sum() < 1)
+    assert result["metrics"]["R@1"] == pytest.approx(100 * hits / len(caps), abs=1e-4)
+
+
+def test_cirr_test_split_writes_server_files(cirr_data, tiny, tmp_path):
+    caps = json.loads((cirr_data / "captions" / "cap.rc2.val.json").read_text())
+    for q in caps:
+        del q["target_hard"], q["target_soft"]
+    (cirr_data / "captions" / "cap.rc2.test1.json").write_text(json.dumps(caps))
+    (cirr_data / "image_splits" / "split.rc2.test1.json").write_text(
+        (cirr_data / "image_splits" / "split.rc2.val.json").read_text()
+    )
+    no_dir = runner.invoke(app, ["eval", "cirr", "--data", str(cirr_data), "--split", "test1", *tiny_args(tiny)])
+    assert no_dir.exit_code == 1 and "--submission" in no_dir.stderr
+    out = runner.invoke(
+        app,
+        [
+            "eval",
+            "cirr",
+            "--data",
+            str(cirr_data),
+            "--split",
+            "test1",
+            *tiny_args(tiny),
+            "--submission",
+            str(tmp_path / "sub"),
+        ],
+    )
+    assert out.exit_code == 0, out.stderr
+    recall = json.loads((tmp_path / "sub" / "cirr-test1-pic2word-recall.json").read_text())
+    subset = json.loads((tmp_path / "sub" / "cirr-test1-pic2word-recall_subset.json").read_text())
+    assert recall["version"] == "rc2" and recall["metric"] == "recall" and subset["metric"] == "recall_subset"
+    first = str(caps[0]["pairid"])
+    assert caps[0]["reference"] not in recall[first] and len(subset[first]) == 3
+    assert set(subset[first]) <= set(caps[0]["img_set"]["members"]) - {caps[0]["reference"]}
+
+
+def test_unknown_benchmark_and_missing_folder(tmp_path):
+    out = runner.invoke(app, ["eval", "circo", "--data", str(tmp_path)])
+    assert out.exit_code == 1 and "not supported yet" in out.stderr
+    out = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path / "nope"), "--mode", "image"])
+    assert out.exit_code == 1 and "not found" in out.stderr
+    assert cirr.KS == (1, 5, 10, 50)
