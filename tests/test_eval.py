@@ -201,3 +201,40 @@ def test_unknown_benchmark_and_missing_folder(tmp_path):
     out = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path / "nope"), "--mode", "image"])
     assert out.exit_code == 1 and "not found" in out.stderr
     assert cirr.KS == (1, 5, 10, 50)
+
+
+@pytest.fixture
+def imgnet(tmp_path) -> Path:
+    """The reference's list files cut to 3 classes: 2 real queries each, up to 2 images per domain, the real ones."""
+    if not (DATA / "imagenet-r").is_dir():
+        pytest.skip("../shared/data not found")
+    root = tmp_path / "imgnet-data"
+    queries = [line.split() for line in (DATA / "imagenet-r" / "imgnet_real_query.txt").read_text().splitlines()]
+    targets = [line.split() for line in (DATA / "imagenet-r" / "imgnet_targets.txt").read_text().splitlines()]
+    classes = sorted({int(label) for _, label in queries})[:3]
+    q = [r for c in classes for r in [x for x in queries if int(x[1]) == c][:2]]
+    t = [r for c in classes for d in (0, 1, 2, 3, 6) for r in [x for x in targets if int(x[1]) == c + 1000 * d][:2]]
+    root.mkdir()
+    (root / "imgnet_real_query.txt").write_text("".join(f"{p} {lab} \n" for p, lab in q))
+    (root / "imgnet_targets.txt").write_text("".join(f"{p} {lab} \n" for p, lab in t))
+    for p, _ in {(p, 0) for p, _ in [*q, *t]}:
+        picture(root / p, hash(p) % 10_000)
+    return root
+
+
+def test_imagenet_r_domain_recall(imgnet, tiny):
+    out = runner.invoke(app, ["eval", "imagenet-r", "--data", str(imgnet), *tiny_args(tiny), "--json"])
+    assert out.exit_code == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["metrics"]) == {"cartoon", "origami", "toy", "sculpture", "average"}
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    queries = [line.split() for line in (imgnet / "imgnet_real_query.txt").read_text().splitlines()]
+    targets = [line.split() for line in (imgnet / "imgnet_targets.txt").read_text().splitlines()]
+    g = engine.encode_images([imgnet / p for p, _ in targets])
+    q = engine.encode_queries([imgnet / p for p, _ in queries], [None] * len(queries), prompt="a toy of *")
+    recalls = []
+    for i, (_, label) in enumerate(queries):
+        relevant = [j for j, (_, lab) in enumerate(targets) if int(lab) == int(label) + 2000]
+        top = np.argsort(-(g @ q[i]), kind="stable")[:10]
+        recalls.append(len(set(top) & set(relevant)) / len(relevant) if relevant else 0.0)
+    assert result["metrics"]["toy"]["R@10"] == pytest.approx(100 * np.mean(recalls), abs=1e-4)

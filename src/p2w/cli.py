@@ -340,7 +340,7 @@ def status_command(
 
 @app.command("eval")
 def eval_command(
-    benchmark: Annotated[str, typer.Argument(help="fashioniq or cirr")],
+    benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr or imagenet-r")],
     data: Annotated[Path, typer.Option("--data", help="the benchmark's folder, in its published layout")],
     mode: Annotated[str, typer.Option("--mode", help="pic2word, image, text, average or all")] = "pic2word",
     split: Annotated[str, typer.Option("--split", help="val (or test1 for CIRR)")] = "val",
@@ -370,14 +370,14 @@ def eval_command(
     with _user_errors():
         from p2w.render import eval_table
 
-        runners = {"fashioniq": "p2w.evaluation.fashioniq", "cirr": "p2w.evaluation.cirr"}
+        runners = {
+            "fashioniq": "p2w.evaluation.fashioniq",
+            "cirr": "p2w.evaluation.cirr",
+            "imagenet-r": "p2w.evaluation.imagenet_r",
+        }
         if benchmark not in runners:
-            later = (
-                " (imagenet-r, circo and coco are not supported yet)"
-                if benchmark in ("imagenet-r", "circo", "coco")
-                else ""
-            )
-            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq or cirr{later}")
+            later = " (circo and coco are not supported yet)" if benchmark in ("circo", "coco") else ""
+            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq, cirr or imagenet-r{later}")
         if not data.is_dir():
             raise P2WError(f"benchmark folder not found: {data}")
         if mode in ("pic2word", "all"):
@@ -385,9 +385,11 @@ def eval_command(
         import importlib
 
         run = importlib.import_module(runners[benchmark]).evaluate
-        kwargs: dict[str, Any] = {"submission": submission}
+        kwargs: dict[str, Any] = {}
         if benchmark == "fashioniq":
             kwargs = {"categories": category, "caption_order": caption_order}
+        elif benchmark == "cirr":
+            kwargs = {"submission": submission}
         engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
         results = run(
             engine,
