@@ -196,7 +196,7 @@ def test_cirr_test_split_writes_server_files(cirr_data, tiny, tmp_path):
 
 
 def test_unknown_benchmark_and_missing_folder(tmp_path):
-    out = runner.invoke(app, ["eval", "circo", "--data", str(tmp_path)])
+    out = runner.invoke(app, ["eval", "coco", "--data", str(tmp_path)])
     assert out.exit_code == 1 and "not supported yet" in out.stderr
     out = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path / "nope"), "--mode", "image"])
     assert out.exit_code == 1 and "not found" in out.stderr
@@ -238,3 +238,79 @@ def test_imagenet_r_domain_recall(imgnet, tiny):
         top = np.argsort(-(g @ q[i]), kind="stable")[:10]
         recalls.append(len(set(top) & set(relevant)) / len(relevant) if relevant else 0.0)
     assert result["metrics"]["toy"]["R@10"] == pytest.approx(100 * np.mean(recalls), abs=1e-4)
+
+
+@pytest.fixture
+def circo_data(tmp_path) -> Path:
+    """CIRCO's layout: 4 queries with several ground truths, 16 'COCO unlabeled' images named by 12-digit id."""
+    root = tmp_path / "CIRCO"
+    ids = [1000 + 7 * i for i in range(16)]
+    for i in ids:
+        picture(root / "COCO2017_unlabeled" / "unlabeled2017" / f"{i:012d}.jpg", i)
+    queries = [
+        {
+            "reference_img_id": ids[n],
+            "target_img_id": ids[n + 4],
+            "relative_caption": f"has {n} more cats",
+            "shared_concept": "a cat",
+            "gt_img_ids": [ids[n + 4], ids[n + 8], ids[12]],
+            "id": n,
+        }
+        for n in range(4)
+    ]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "val.json").write_text(json.dumps(queries))
+    return root
+
+
+def test_circo_map_matches_an_independent_computation(circo_data, tiny):
+    out = runner.invoke(app, ["eval", "circo", "--data", str(circo_data), *tiny_args(tiny), "--json"])
+    assert out.exit_code == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["metrics"]) == {"mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5", "R@10", "R@25", "R@50"}
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    queries = json.loads((circo_data / "annotations" / "val.json").read_text())
+    folder = circo_data / "COCO2017_unlabeled" / "unlabeled2017"
+    files = sorted(folder.iterdir())
+    g = engine.encode_images(files)
+    q = engine.encode_queries(
+        [folder / f"{x['reference_img_id']:012d}.jpg" for x in queries], [x["relative_caption"] for x in queries]
+    )
+    aps = []
+    for i, x in enumerate(queries):
+        order = [
+            int(files[j].stem)
+            for j in np.argsort(-(g @ q[i]), kind="stable")
+            if int(files[j].stem) != x["reference_img_id"]
+        ]
+        hits = [int(o in x["gt_img_ids"]) for o in order[:5]]
+        aps.append(sum(np.cumsum(hits)[k] / (k + 1) for k in range(5) if hits[k]) / min(5, len(x["gt_img_ids"])))
+    assert result["metrics"]["mAP@5"] == pytest.approx(100 * np.mean(aps), abs=1e-4)
+
+
+def test_circo_test_split_writes_the_submission(circo_data, tiny, tmp_path):
+    queries = json.loads((circo_data / "annotations" / "val.json").read_text())
+    test = [
+        {k: v for k, v in x.items() if k in ("reference_img_id", "relative_caption", "shared_concept", "id")}
+        for x in queries
+    ]
+    (circo_data / "annotations" / "test.json").write_text(json.dumps(test))
+    out = runner.invoke(
+        app,
+        [
+            "eval",
+            "circo",
+            "--data",
+            str(circo_data),
+            "--split",
+            "test",
+            *tiny_args(tiny),
+            "--submission",
+            str(tmp_path / "sub"),
+            "--query-style",
+            "concept",
+        ],
+    )
+    assert out.exit_code == 0, out.stderr
+    sub = json.loads((tmp_path / "sub" / "circo-test-pic2word.json").read_text())
+    assert sorted(sub) == ["0", "1", "2", "3"] and len(sub["0"]) == 15 and test[0]["reference_img_id"] not in sub["0"]

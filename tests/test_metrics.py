@@ -60,3 +60,9 @@ def test_subset_recall_by_hand():
     assert got == {"Rsubset@1": 1.0, "Rsubset@2": 1.0, "Rsubset@3": 1.0}
     got = m.subset_recall(query, gallery, np.array([0]), [[0, 1, 2, 3]], exclude=np.array([1]))
     assert got == {"Rsubset@1": 0.0, "Rsubset@2": 1.0, "Rsubset@3": 1.0}
+
+
+def test_map_at_k_by_hand():
+    # ranked a, x, b, y with ground truths {a, b, c}: AP@4 = (1/1 + 2/3) / min(3, 4)
+    got = m.map_at([["a", "x", "b", "y"]], [["a", "b", "c"]], ks=(1, 2, 4))
+    assert got == pytest.approx({"mAP@1": 1.0, "mAP@2": 0.5, "mAP@4": (1 + 2 / 3) / 3})

@@ -340,7 +340,7 @@ def status_command(
 
 @app.command("eval")
 def eval_command(
-    benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr or imagenet-r")],
+    benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr, imagenet-r or circo")],
     data: Annotated[Path, typer.Option("--data", help="the benchmark's folder, in its published layout")],
     mode: Annotated[str, typer.Option("--mode", help="pic2word, image, text, average or all")] = "pic2word",
     split: Annotated[str, typer.Option("--split", help="val (or test1 for CIRR)")] = "val",
@@ -362,8 +362,12 @@ def eval_command(
         Path | None, typer.Option("--save-predictions", help="write the top-50 gallery names of every query (JSON)")
     ] = None,
     submission: Annotated[
-        Path | None, typer.Option("--submission", help="CIRR test1: folder for the server files")
+        Path | None, typer.Option("--submission", help="CIRR test1 / CIRCO test: folder for the server files")
     ] = None,
+    gallery: Annotated[Path | None, typer.Option("--gallery", help="CIRCO: the COCO 2017 unlabeled images")] = None,
+    query_style: Annotated[
+        str, typer.Option("--query-style", help="CIRCO: caption (relative caption) or concept (shared concept first)")
+    ] = "caption",
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark numbers in the papers' protocols, e.g. p2w eval fashioniq --data fashion-iq/"""
@@ -374,10 +378,11 @@ def eval_command(
             "fashioniq": "p2w.evaluation.fashioniq",
             "cirr": "p2w.evaluation.cirr",
             "imagenet-r": "p2w.evaluation.imagenet_r",
+            "circo": "p2w.evaluation.circo",
         }
         if benchmark not in runners:
-            later = " (circo and coco are not supported yet)" if benchmark in ("circo", "coco") else ""
-            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq, cirr or imagenet-r{later}")
+            later = " (coco is not supported yet)" if benchmark == "coco" else ""
+            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq, cirr, imagenet-r or circo{later}")
         if not data.is_dir():
             raise P2WError(f"benchmark folder not found: {data}")
         if mode in ("pic2word", "all"):
@@ -390,6 +395,8 @@ def eval_command(
             kwargs = {"categories": category, "caption_order": caption_order}
         elif benchmark == "cirr":
             kwargs = {"submission": submission}
+        elif benchmark == "circo":
+            kwargs = {"submission": submission, "gallery": gallery, "query_style": query_style}
         engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
         results = run(
             engine,

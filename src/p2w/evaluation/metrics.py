@@ -106,3 +106,17 @@ def paired_ranks(images: np.ndarray, refs: np.ndarray) -> dict[str, float]:
         out[f"{name}_median_rank"] = float(np.floor(np.median(ranks)) + 1)
         out.update({f"{name}_{k}": v for k, v in recall_at(ranks).items()})
     return out
+
+
+def map_at(
+    ranked: Sequence[Sequence[object]], relevant: Sequence[Sequence[object]], ks: Sequence[int] = (5, 10, 25, 50)
+) -> dict[str, float]:
+    """CIRCO's mAP@K: per query, the sum of precision@i over the ranks i <= K holding a ground truth, divided by
+    min(K, number of ground truths); averaged over queries."""
+    out = {f"mAP@{k}": 0.0 for k in ks}
+    for preds, gts in zip(ranked, relevant, strict=True):
+        hits = np.isin(np.asarray(preds, dtype=object), np.asarray(gts, dtype=object)).astype(np.float64)
+        precision = np.cumsum(hits) * hits / np.arange(1, len(hits) + 1)
+        for k in ks:
+            out[f"mAP@{k}"] += float(precision[:k].sum()) / max(1, min(len(gts), k))
+    return {key: value / max(1, len(ranked)) for key, value in out.items()}
