@@ -12,7 +12,18 @@ import numpy as np
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import EvalResult, Progress, image_features, l2n, modes_of, query_vectors, read_json
+from p2w.evaluation.common import (
+    EvalResult,
+    Progress,
+    check_missing,
+    image_features,
+    in_order,
+    mapper_name,
+    modes_of,
+    query_vectors,
+    read_json,
+    unit_rows,
+)
 
 KS = (5, 10, 25, 50)
 STYLES = {
@@ -55,31 +66,21 @@ def evaluate(
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     feats = image_features(engine, files, home, workers, batch_size, progress)
     ids = [int(p.stem) for p in files if str(p) in feats]
-    g = l2n(np.stack([feats[str(p)] for p in files if str(p) in feats])) if ids else np.zeros((0, 1))
+    g = unit_rows([feats[str(p)] for p in files if str(p) in feats], engine.backbone.embed_dim)
     index = {i: n for n, i in enumerate(ids)}
     ok = [n for n, q in enumerate(queries) if int(q["reference_img_id"]) in index]
     missing = {"gallery_images": len(files) - len(ids), "queries": len(queries) - len(ok)}
-    if strict and any(missing.values()):
-        raise P2WError(f"CIRCO {split}: {missing} images or queries missing (--strict)")
+    check_missing(f"CIRCO {split}", missing, strict)
     refs = np.stack([feats[str(folder / image_name(queries[n]["reference_img_id"]))] for n in ok]) if ok else None
     exclude = np.array([index[int(queries[n]["reference_img_id"])] for n in ok], dtype=np.int64)
     results = []
     for md in modes_of(mode):
         q = query_vectors(engine, md, TEMPLATES[md], refs, [STYLES[query_style](queries[n]) for n in ok])
         tops = m.top_names(q, g, [str(i) for i in ids], exclude) if ok else []
-        by_query = dict(zip(ok, tops, strict=True))
-        result = EvalResult(
-            "circo",
-            split,
-            md,
-            engine.backbone.id,
-            _mapper(engine),
-            {},
-            missing,
-            {"circo": [by_query.get(n, []) for n in range(len(queries))]},
-        )
+        preds = {"circo": in_order(ok, tops, len(queries))}
+        result = EvalResult("circo", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)
         if test:
-            out = {str(queries[n]["id"]): [int(x) for x in by_query.get(n, [])] for n in range(len(queries))}
+            out = {str(q["id"]): [int(x) for x in p] for q, p in zip(queries, preds["circo"], strict=True)}
             submission.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
             (submission / f"circo-{split}-{md}.json").write_text(json.dumps(out), encoding="utf-8")  # type: ignore[operator]
         elif ok:
@@ -92,7 +93,3 @@ def evaluate(
             result.metrics.update({k: 100 * v for k, v in m.recall_at(np.array(found), KS).items()})
         results.append(result)
     return results
-
-
-def _mapper(engine: Engine) -> str | None:
-    return engine.mapper_file.path.stem if engine.mapper_file else None

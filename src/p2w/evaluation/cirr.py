@@ -12,7 +12,18 @@ import numpy as np
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import EvalResult, Progress, image_features, l2n, modes_of, query_vectors, read_json
+from p2w.evaluation.common import (
+    EvalResult,
+    Progress,
+    check_missing,
+    image_features,
+    in_order,
+    mapper_name,
+    modes_of,
+    query_vectors,
+    read_json,
+    unit_rows,
+)
 
 TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
 KS = (1, 5, 10, 50)
@@ -42,26 +53,16 @@ def evaluate(
     index = {n: i for i, n in enumerate(gallery)}
     ok = [i for i, q in enumerate(caps) if q["reference"] in index and (test or q["target_hard"] in index)]
     missing = {"gallery_images": len(names) - len(gallery), "queries": len(caps) - len(ok)}
-    if strict and any(missing.values()):
-        raise P2WError(f"CIRR {split}: {missing} images or queries missing under {data} (--strict)")
-    g = l2n(np.stack([feats[str(paths[n])] for n in gallery])) if gallery else np.zeros((0, engine.backbone.embed_dim))
+    check_missing(f"CIRR {split} under {data}", missing, strict)
+    g = unit_rows([feats[str(paths[n])] for n in gallery], engine.backbone.embed_dim)
     refs = np.stack([feats[str(paths[caps[i]["reference"]])] for i in ok]) if ok else None
     exclude = np.array([index[caps[i]["reference"]] for i in ok], dtype=np.int64)
     results = []
     for md in modes_of(mode):
         q = query_vectors(engine, md, TEMPLATES[md], refs, [caps[i]["caption"] for i in ok])
         tops = m.top_names(q, g, gallery, exclude) if ok else []
-        by_query = dict(zip(ok, tops, strict=True))
-        result = EvalResult(
-            "cirr",
-            split,
-            md,
-            engine.backbone.id,
-            _mapper(engine),
-            {},
-            missing,
-            {"cirr": [by_query.get(i, []) for i in range(len(caps))]},
-        )
+        preds = {"cirr": in_order(ok, tops, len(caps))}
+        result = EvalResult("cirr", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)
         if test:
             _write_submission(submission, md, caps, ok, q, g, gallery, index, tops)  # type: ignore[arg-type]
         elif ok:
@@ -96,7 +97,3 @@ def _write_submission(
         subset[str(caps[i]["pairid"])] = [members[j] for j in np.argsort(-scores, kind="stable")[:3]]
     for kind, content in (("recall", recall), ("recall_subset", subset)):
         (folder / f"cirr-test1-{mode}-{kind}.json").write_text(json.dumps(content), encoding="utf-8")
-
-
-def _mapper(engine: Engine) -> str | None:
-    return engine.mapper_file.path.stem if engine.mapper_file else None

@@ -109,6 +109,28 @@ def query_vectors(
     return l2n(np.concatenate(out)) if out else np.zeros((0, engine.backbone.embed_dim), dtype=np.float32)
 
 
+def check_missing(what: str, missing: dict[str, int], strict: bool) -> None:
+    """With ``--strict``, any missing image or query is an error."""
+    if strict and any(missing.values()):
+        raise P2WError(f"{what}: missing images or queries {missing} (--strict)")
+
+
+def unit_rows(vectors: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """Stacked unit vectors ``(n, dim)`` (an empty ``(0, dim)`` array for none)."""
+    return l2n(np.stack(vectors)) if len(vectors) else np.zeros((0, dim), dtype=np.float32)
+
+
+def in_order(ok: Sequence[int], tops: Sequence[list[str]], n: int) -> list[list[str]]:
+    """Predictions in annotation order: the ranked names of evaluated queries, ``[]`` for those left out."""
+    by_query = dict(zip(ok, tops, strict=True))
+    return [by_query.get(i, []) for i in range(n)]
+
+
+def mapper_name(engine: Engine) -> str | None:
+    """The mapper's file stem, for the result record."""
+    return engine.mapper_file.path.stem if engine.mapper_file else None
+
+
 def modes_of(mode: str) -> list[str]:
     """``all`` -> every mode; else the one named."""
     if mode == "all":

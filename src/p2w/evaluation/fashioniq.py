@@ -11,7 +11,19 @@ import numpy as np
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import EvalResult, Progress, image_features, l2n, modes_of, query_vectors, read_json
+from p2w.evaluation.common import (
+    EvalResult,
+    Progress,
+    check_missing,
+    image_features,
+    in_order,
+    l2n,
+    mapper_name,
+    modes_of,
+    query_vectors,
+    read_json,
+    unit_rows,
+)
 
 CATEGORIES = ("dress", "shirt", "toptee")
 TEMPLATE = "a photo of * , {text}"
@@ -58,17 +70,15 @@ def evaluate(
     feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress)
     vec = {a: feats[str(p)] for a, p in paths.items() if p is not None and str(p) in feats}
     results = {
-        md: EvalResult("fashioniq", split, md, engine.backbone.id, _mapper_name(engine), {}, {})
-        for md in modes_of(mode)
+        md: EvalResult("fashioniq", split, md, engine.backbone.id, mapper_name(engine), {}, {}) for md in modes_of(mode)
     }
     for c, (caps, gallery_ids) in annotations.items():
         gallery = [a for a in gallery_ids if a in vec]
         index = {a: i for i, a in enumerate(gallery)}
         ok = [i for i, q in enumerate(caps) if q["candidate"] in vec and q["target"] in index]
         missing = {f"{c}_gallery_images": len(gallery_ids) - len(gallery), f"{c}_queries": len(caps) - len(ok)}
-        if strict and any(missing.values()):
-            raise P2WError(f"FashionIQ {c}: {missing} images or queries missing under {data} (--strict)")
-        g = l2n(np.stack([vec[a] for a in gallery])) if gallery else np.zeros((0, engine.backbone.embed_dim))
+        check_missing(f"FashionIQ {c} under {data}", missing, strict)
+        g = unit_rows([vec[a] for a in gallery], engine.backbone.embed_dim)
         refs = np.stack([vec[caps[i]["candidate"]] for i in ok]) if ok else None
         targets = np.array([index[caps[i]["target"]] for i in ok], dtype=np.int64)
         for md, result in results.items():
@@ -77,8 +87,7 @@ def evaluate(
             result.metrics[c] = {k: 100 * v for k, v in m.recall_at(ranks).items()}
             result.missing.update(missing)
             tops = m.top_names(q, g, gallery) if len(ok) else []
-            by_query = dict(zip(ok, tops, strict=True))
-            result.predictions[c] = [by_query.get(i, []) for i in range(len(caps))]
+            result.predictions[c] = in_order(ok, tops, len(caps))
     for result in results.values():
         result.metrics["average"] = {
             k: float(np.mean([result.metrics[c][k] for c in categories])) for k in result.metrics[categories[0]]
@@ -93,7 +102,3 @@ def _queries(engine: Engine, mode: str, refs: np.ndarray | None, captions: list[
     if order == "both" and mode != "image":
         q = l2n(q + query_vectors(engine, mode, TEMPLATE, refs, [f"{c[0]} and {c[1]}" for c in captions]))
     return q
-
-
-def _mapper_name(engine: Engine) -> str | None:
-    return engine.mapper_file.path.stem if engine.mapper_file else None

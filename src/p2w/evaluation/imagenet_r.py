@@ -11,7 +11,16 @@ import numpy as np
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import EvalResult, Progress, image_features, l2n, modes_of, query_vectors
+from p2w.evaluation.common import (
+    EvalResult,
+    Progress,
+    check_missing,
+    image_features,
+    mapper_name,
+    modes_of,
+    query_vectors,
+    unit_rows,
+)
 
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")  # label = class + 1000 * index, as the reference's lists
 KS = (1, 5, 10, 50, 100, 200)
@@ -63,19 +72,14 @@ def evaluate(
     gallery = [(p, lab) for p, lab in targets if str(data / p) in feats]
     ok = [(p, lab) for p, lab in queries if str(data / p) in feats]
     missing = {"gallery_images": len(targets) - len(gallery), "queries": len(queries) - len(ok)}
-    if strict and any(missing.values()):
-        raise P2WError(f"ImageNet-R: {missing} images missing under {data} (--strict)")
-    g = (
-        l2n(np.stack([feats[str(data / p)] for p, _ in gallery]))
-        if gallery
-        else np.zeros((0, engine.backbone.embed_dim))
-    )
+    check_missing(f"ImageNet-R under {data}", missing, strict)
+    g = unit_rows([feats[str(data / p)] for p, _ in gallery], engine.backbone.embed_dim)
     g_labels = np.array([lab for _, lab in gallery], dtype=np.int64)
     refs = np.stack([feats[str(data / p)] for p, _ in ok]) if ok else None
     names = [p for p, _ in gallery]
     results = []
     for md in modes_of(mode):
-        result = EvalResult("imagenet-r", split, md, engine.backbone.id, _mapper(engine), {}, missing)
+        result = EvalResult("imagenet-r", split, md, engine.backbone.id, mapper_name(engine), {}, missing)
         for d, domain in enumerate(DOMAINS):
             template = f"a {domain} of *" if md == "pic2word" else f"a {domain} of"
             q = query_vectors(engine, md, template, refs, [None] * len(ok)) if ok else np.zeros((0, g.shape[1]))
@@ -87,7 +91,3 @@ def evaluate(
         result.metrics["average"] = {k: float(np.mean([result.metrics[d][k] for d in DOMAINS])) for k in keys}
         results.append(result)
     return results
-
-
-def _mapper(engine: Engine) -> str | None:
-    return engine.mapper_file.path.stem if engine.mapper_file else None
