@@ -87,6 +87,11 @@ def test_loss_decreases_and_mapper_is_registered(tiny, photos, p2w_home, images)
         ],
     )
     assert query.exit_code == 0, query.stderr
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--device", "cpu"]
+    assert runner.invoke(app, ["index", str(photos), *backbone, "--workers", "0"]).exit_code == 0
+    found = runner.invoke(app, ["search", str(images[0]), "in red", "--mapper", "learns", *backbone, "--json"])
+    assert found.exit_code == 0, found.stderr  # the trained mapper is usable by name in p2w search
+    assert len(json.loads(found.stdout)) == 10
 
 
 def test_cached_and_uncached_give_the_same_losses(tiny, photos):
