@@ -18,15 +18,36 @@ def test_exif_orientation_is_applied(tmp_path):
     assert open_image(path).size == (20, 40)
 
 
-def test_modes_become_rgb_and_gif_first_frame(tmp_path):
+def test_modes_and_gif_first_frame(tmp_path):
     rgba = tmp_path / "a.png"
     Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(rgba)
-    assert open_image(rgba).mode == "RGB"
+    assert open_image(rgba).mode == "RGBA"  # converted after resizing, as the reference does
     gif = tmp_path / "anim.gif"
-    frames = [Image.new("P", (8, 8), i) for i in (1, 2)]
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
     frames[0].save(gif, save_all=True, append_images=frames[1:])
     im = open_image(gif)
-    assert im.mode == "RGB" and im.size == (8, 8)
+    assert im.size == (8, 8) and im.convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # the first frame
+    sixteen = tmp_path / "16.png"
+    Image.new("I;16", (8, 8), 40000).save(sixteen)
+    assert open_image(sixteen).getpixel((0, 0)) == (155, 155, 155)  # scaled, not clipped to white
+    cmyk = tmp_path / "c.jpg"
+    Image.new("CMYK", (8, 8), (0, 255, 0, 0)).save(cmyk)
+    assert open_image(cmyk).mode == "RGB"
+
+
+def test_preprocessing_converts_late_like_the_reference(tiny_engine, tmp_path):
+    """RGBA and palette images: p2w's pixels equal open_clip's transform on Image.open (the reference's order)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 255, (50, 70, 4), dtype=np.uint8), "RGBA")
+    rgba.save(tmp_path / "rgba.png")
+    rgba.convert("RGB").quantize(16).save(tmp_path / "pal.png")
+    for name in ("rgba.png", "pal.png"):
+        ours = tiny_engine.pixels([tmp_path / name])[0]
+        reference = tiny_engine.backbone.preprocess(Image.open(tmp_path / name))
+        torch.testing.assert_close(ours, reference, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,11 @@ def looks_like_image_path(value: str) -> bool:
 
 
 def open_image(source: ImageLike, draft: int | None = None) -> Image.Image:
-    """Open a path (or take a PIL image), apply EXIF orientation, return 8-bit RGB; raise ``ImageError`` with a reason.
+    """Open a path (or take a PIL image) and apply EXIF orientation; raise ``ImageError`` with a reason.
+
+    8-bit modes (RGB, RGBA, L, LA, P) are returned as stored: open_clip's transform converts them to RGB *after*
+    resizing and cropping, exactly as the Pic2Word reference does. 16-bit, float and CMYK images (which that late
+    conversion would clip) and palettes with transparency come back as 8-bit RGB.
 
     ``draft``: let JPEGs decode at a reduced scale (1/2, 1/4, 1/8) that keeps the shorter side >= ``draft`` pixels;
     much faster for photos larger than the model's input, and how JPEGs over the pixel limit are read at all.
@@ -77,7 +81,17 @@ def _reduce(im: Image.Image, path: Path, draft: int | None) -> None:
         raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}")
 
 
+LATE_CONVERSION = frozenset({"RGB", "RGBA", "L", "LA", "P"})
+
+
 def _rgb(im: Image.Image) -> Image.Image:
+    """The image for preprocessing: 8-bit modes as they are (see ``open_image``), others as 8-bit RGB."""
+    if im.mode in LATE_CONVERSION and not (im.mode == "P" and "transparency" in im.info):
+        return im
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: 16-bit and 32-bit greyscale are scaled, palettes with transparency go via RGBA."""
     if im.mode == "RGB":
         return im
