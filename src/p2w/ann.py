@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from p2w.atomic import atomic_path
 from p2w.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -122,14 +121,8 @@ def update(ann: Ann, added_ids: Sequence[int], removed: Sequence[int], catalog: 
 def save(ann: Ann, folder: Path) -> None:
     """Write the index and then its sidecar, each to a temporary name first."""
     index_file, sidecar = paths(folder)
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        ann.index.save_index(tmp)
-        os.replace(tmp, index_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(index_file) as tmp:
+        ann.index.save_index(str(tmp))
     info = {
         "generation": ann.generation,
         "dim": ann.index.dim,
@@ -138,6 +131,5 @@ def save(ann: Ann, folder: Path) -> None:
         "M": M,
         "ef_construction": EF_CONSTRUCTION,
     }
-    tmp_side = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp_side.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp_side, sidecar)
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(info), encoding="utf-8")

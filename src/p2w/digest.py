@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -21,3 +23,16 @@ def sha256_or_none(path: str | Path) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
+
+
+def sha256_many(
+    paths: list[str], workers: int = 4, progress: Callable[[int, int], None] | None = None
+) -> dict[str, str | None]:
+    """``sha256_or_none`` of many files, read in ``workers`` threads (hashlib releases the GIL)."""
+    out: dict[str, str | None] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, (p, d) in enumerate(zip(paths, pool.map(sha256_or_none, paths), strict=True), 1):
+            out[p] = d
+            if progress and (i % 200 == 0 or i == len(paths)):
+                progress(i, len(paths))
+    return out

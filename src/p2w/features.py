@@ -12,7 +12,6 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 
 from p2w.backbone import Backbone
-from p2w.digest import sha256_or_none
+from p2w.digest import sha256_many
 from p2w.errors import ImageError
 from p2w.images import open_image
 
@@ -124,8 +123,7 @@ def hash_files(paths: Sequence[Path], cache: FeatureCache | None, workers: int =
             skipped.append((str(p), exc.strerror or str(exc)))
     known = cache.known_hashes(stats) if cache else {}
     todo = [p for p in stats if p not in known]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        fresh = dict(zip(todo, pool.map(sha256_or_none, todo), strict=True))
+    fresh = sha256_many(todo, workers)
     if cache:
         cache.add_hashes([(p, *stats[p], d) for p, d in fresh.items() if d])
     digests = {**known, **fresh}

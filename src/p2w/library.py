@@ -16,7 +16,7 @@ import numpy as np
 
 from p2w import ann as ann_mod
 from p2w.catalog import Catalog, catalog_dir, writer_lock
-from p2w.digest import sha256_or_none
+from p2w.digest import sha256_many
 from p2w.errors import P2WError
 from p2w.scan import Found, scan
 from p2w.settings import Settings
@@ -148,7 +148,9 @@ def _plan(
             plan.skipped.append((f.path, old_skip[2]))
             continue
         fresh.append(f)
-    hashes = _hash_all([f.path for f in fresh], workers, progress)
+    hashes = sha256_many(
+        [f.path for f in fresh], workers, (lambda d, t: progress("hashing", d, t)) if progress else None
+    )
     by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)
     removed_hashes = {h for _, h in plan.remove}
     for f in fresh:
@@ -166,18 +168,6 @@ def _plan(
             else:
                 plan.embed.append((f, digest))
     return plan
-
-
-def _hash_all(paths: list[str], workers: int, progress: Progress | None) -> dict[str, str | None]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    out: dict[str, str | None] = {}
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, (p, d) in enumerate(zip(paths, pool.map(sha256_or_none, paths), strict=True), 1):
-            out[p] = d
-            if progress and (i % 200 == 0 or i == len(paths)):
-                progress("hashing", i, len(paths))
-    return out
 
 
 def _apply(

@@ -10,7 +10,6 @@ import itertools
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from p2w.atomic import atomic_path
 from p2w.errors import MapperError, ModelLoadError
 from p2w.weights import read_state_dict, tensors_of
 
@@ -164,14 +164,8 @@ def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str]
     }
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:

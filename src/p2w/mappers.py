@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from p2w.atomic import atomic_path
 from p2w.digest import sha256_file
 from p2w.errors import MapperError
 from p2w.mapper import FORMAT, import_mapper
@@ -319,7 +320,5 @@ def _defaults(settings: Settings) -> dict[str, str]:
 
 def _write_defaults(settings: Settings, defaults: dict[str, str]) -> None:
     settings.mappers_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.mappers_dir / "defaults.json"
-    tmp = path.with_name(f".defaults.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(defaults, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(settings.mappers_dir / "defaults.json") as tmp:
+        tmp.write_text(json.dumps(defaults, indent=1, sort_keys=True), encoding="utf-8")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from p2w.atomic import atomic_path
 from p2w.errors import ImageError, P2WError
 from p2w.images import looks_like_image_path
 
@@ -44,14 +43,8 @@ def save_npy(vectors: Any, path: Path, overwrite: bool) -> None:
     import numpy as np
 
     check_output(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(vectors, dtype=np.float32))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, np.asarray(vectors, dtype=np.float32))
 
 
 def vectors_json(records: list[dict[str, Any]], vectors: Any) -> str:
@@ -63,11 +56,5 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     if not path.parent.is_dir():
         raise P2WError(f"folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data), encoding="utf-8")

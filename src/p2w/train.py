@@ -6,9 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from p2w.atomic import atomic_path
 from p2w.backbone import Backbone
 from p2w.compose import TRAIN_PROMPT, prompt_ids
 from p2w.data import list_images
@@ -441,14 +440,8 @@ def _save_checkpoint(run: _Run, path: Path) -> None:
         "step_losses": run.step_losses,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from p2w.atomic import atomic_path
 from p2w.digest import sha256_file
 from p2w.errors import ModelLoadError, ModelUnavailableError
 
@@ -350,9 +351,8 @@ def _write_json(path: Path, data: dict[str, str]) -> None:
     """Best effort (a read-only home only costs a re-hash next time); atomic, so readers never see half a file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
     except OSError as exc:
         log.debug("cannot write digest cache %s: %s", path, exc)
 
