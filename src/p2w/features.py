@@ -241,3 +241,27 @@ def encode_views(
         if progress:
             progress(done, len(dataset))
     return out, failed
+
+
+def fill_cache(
+    backbone: Backbone,
+    images: ImageSet,
+    views: Views,
+    cache: FeatureCache,
+    batch_size: int = 64,
+    workers: int = 4,
+    progress: Progress | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[int, str]:
+    """Encode the (row, view) features ``cache`` lacks and store them; returns why rows failed (by row).
+
+    ``shard=(rank, world)``: this process encodes every world-th missing item (torchrun ranks share the work).
+    """
+    have = cache.get([(h, v) for h in images.hashes for v in range(views.per_image)], views.kind)
+    missing = [(r, v) for r, h in enumerate(images.hashes) for v in range(views.per_image) if (h, v) not in have]
+    mine = missing[shard[0] :: shard[1]]
+    if not mine:
+        return {}
+    done, failed = encode_views(backbone, view_dataset(backbone, images, mine, views), batch_size, workers, progress)
+    cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], views.kind)
+    return dict(failed)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from p2w.backbone import Backbone
 from p2w.distributed import Dist
 from p2w.errors import ImageError
-from p2w.features import FeatureCache, ImageSet, Views, encode_views, hash_files, view_dataset
+from p2w.features import FeatureCache, ImageSet, Views, fill_cache, hash_files, view_dataset
 from p2w.images import open_image
 from p2w.mapper import Mapper
 from p2w.objective import photo_of_star_features
@@ -120,20 +120,11 @@ def _cached(
     d: Dist,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[FeatureSource, ImageSet]:
-    keys = [(h, v) for h in images.hashes for v in range(views.per_image)]
-    have = cache.get(keys, views.kind)
-    missing = [(r, v) for r, h in enumerate(images.hashes) for v in range(views.per_image) if (h, v) not in have]
-    mine = missing[d.rank :: d.world]
-    reasons: dict[int, str] = {}
-    if mine:
-        ds = view_dataset(backbone, images, mine, views)
-        done, failed = encode_views(
-            backbone, ds, batch_size=max(8, cfg.batch_size), workers=cfg.workers, progress=progress
-        )
-        cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], views.kind)
-        reasons = dict(failed)
+    reasons = fill_cache(
+        backbone, images, views, cache, max(8, cfg.batch_size), cfg.workers, progress, (d.rank, d.world)
+    )
     d.barrier()
-    have = cache.get(keys, views.kind)
+    have = cache.get([(h, v) for h in images.hashes for v in range(views.per_image)], views.kind)
     ok = [r for r, h in enumerate(images.hashes) if all((h, v) in have for v in range(views.per_image))]
     skipped = list(images.skipped) + [
         (str(images.paths[r]), reasons.get(r, "cannot be decoded"))

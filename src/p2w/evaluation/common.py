@@ -14,7 +14,7 @@ import torch
 from p2w.compose import QueryPlan, fill
 from p2w.engine import Engine
 from p2w.errors import P2WError
-from p2w.features import FeatureCache, Views, encode_views, hash_files, view_dataset
+from p2w.features import FeatureCache, Views, fill_cache, hash_files
 
 Progress = Callable[[int, int], None]
 MODES = ("pic2word", "image", "text", "average")
@@ -74,18 +74,8 @@ def image_features(
     cache = FeatureCache.for_backbone(home, engine.backbone.id)
     try:
         images = hash_files(present, cache, workers)
+        fill_cache(engine.backbone, images, Views(0), cache, batch_size, workers, progress)
         have = cache.get([(h, 0) for h in images.hashes], Views(0).kind)
-        todo = [(r, 0) for r, h in enumerate(images.hashes) if (h, 0) not in have]
-        if todo:
-            done, _ = encode_views(
-                engine.backbone,
-                view_dataset(engine.backbone, images, todo, Views(0)),
-                batch_size=batch_size,
-                workers=workers,
-                progress=progress,
-            )
-            cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], Views(0).kind)
-            have.update({(images.hashes[r], v): f.numpy() for (r, v), f in done.items()})
     finally:
         cache.close()
     return {str(p): have[(h, 0)] for p, h in zip(images.paths, images.hashes, strict=True) if (h, 0) in have}
