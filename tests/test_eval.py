@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,16 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def picture(path: Path, seed: int) -> None:
+    """A distinct stand-in image: a random background colour with coloured blocks (noise images all look alike to a
+    tiny random CLIP, and their near-tied scores would make rankings depend on float rounding)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(path)
+    pixels = np.zeros((40, 36, 3), dtype=np.uint8)
+    pixels[:] = rng.integers(0, 255, 3)
+    for _ in range(3):
+        y, x = rng.integers(0, 28), rng.integers(0, 24)
+        pixels[y : y + 12, x : x + 12] = rng.integers(0, 255, 3)
+    Image.fromarray(pixels).save(path)
 
 
 @pytest.fixture
@@ -39,7 +47,7 @@ def fiq(tmp_path) -> Path:
         (root / "captions" / f"cap.{c}.val.json").write_text(json.dumps(caps))
         (root / "image_splits" / f"split.{c}.val.json").write_text(json.dumps(gallery))
         for i, asin in enumerate(gallery):
-            picture(root / "images" / f"{asin}{'.png' if i % 2 else '.jpg'}", hash(asin) % 10_000)
+            picture(root / "images" / f"{asin}{'.png' if i % 2 else '.jpg'}", zlib.crc32(asin.encode()))
     return root
 
 
@@ -137,7 +145,7 @@ def cirr_data(tmp_path) -> Path:
     (root / "captions" / "cap.rc2.val.json").write_text(json.dumps(caps))
     (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps({n: split[n] for n in sorted(names)}))
     for n in names:
-        picture(root / split[n], hash(n) % 10_000)
+        picture(root / split[n], zlib.crc32(n.encode()))
     return root
 
 
@@ -218,7 +226,7 @@ def imgnet(tmp_path) -> Path:
     (root / "imgnet_real_query.txt").write_text("".join(f"{p} {lab} \n" for p, lab in q))
     (root / "imgnet_targets.txt").write_text("".join(f"{p} {lab} \n" for p, lab in t))
     for p, _ in {(p, 0) for p, _ in [*q, *t]}:
-        picture(root / p, hash(p) % 10_000)
+        picture(root / p, zlib.crc32(p.encode()))
     return root
 
 
