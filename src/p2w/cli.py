@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from p2w.errors import MapperError, P2WError
+from p2w.errors import P2WError
 from p2w.settings import Settings
 
 app = typer.Typer(
@@ -564,23 +564,12 @@ def _mapper_or_default(mapper: str | None, model: str | None, pretrained: str | 
     """``--mapper`` as given, else the backbone's default, else (only with ``--download``) the known published one."""
     if mapper is not None:
         return mapper
-    from p2w.mappers import default_for, known_for, missing_mapper_hint, set_default
-    from p2w.mappers import download as fetch
+    from p2w.mappers import default_or_known
     from p2w.weights import BackboneSpec
 
     settings = Settings.from_env()
     spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
-    name = default_for(spec.id, settings)
-    if name:
-        return name
-    known = known_for(spec.id)
-    if not (download and known):
-        raise MapperError(missing_mapper_hint(spec.id))
-    if not (settings.mappers_dir / f"{known.name}.safetensors").is_file():
-        err_console.print(f"downloading the mapper {known.name} for {spec.id} (--download)")
-        fetch(known.name, settings)
-    set_default(known.name, settings)
-    return known.name
+    return default_or_known(spec.id, settings, download, notify=err_console.print)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -292,6 +292,25 @@ def known_for(backbone: str) -> KnownMapper | None:
     return next((m for m in KNOWN.values() if m.backbone == backbone), None)
 
 
+def default_or_known(
+    backbone: str, settings: Settings, allow_download: bool = False, notify: Callable[[str], object] | None = None
+) -> str:
+    """The mapper to use when none was named: the backbone's default, else — only when ``download`` allows it — the
+    known published one (fetched if needed, then made the default); otherwise an error naming the command to run."""
+    name = default_for(backbone, settings)
+    if name:
+        return name
+    known = known_for(backbone)
+    if not (allow_download and known):
+        raise MapperError(missing_mapper_hint(backbone))
+    if not (settings.mappers_dir / f"{known.name}.safetensors").is_file():
+        if notify:
+            notify(f"downloading the mapper {known.name} for {backbone} (--download)")
+        download(known.name, settings)
+    set_default(known.name, settings)
+    return known.name
+
+
 def missing_mapper_hint(backbone: str) -> str:
     """The one-line remedy when pic2word needs a mapper and none was given or set as default."""
     known = known_for(backbone)
