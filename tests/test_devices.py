@@ -54,7 +54,9 @@ def test_env_settings(tmp_path):
     s = Settings.from_env(
         {"P2W_HOME": str(tmp_path), "P2W_DEVICE": "cpu", "P2W_MODEL": "ViT-B-32", "P2W_PRETRAINED": ""}
     )
-    assert (s.home, s.device, s.model, s.pretrained) == (tmp_path, "cpu", "ViT-B-32", "openai")
+    assert (s.home, s.device, s.model, s.pretrained) == (tmp_path, "cpu", "ViT-B-32", None)  # empty means unset
+    assert s.backbone().pretrained == "openai"  # the open_clip models' default
+    assert s.backbone("p2w-micro-fashion").pretrained == "builtin"
     assert s.mappers_dir == tmp_path / "mappers"
     assert Settings.from_env({}).home.name == "p2w"
 

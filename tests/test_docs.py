@@ -39,3 +39,11 @@ def test_ci_runs_the_readme_test_command():
     test_command = setup[0].split("&&")[-1].strip()
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci_lines
+
+
+def test_readme_main_job_is_the_offline_demo():
+    """README's first command runs `p2w demo`, which tests/test_microworld.py runs end to end."""
+    readme = (ROOT / "README.md").read_text()
+    first = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)[0].strip()
+    assert first.split("&&")[-1].strip() == "p2w demo"
+    assert "pip install" in first.split("&&")[0]

@@ -204,8 +204,12 @@ def test_cirr_test_split_writes_server_files(cirr_data, tiny, tmp_path):
 
 
 def test_unknown_benchmark_and_missing_folder(tmp_path):
-    out = runner.invoke(app, ["eval", "coco", "--data", str(tmp_path)])
-    assert out.exit_code == 1 and "not supported yet" in out.stderr
+    out = runner.invoke(app, ["eval", "cocoa", "--data", str(tmp_path)])
+    assert out.exit_code == 1 and "unknown benchmark 'cocoa'" in out.stderr and "coco" in out.stderr
+    out = runner.invoke(app, ["eval", "coco", "--data", str(tmp_path), "--mode", "image"])
+    assert out.exit_code == 1 and "instances_val2017.json" in out.stderr and "coco_eval.csv" in out.stderr
+    out = runner.invoke(app, ["eval", "fashioniq", "--mode", "image"])
+    assert out.exit_code == 1 and "needs --data" in out.stderr
     out = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path / "nope"), "--mode", "image"])
     assert out.exit_code == 1 and "not found" in out.stderr
     assert cirr.KS == (1, 5, 10, 50)
@@ -322,3 +326,159 @@ def test_circo_test_split_writes_the_submission(circo_data, tiny, tmp_path):
     assert out.exit_code == 0, out.stderr
     sub = json.loads((tmp_path / "sub" / "circo-test-pic2word.json").read_text())
     assert sorted(sub) == ["0", "1", "2", "3"] and len(sub["0"]) == 15 and test[0]["reference_img_id"] not in sub["0"]
+
+
+# ---- COCO object composition ------------------------------------------------------------------------------------
+COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 62, "name": "chair"}]
+
+
+def _box_polygon(x: float, y: float, w: float, h: float) -> list[list[float]]:
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+@pytest.fixture
+def coco_data(tmp_path) -> Path:
+    """Five val2017 images: polygons and an uncompressed RLE, a grayscale image, one image whose only object is too
+    large to be a query, one without annotations; ids out of order in the file."""
+    root = tmp_path / "coco"
+    images, anns = [], []
+    specs = [  # image id, (h, w), grayscale, objects: (category, bbox)
+        (139, (40, 48), False, [(1, (4.6, 5.2, 20.3, 16.9)), (18, (26.0, 20.0, 14.0, 12.0)), (1, (2, 2, 6, 6))]),
+        (42, (36, 36), True, [(62, (10.0, 8.0, 12.5, 14.5))]),
+        (7, (32, 40), False, [(18, (0, 0, 40, 32))]),  # area = whole image: no candidate
+        (99, (30, 30), False, []),
+        (500, (44, 40), False, [(62, (6.0, 6.0, 18.0, 20.0)), (1, (24.0, 10.0, 10.0, 16.0))]),
+    ]
+    rng = np.random.default_rng(3)
+    for image_id, (h, w), gray, objects in specs:
+        name = f"{image_id:012d}.jpg"
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+        pixels = rng.integers(0, 255, (h, w, 3)).astype(np.uint8)
+        pixels[:, : w // 2] = rng.integers(0, 255, 3)
+        im = Image.fromarray(pixels)
+        (root / "val2017").mkdir(parents=True, exist_ok=True)
+        (im.convert("L") if gray else im).save(root / "val2017" / name, quality=95)
+        for cat, box in objects:
+            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": cat, "bbox": list(box), "iscrowd": 0}
+            ann["segmentation"] = _box_polygon(*box)
+            if image_id == 500 and cat == 1:  # a crowd RLE (uncompressed counts) for this one
+                from pycocotools import mask as mask_utils
+
+                m = np.zeros((h, w), dtype=np.uint8, order="F")
+                m[10:26, 24:34] = 1
+                rle = mask_utils.encode(m)
+                ann["segmentation"] = {"size": [h, w], "counts": _uncompressed(m)}
+                ann["iscrowd"] = 1
+                assert mask_utils.area(rle) == 160
+            anns.append(ann)
+    anns.reverse()
+    (root / "annotations").mkdir()
+    data = {"images": images, "annotations": anns, "categories": COCO_CATEGORIES}
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    return root
+
+
+def _uncompressed(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts (column-major runs, starting with zeros)."""
+    flat = mask.flatten(order="F")
+    counts, value, run = [], 0, 0
+    for v in flat:
+        if v == value:
+            run += 1
+        else:
+            counts.append(run)
+            value, run = v, 1
+    counts.append(run)
+    return counts
+
+
+def test_coco_queries_follow_the_reference_recipe(coco_data):
+    from pycocotools.coco import COCO
+
+    from p2w.evaluation import coco
+
+    instances = json.loads((coco_data / coco.INSTANCES).read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"]}
+    queries = coco.prepare(instances, sizes, seed=0)
+    assert [q.file for q in queries] == ["000000000042.jpg", "000000000139.jpg", "000000000500.jpg"]  # sorted ids
+    assert queries == coco.prepare(instances, sizes, seed=0)  # seeded
+    draws = {tuple(q.query_class for q in coco.prepare(instances, sizes, seed=s)) for s in range(12)}
+    assert len(draws) > 1  # the draw is random among the candidates, per seed
+    by_file = {q.file: q for q in queries}
+    q42 = by_file["000000000042.jpg"]
+    assert (q42.query_class, q42.others, q42.box) == ("chair", [], (10, 8, 22, 22))
+    assert q42.text == "chair and "  # the reference's "a photo of * and chair and " for a one-class image
+    q139 = by_file["000000000139.jpg"]
+    assert set([q139.query_class, *q139.others]) == {"person", "dog"} and q139.query_class not in q139.others
+    # masks: the same as pycocotools' own COCO.annToMask, polygons and RLE alike
+    api = COCO()
+    api.dataset = instances
+    api.createIndex()
+    for ann in instances["annotations"]:
+        h, w = sizes[ann["image_id"]]
+        np.testing.assert_array_equal(coco.ann_mask(ann, h, w), api.annToMask(ann))
+
+
+def test_coco_region_is_the_masked_object_on_white(coco_data):
+    from p2w.evaluation import coco
+
+    instances = json.loads((coco_data / coco.INSTANCES).read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"]}
+    q = next(q for q in coco.prepare(instances, sizes, seed=0) if q.file == "000000000500.jpg")
+    region = np.asarray(coco.region_image(q, coco_data).convert("RGB"), dtype=np.int16)
+    x1, y1, x2, y2 = q.box
+    assert region.shape[:2] == (y2 - y1, x2 - x1)
+    original = np.asarray(Image.open(coco_data / "val2017" / q.file).convert("RGB"), dtype=np.int16)[y1:y2, x1:x2]
+    inside = np.abs(region - original).mean()
+    assert inside < 25  # the object itself (through one JPEG re-encoding)
+    # a box polygon fills its box: a region of the box-shaped object is the object; white only outside the mask
+    assert region.min() < 200
+
+
+def test_coco_eval_end_to_end_and_the_reference_csv_layout(coco_data, tiny, tmp_path):
+    import shutil
+
+    from p2w.evaluation import coco
+
+    (coco_data / "val2017" / "000000000500.jpg").unlink()  # a missing image: counted, its query left out
+    out = runner.invoke(app, ["eval", "coco", "--data", str(coco_data), *tiny_args(tiny), "--mode", "all", "--json"])
+    assert out.exit_code == 0, out.output
+    results = json.loads(out.stdout)
+    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average"]
+    for r in results:
+        assert r["benchmark"] == "coco" and r["missing"] == {"images": 1}
+        assert {"R@1", "R@5", "mean_rank", "median_rank", "image_to_ref_R@1"} <= set(r["metrics"])
+        assert 1 <= r["metrics"]["mean_rank"] <= 2 and r["metrics"]["R@5"] == 100.0  # two queries, two images
+    # independent computation of one mode from the library pieces
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    instances = json.loads((coco_data / coco.INSTANCES).read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"]}
+    queries = [q for q in coco.prepare(instances, sizes) if q.file != "000000000500.jpg"]
+    gallery = engine.encode_images([coco_data / "val2017" / q.file for q in queries])
+    prompts = [f"a photo of * and {q.text}" for q in queries]
+    import torch
+
+    regions = torch.stack(
+        [coco.region_transform(engine)(coco.region_image(q, coco_data).convert("RGB")) for q in queries]
+    )
+    feats = engine.backbone.encode_image(regions)
+    from p2w.compose import QueryPlan
+    from p2w.evaluation.common import l2n
+    from p2w.evaluation.metrics import paired_ranks
+
+    composed = l2n(engine.compose(QueryPlan("pic2word", "x"), feats, prompts).numpy())
+    expect = paired_ranks(gallery, composed)
+    assert results[0]["metrics"]["R@1"] == pytest.approx(100 * expect["ref_to_image_R@1"])
+    assert results[0]["metrics"]["image_to_ref_mean_rank"] == pytest.approx(expect["image_to_ref_mean_rank"])
+    # the reference's prepared layout (coco_eval.csv + val2017_masked/) gives the same numbers
+    ref = tmp_path / "ref"
+    shutil.copytree(coco_data / "val2017", ref / "val2017")
+    (ref / "val2017_masked").mkdir()
+    lines = ["id,query_regions,query_class,classes"]
+    for q in queries:
+        (ref / "val2017_masked" / q.file).write_bytes(coco.masked_jpeg(q, coco_data))
+        lines.append(f"{q.file},{';'.join(str(float(v)) for v in q.box)} ,{q.query_class},{';'.join(q.others)}")
+    (ref / "coco_eval.csv").write_text("\n".join(lines) + "\n")
+    again = runner.invoke(app, ["eval", "coco", "--data", str(ref), *tiny_args(tiny), "--mode", "all", "--json"])
+    assert again.exit_code == 0, again.output
+    assert [r["metrics"] for r in json.loads(again.stdout)] == [r["metrics"] for r in results]

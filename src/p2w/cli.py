@@ -190,10 +190,10 @@ def mapper_import(
     """Import a mapper (e.g. a checkpoint of the reference training code) for the given backbone."""
     with _user_errors():
         from p2w.mapper import import_mapper
-        from p2w.weights import BackboneSpec, mapper_dims
+        from p2w.weights import mapper_dims
 
         settings = Settings.from_env()
-        spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+        spec = settings.backbone(model, pretrained)
         target = import_mapper(file, name, settings.mappers_dir, spec.id, mapper_dims(spec), overwrite=force)
         err_console.print(f"imported {file} as mapper {name!r} for {spec.id}: {target}")
         typer.echo(str(target))
@@ -221,12 +221,11 @@ def index_command(
     with _user_errors():
         from p2w.library import index
         from p2w.render import LibraryProgress, index_table, skipped_table
-        from p2w.weights import BackboneSpec
 
         if not paths:
             raise P2WError("give one or more folders to index, e.g. p2w index ~/Pictures")
         settings = Settings.from_env()
-        spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+        spec = settings.backbone(model, pretrained)
         with LibraryProgress(err_console) as progress:
             report = index(
                 paths,
@@ -273,14 +272,13 @@ def search_command(
         from p2w.compose import plan
         from p2w.library import open_catalog, search
         from p2w.output import split_query_args
-        from p2w.weights import BackboneSpec
 
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
         if qp.needs_mapper:
             mapper = _mapper_or_default(mapper, model, pretrained, download)
         settings = Settings.from_env()
-        spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+        spec = settings.backbone(model, pretrained)
         catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
         try:
             engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
@@ -307,6 +305,45 @@ def _query_image(engine: Any, path: str | None) -> Any:
 
     size = engine.backbone.model.visual.image_size
     return open_image(path, draft=size if isinstance(size, int) else min(size))
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for the gallery and contact sheet [default: P2W_HOME/demo]"),
+    ] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """See composed retrieval work, offline: the embedded micro model on a small gallery of coloured clothes."""
+    with _user_errors():
+        from p2w import demo
+        from p2w.render import LibraryProgress, demo_table
+        from p2w.weights import BUILTIN_TAG
+
+        settings = Settings.from_env()
+        folder = out or settings.home / "demo"
+        err_console.print(
+            f"p2w demo: the embedded model {demo.MODEL} (a micro CLIP trained by p2w on Fashion-MNIST items in "
+            "eight colours) and its Pic2Word mapper; nothing is downloaded"
+        )
+        mapper = _mapper_or_default(None, demo.MODEL, BUILTIN_TAG, download=False)  # the shipped one
+        with LibraryProgress(err_console) as progress:
+            result = demo.run(
+                folder, lambda: _load(demo.MODEL, BUILTIN_TAG, device, "auto", mapper=mapper), settings, progress
+            )
+        console = Console()
+        for query, results in zip(demo.QUERIES, result.results, strict=True):
+            console.print(demo_table(query, results))
+        r = result.indexed
+        console.print(f"gallery: {result.images} images in {result.gallery} ({r.added} newly indexed)")
+        console.print(f"contact sheet: {result.sheet}")
+        console.print(
+            "search it yourself: p2w search --model p2w-micro-fashion IMAGE 'shirt' --prompt 'a * {text}'\n"
+            "your own photos (the published Pic2Word mapper, ~1.7 GB, needs the network once):\n"
+            "  p2w mapper download pic2word-vit-l-14 && p2w index ~/Pictures && "
+            "p2w search shirt.jpg 'with a red logo'"
+        )
 
 
 @app.command("status")
@@ -340,10 +377,13 @@ def status_command(
 
 @app.command("eval")
 def eval_command(
-    benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr, imagenet-r or circo")],
-    data: Annotated[Path, typer.Option("--data", help="the benchmark's folder, in its published layout")],
+    benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr, imagenet-r, circo, coco or micro-fashion")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="the benchmark's folder, in its published layout (micro-fashion: Fashion-MNIST)"),
+    ] = None,
     mode: Annotated[str, typer.Option("--mode", help="pic2word, image, text, average or all")] = "pic2word",
-    split: Annotated[str, typer.Option("--split", help="val (or test1 for CIRR)")] = "val",
+    split: Annotated[str | None, typer.Option("--split", help="val (or test1 for CIRR) [default: val]")] = None,
     category: Annotated[list[str] | None, typer.Option("--category", help="FashionIQ category (repeatable)")] = None,
     caption_order: Annotated[
         str, typer.Option("--caption-order", help="FashionIQ: pic2word (cap2 and cap1) or both (averaged)")
@@ -379,17 +419,30 @@ def eval_command(
             "cirr": "p2w.evaluation.cirr",
             "imagenet-r": "p2w.evaluation.imagenet_r",
             "circo": "p2w.evaluation.circo",
+            "coco": "p2w.evaluation.coco",
+            "micro-fashion": "p2w.evaluation.micro_fashion",
         }
         if benchmark not in runners:
-            later = " (coco is not supported yet)" if benchmark == "coco" else ""
-            raise P2WError(f"unknown benchmark {benchmark!r}; use fashioniq, cirr, imagenet-r or circo{later}")
+            raise P2WError(f"unknown benchmark {benchmark!r}; use {', '.join(runners)}")
+        if benchmark == "micro-fashion":
+            from p2w.microworld import DEFAULT_DATA
+            from p2w.weights import BUILTIN_MODELS
+
+            data = data or DEFAULT_DATA  # the world of the embedded model, which is this benchmark's default
+            model = model or BUILTIN_MODELS[0]
+            split = split or "test"
+        if data is None:
+            raise P2WError(f"{benchmark} needs --data DIR, the benchmark's folder in its published layout")
         if not data.is_dir():
             raise P2WError(f"benchmark folder not found: {data}")
         if mode in ("pic2word", "all"):
             mapper = _mapper_or_default(mapper, model, pretrained, download)
         import importlib
 
-        run = importlib.import_module(runners[benchmark]).evaluate
+        module = importlib.import_module(runners[benchmark])
+        if hasattr(module, "check_layout"):
+            module.check_layout(data)  # before the model is loaded
+        run = module.evaluate
         kwargs: dict[str, Any] = {}
         if benchmark == "fashioniq":
             kwargs = {"categories": category, "caption_order": caption_order}
@@ -403,7 +456,7 @@ def eval_command(
             data,
             Settings.from_env().home,
             mode=mode,
-            split=split,
+            split=split or "val",
             strict=strict,
             workers=workers,
             batch_size=batch_size,
@@ -565,10 +618,9 @@ def _mapper_or_default(mapper: str | None, model: str | None, pretrained: str | 
     if mapper is not None:
         return mapper
     from p2w.mappers import default_or_known
-    from p2w.weights import BackboneSpec
 
     settings = Settings.from_env()
-    spec = BackboneSpec(model or settings.model, pretrained or settings.pretrained)
+    spec = settings.backbone(model, pretrained)
     return default_or_known(spec.id, settings, download, notify=err_console.print)
 
 

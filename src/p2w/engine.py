@@ -15,7 +15,7 @@ from p2w.errors import MapperError, PromptError
 from p2w.images import ImageLike, open_image
 from p2w.mapper import Mapper, MapperFile, check_fits, mapper_path, read_mapper
 from p2w.settings import Settings
-from p2w.weights import BackboneSpec, mapper_dims
+from p2w.weights import mapper_dims
 
 
 class Engine:
@@ -148,7 +148,7 @@ def load(
     ``"none"``; ``mapper``: a registered name, a file, or a ``Mapper``. Defaults come from ``Settings.from_env()``.
     """
     settings = settings or Settings.from_env()
-    spec = BackboneSpec(model or settings.model, pretrained if pretrained is not None else settings.pretrained)
+    spec = settings.backbone(model, pretrained)
     mapper_file = None
     if isinstance(mapper, (str, Path)):
         mapper_file = read_mapper(mapper_path(str(mapper), settings.mappers_dir))

@@ -21,7 +21,7 @@ from p2w.digest import sha256_file
 from p2w.errors import MapperError
 from p2w.mapper import FORMAT, import_mapper
 from p2w.settings import Settings
-from p2w.weights import BackboneSpec, mapper_dims, offline_reason
+from p2w.weights import BUILTIN_MODELS, BUILTIN_TAG, BackboneSpec, builtin_file, mapper_dims, offline_reason
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
@@ -91,9 +91,8 @@ def download(
     known = KNOWN.get(source)
     url = known.source if known else source
     expected = (sha256 or (known.sha256 if known else None) or "").lower() or None
-    spec = BackboneSpec(
-        model or (known.model if known else settings.model),
-        pretrained or (known.pretrained if known else settings.pretrained),
+    spec = settings.backbone(
+        model or (known.model if known else None), pretrained or (known.pretrained if known else None)
     )
     name = name or (known.name if known else Path(urlparse(url).path).stem)
     target = settings.mappers_dir / f"{name}.safetensors"
@@ -295,9 +294,10 @@ def known_for(backbone: str) -> KnownMapper | None:
 def default_or_known(
     backbone: str, settings: Settings, allow_download: bool = False, notify: Callable[[str], object] | None = None
 ) -> str:
-    """The mapper to use when none was named: the backbone's default, else — only when ``download`` allows it — the
-    known published one (fetched if needed, then made the default); otherwise an error naming the command to run."""
-    name = default_for(backbone, settings)
+    """The mapper to use when none was named: the backbone's default, else the one shipped with a builtin backbone,
+    else — only when ``download`` allows it — the known published one (fetched if needed, then made the default);
+    otherwise an error naming the command to run."""
+    name = default_for(backbone, settings) or builtin_mapper_for(backbone)
     if name:
         return name
     known = known_for(backbone)
@@ -309,6 +309,15 @@ def default_or_known(
         download(known.name, settings)
     set_default(known.name, settings)
     return known.name
+
+
+def builtin_mapper_for(backbone: str) -> str | None:
+    """The mapper file shipped with a builtin backbone (e.g. ``p2w-micro-fashion/builtin-...``), if any."""
+    for model in BUILTIN_MODELS:
+        path = builtin_file(model, "mapper.safetensors")
+        if path.is_file() and backbone == BackboneSpec(model, BUILTIN_TAG).id:
+            return str(path)
+    return None
 
 
 def missing_mapper_hint(backbone: str) -> str:

@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from p2w.demo import DemoQuery
+    from p2w.demo import Result as DemoResult
     from p2w.evaluation.common import EvalResult
     from p2w.library import CatalogInfo, Hit, IndexReport
     from p2w.mappers import Registered
@@ -251,10 +253,32 @@ def eval_table(result: EvalResult) -> Table:
     )
     table = Table(title=title, caption=f"missing: {missing}" if missing else None)
     groups = result.metrics if all(isinstance(v, dict) for v in result.metrics.values()) else {"": result.metrics}
-    keys = list(next(iter(groups.values()), {}))
+    keys = list(dict.fromkeys(k for values in groups.values() for k in values))  # groups may differ (micro-fashion)
     table.add_column("")
     for k in keys:
         table.add_column(k, justify="right")
     for group, values in groups.items():
-        table.add_row(group, *(f"{values[k]:.2f}" for k in keys))
+        table.add_row(group, *(f"{values[k]:.2f}" if k in values else "" for k in keys))
+    return table
+
+
+def demo_table(query: DemoQuery, results: list[DemoResult]) -> Table:
+    """One demo query: per mode, its top results (class and colour) with right answers ticked."""
+    from p2w.demo import parse_name
+    from p2w.microworld import CLASSES, COLOUR_NAMES
+
+    table = Table(title=f"query: {query.describe()}", title_justify="left")
+    table.add_column("mode")
+    table.add_column("right", justify="right")
+    table.add_column("top results (✓ = what was asked for)", overflow="fold")
+    for r in results:
+        shown = []
+        for path, right in zip(r.paths, r.right, strict=True):
+            label, colour, _ = parse_name(path)
+            mark = "[green]✓[/green]" if right else "[dim]·[/dim]"
+            shown.append(f"{mark} {COLOUR_NAMES[colour]} {CLASSES[label]}")
+        style = "bold" if r.mode == "pic2word" else ""
+        table.add_row(
+            f"[{style}]{r.mode}[/{style}]" if style else r.mode, f"{sum(r.right)}/{len(r.right)}", ", ".join(shown)
+        )
     return table

@@ -6,6 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from p2w.weights import BackboneSpec
 
 DEFAULT_MODEL = "ViT-L-14"  # the backbone of the published Pic2Word mapper
 DEFAULT_PRETRAINED = "openai"
@@ -17,7 +21,7 @@ class Settings:
 
     home: Path
     model: str = DEFAULT_MODEL
-    pretrained: str = DEFAULT_PRETRAINED
+    pretrained: str | None = None  # None: the model's own default (see ``pretrained_for``)
     device: str = "auto"
 
     @classmethod
@@ -28,9 +32,23 @@ class Settings:
         return cls(
             home=Path(home).expanduser(),
             model=env.get("P2W_MODEL") or DEFAULT_MODEL,
-            pretrained=env.get("P2W_PRETRAINED") or DEFAULT_PRETRAINED,
+            pretrained=env.get("P2W_PRETRAINED") or None,
             device=env.get("P2W_DEVICE") or "auto",
         )
+
+    def pretrained_for(self, model: str) -> str:
+        """``P2W_PRETRAINED`` when set, else the model's default: ``builtin`` for p2w's embedded models, else
+        ``openai``."""
+        from p2w.weights import BUILTIN_MODELS, BUILTIN_TAG
+
+        return self.pretrained or (BUILTIN_TAG if model in BUILTIN_MODELS else DEFAULT_PRETRAINED)
+
+    def backbone(self, model: str | None = None, pretrained: str | None = None) -> BackboneSpec:
+        """The backbone the user asked for, defaults filled in, e.g. ``backbone("p2w-micro-fashion")``."""
+        from p2w.weights import BackboneSpec
+
+        model = model or self.model
+        return BackboneSpec(model, pretrained or self.pretrained_for(model))
 
     @property
     def mappers_dir(self) -> Path:

@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, settings: Settings | None = None, callbacks: Callbac
     _check_start(cfg, name, paths)
     if cfg.resume:
         cfg = _resumed_config(cfg, _read_checkpoint(paths["checkpoint"]))
-    cfg = replace(cfg, model=cfg.model or settings.model, pretrained=cfg.pretrained or settings.pretrained)
+    spec = settings.backbone(cfg.model, cfg.pretrained)
+    cfg = replace(cfg, model=spec.model, pretrained=spec.pretrained)
     d = Dist.from_env(cfg.device)
     cb = (callbacks or NoCallbacks()) if d.is_main else NoCallbacks()
     try:

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 RANDOM_TAGS = ("none", "random")  # --pretrained none: random init (benchmarks, tests)
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI CLIP checkpoints only
+# models shipped inside the package (config, weights and default mapper in p2w/assets/NAME/), no download ever
+BUILTIN_MODELS = ("p2w-micro-fashion",)
+BUILTIN_TAG = "builtin"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def builtin_file(model: str, name: str) -> Path:
+    """A file of a builtin model, e.g. ``builtin_file("p2w-micro-fashion", "model.json")``."""
+    return ASSETS / model / name
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class BackboneSpec:
     @property
     def config_path(self) -> Path | None:
         """The model-config JSON file when ``model`` names one, else None (an open_clip model name)."""
+        if self.model in BUILTIN_MODELS:
+            return builtin_file(self.model, "model.json")
         path = Path(self.model).expanduser()
         if path.suffix.lower() == ".json" or path.is_file():
             return path
@@ -51,6 +62,8 @@ class BackboneSpec:
         """The local weights file when ``pretrained`` names one, else None (a tag, or random init)."""
         if self.is_random:
             return None
+        if self.is_builtin:
+            return builtin_file(self.model, "model.safetensors")
         path = Path(str(self.pretrained)).expanduser()
         looks_like_path = os.sep in str(self.pretrained) or path.suffix.lower() in WEIGHT_SUFFIXES
         if path.is_file() or looks_like_path:
@@ -61,6 +74,11 @@ class BackboneSpec:
     def is_random(self) -> bool:
         """True for ``pretrained`` None / "none" / "random": random initialisation, no weights."""
         return not self.pretrained or str(self.pretrained).lower() in RANDOM_TAGS
+
+    @property
+    def is_builtin(self) -> bool:
+        """True for a model shipped with p2w and its own weights (``--pretrained builtin``)."""
+        return self.model in BUILTIN_MODELS and str(self.pretrained).lower() == BUILTIN_TAG
 
     @property
     def tag(self) -> str | None:
@@ -74,10 +92,12 @@ class BackboneSpec:
         Files are identified by content: ``"<stem>-<sha256[:12]>"``.
         """
         cfg = self.config_path
-        model = f"{cfg.stem}-{_sha256(cfg)[:12]}" if cfg else self.model
+        model = f"{cfg.stem}-{_sha256(cfg)[:12]}" if cfg and self.model not in BUILTIN_MODELS else self.model
         weights = self.weights_path
         if self.is_random:
             pretrained = "random"
+        elif self.is_builtin and weights is not None:
+            pretrained = f"{BUILTIN_TAG}-{_sha256(weights)[:12]}"  # a new release of the weights is a new backbone
         elif weights is not None:
             pretrained = f"{weights.stem}-{_sha256(weights)[:12]}"
         else:
@@ -105,8 +125,13 @@ def resolve(spec: BackboneSpec) -> ResolvedBackbone:
     if spec.weights_path is not None:
         weights = spec.weights_path
         if not weights.is_file():
-            raise ModelUnavailableError(f"weights file not found: {weights}")
+            where = "p2w's package data (reinstall p2w)" if spec.is_builtin else "disk"
+            raise ModelUnavailableError(f"weights file not found: {weights} (looked on {where})")
     elif spec.tag is not None:
+        if spec.model in BUILTIN_MODELS:
+            raise ModelUnavailableError(
+                f"{spec.model} is embedded in p2w: use --pretrained {BUILTIN_TAG} (its weights), none (random) or PATH"
+            )
         if spec.config_path is not None:
             raise ModelUnavailableError(
                 f"--pretrained {spec.tag!r} is a tag, but tags only exist for open_clip model names; "
@@ -132,7 +157,7 @@ def model_config(spec: BackboneSpec) -> tuple[dict[str, Any], dict[str, Any], st
             hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
             raise ModelUnavailableError(f"unknown open_clip model {spec.model!r}{hint} (or pass a model-config .json)")
         return cfg, {}, spec.model
-    return (*read_model_config(path), path.stem)
+    return (*read_model_config(path), spec.model if spec.model in BUILTIN_MODELS else path.stem)
 
 
 def read_model_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

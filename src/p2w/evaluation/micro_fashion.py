@@ -1,0 +1,130 @@
+"""``micro-fashion``: composed retrieval in the colour world (``p2w.microworld``), p2w's own offline benchmark.
+
+Held-out items: ``per_class`` seeded Fashion-MNIST *test* items of every class (none was seen in training). The
+gallery is every held-out item in every one of the eight colours; each query's reference image is left out.
+
+- ``class-change``: item in colour c + a class name ("a red dress" + "shirt") -> items of that class in colour c.
+  Prompt ``a * {text}``. Metric: P@10 / P@50, the fraction of the top k that has the asked class *and* colour c.
+- ``colour-change``: item in colour c + a colour name ("this dress" + "blue") -> the same item in that colour.
+  Prompt ``a photo of * , in {text}.``. Metric: R@1/10/50 of that single target.
+
+Every query's reference colour and asked class or colour are seeded draws (``seed``), different from its own.
+Baselines use the same filled prompt, as in the other benchmarks (``text`` reads ``*`` as a literal word).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p2w import microworld as mw
+from p2w.engine import Engine
+from p2w.errors import P2WError
+from p2w.evaluation import metrics as m
+from p2w.evaluation.common import EvalResult, l2n, mapper_name, modes_of, query_vectors
+
+Progress = Callable[[int, int], None]
+TASKS = {"class-change": "a * {text}", "colour-change": "a photo of * , in {text}."}
+PER_CLASS = 100
+TOP = 50
+
+
+@dataclass(frozen=True)
+class World:
+    """The held-out gallery and the two tasks' queries (indices into the gallery)."""
+
+    items: mw.Items  # held-out items
+    names: list[str]  # gallery names "t01234-red": test-set index and colour
+    item_of: np.ndarray  # (G,) held-out item row of each gallery image
+    colour_of: np.ndarray  # (G,) colour index of each gallery image
+    queries: dict[str, tuple[np.ndarray, list[str], np.ndarray]]  # task -> (reference gallery rows, texts, asked)
+
+    def gallery_rgb(self) -> np.ndarray:
+        """Every gallery image ``(G, 32, 32, 3)`` uint8."""
+        return mw.colourise(self.items.images[self.item_of], self.colour_of)
+
+
+def build_world(data: Path | None = None, per_class: int = PER_CLASS, seed: int = 0) -> World:
+    """The held-out items, gallery and queries, all seeded."""
+    test = mw.load_items("test", data)
+    rows = mw.balanced_rows(test.labels, per_class, seed)
+    items = test.subset(rows)
+    n, colours = len(items), len(mw.COLOURS)
+    item_of = np.repeat(np.arange(n), colours)
+    colour_of = np.tile(np.arange(colours), n)
+    names = [f"t{rows[i]:05d}-{mw.COLOUR_NAMES[c]}" for i, c in zip(item_of, colour_of, strict=True)]
+    rng = np.random.default_rng(seed + 1)
+    ref_colour = rng.integers(0, colours, size=n)
+    refs = np.arange(n) * colours + ref_colour  # gallery row of each item's reference image
+    new_class = (items.labels + rng.integers(1, len(mw.CLASSES), size=n)) % len(mw.CLASSES)
+    new_colour = (ref_colour + rng.integers(1, colours, size=n)) % colours
+    queries = {
+        "class-change": (refs, [mw.CLASSES[k] for k in new_class], new_class),
+        "colour-change": (refs, [mw.COLOUR_NAMES[c] for c in new_colour], new_colour),
+    }
+    return World(items, names, item_of, colour_of, queries)
+
+
+def gallery_features(
+    engine: Engine, world: World, batch_size: int = 256, progress: Progress | None = None
+) -> np.ndarray:
+    """Unnormalised features ``(G, dim)`` of the gallery, through the backbone's own preprocessing."""
+    from PIL import Image
+
+    rgb = world.gallery_rgb()
+    out = []
+    for i in range(0, len(rgb), batch_size):
+        images = [Image.fromarray(a, "RGB") for a in rgb[i : i + batch_size]]
+        out.append(engine.image_features(images).cpu().numpy())
+        if progress:
+            progress(min(i + batch_size, len(rgb)), len(rgb))
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate(
+    engine: Engine,
+    data: Path | None,
+    home: Path | None = None,
+    mode: str = "pic2word",
+    split: str = "test",
+    per_class: int = PER_CLASS,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    **_: object,
+) -> list[EvalResult]:
+    """One ``EvalResult`` per mode, metrics grouped by task."""
+    if split != "test":
+        raise P2WError(f"micro-fashion has one split, test (held-out Fashion-MNIST test items), not {split!r}")
+    world = build_world(data, per_class, seed)
+    feats = gallery_features(engine, world, batch_size, progress)
+    gallery = l2n(feats)
+    results = []
+    for md in modes_of(mode):
+        result = EvalResult("micro-fashion", split, md, engine.backbone.id, mapper_name(engine), {}, {})
+        for task, template in TASKS.items():
+            refs, texts, asked = world.queries[task]
+            with torch.inference_mode():
+                q = query_vectors(engine, md, template, feats[refs] if md != "text" else None, texts)
+            scores = q @ gallery.T
+            scores[np.arange(len(refs)), refs] = -np.inf  # the reference image is never a result
+            part = np.argpartition(-scores, TOP, axis=1)[:, :TOP]
+            order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable"), 1)
+            if task == "class-change":
+                ref_colour = world.colour_of[refs][:, None]
+                hit = (world.items.labels[world.item_of[order]] == asked[:, None]) & (
+                    world.colour_of[order] == ref_colour
+                )
+                result.metrics[task] = {f"P@{k}": 100 * float(hit[:, :k].mean()) for k in (10, 50)}
+            else:
+                target = world.item_of[refs] * len(mw.COLOURS) + asked
+                ranks = m.target_ranks(q, gallery, target, exclude=refs)
+                result.metrics[task] = {k: 100 * v for k, v in m.recall_at(ranks, (1, 10, 50)).items()}
+            result.missing[f"{task}_queries"] = 0
+            result.predictions[task] = [[world.names[j] for j in row] for row in order]
+        results.append(result)
+    return results
