@@ -1,6 +1,7 @@
 """Recall@10 and query time of p2w's hnswlib index (its M, ef_construction, ef) on random unit vectors.
 
     python benchmarks/ann_quality.py --n 100000 --dim 768 --queries 1000
+    python benchmarks/ann_quality.py --vectors micro.npz     # real embeddings (benchmarks/micro_embeddings.py)
 
 Random high-dimensional vectors are the hard case for HNSW (real CLIP embeddings cluster); exact top-10 by brute
 force is the reference. Query time: one query per call, one thread, as `p2w search` does.
@@ -46,10 +47,16 @@ def main() -> None:
     ap.add_argument("--ef", type=int, nargs="*", default=[100, ann.EF_SEARCH, 400])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for building")
     ap.add_argument("--intrinsic", type=int, default=0, help="vectors on a random subspace of this dimension")
+    ap.add_argument("--vectors", default=None, help=".npz with unit 'data' and 'queries' (overrides --n/--dim)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    basis = rng.standard_normal((args.intrinsic, args.dim), dtype=np.float32) if args.intrinsic else None
-    data, queries = unit(rng, args.n, args.dim, basis), unit(rng, args.queries, args.dim, basis)
+    if args.vectors:
+        with np.load(args.vectors) as f:
+            data, queries = f["data"].astype(np.float32), f["queries"][: args.queries].astype(np.float32)
+        args.n, args.dim = data.shape
+    else:
+        basis = rng.standard_normal((args.intrinsic, args.dim), dtype=np.float32) if args.intrinsic else None
+        data, queries = unit(rng, args.n, args.dim, basis), unit(rng, args.queries, args.dim, basis)
     index = hnswlib.Index(space="ip", dim=args.dim)
     index.init_index(max_elements=args.n, ef_construction=ann.EF_CONSTRUCTION, M=ann.M)
     index.set_num_threads(args.threads)
@@ -85,6 +92,7 @@ def main() -> None:
         json.dumps(
             {
                 "n": args.n,
+                "vectors": args.vectors or ("structured" if args.intrinsic else "random"),
                 "intrinsic": args.intrinsic,
                 "exact_numpy_ms_per_query": round(exact_ms, 2),
                 "dim": args.dim,

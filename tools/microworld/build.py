@@ -1,10 +1,12 @@
 """Build p2w's embedded micro model from scratch, one seeded command (~20 minutes on 2 CPU cores):
 
     python tools/microworld/build.py [--out build/microworld] [--stages clip,ship,mapper,demo,eval]
+    python tools/microworld/build.py --seed 1 --out build/mw-s1 --target build/mw-s1/ship   # leave the package alone
 
 Stages (each reads what the previous ones wrote; run a subset with --stages):
   clip    train the micro CLIP on the colour world (tools/microworld/train_clip.py)
   ship    zero the token rows no caption or prompt uses, store fp16 weights + config in src/p2w/assets/
+          (or in --target DIR: the later stages then use that model as a config + weights file, not the builtin)
   mapper  write the world's training images and train the Pic2Word mapper with `p2w train` itself
   demo    store the demo gallery items (held-out test items) in src/p2w/assets/
   eval    `p2w eval micro-fashion --mode all --json` with the shipped model and mapper -> OUT/eval.json
@@ -61,7 +63,14 @@ def kept_texts() -> list[str]:
     return [*texts, TRAIN_PROMPT, *words]
 
 
-def ship(out: Path) -> dict[str, object]:
+def model_args(target: Path) -> list[str]:
+    """``--model/--pretrained`` of the shipped model: the builtin name, or the files in ``--target``."""
+    if target == ASSETS:
+        return ["--model", MODEL, "--pretrained", "builtin"]
+    return ["--model", str(target / "model.json"), "--pretrained", str(target / "model.safetensors")]
+
+
+def ship(out: Path, target: Path) -> dict[str, object]:
     import open_clip
     import torch
     from safetensors.torch import load_file, save_file
@@ -76,16 +85,16 @@ def ship(out: Path) -> dict[str, object]:
     mask = torch.zeros(emb.shape[0], dtype=torch.bool)
     mask[keep] = True
     state["token_embedding.weight"] = emb * mask[:, None]
-    ASSETS.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     meta = {"format": "p2w-builtin-1", "open_clip": open_clip.__version__, "torch": torch.__version__}
-    save_file(half, str(ASSETS / "model.safetensors"), metadata=meta)
-    os.chmod(ASSETS / "model.safetensors", 0o644)  # package data: readable by every user
-    shutil.copyfile(CONFIG, ASSETS / "model.json")
-    return {"token_rows_kept": int(mask.sum()), "bytes": (ASSETS / "model.safetensors").stat().st_size}
+    save_file(half, str(target / "model.safetensors"), metadata=meta)
+    os.chmod(target / "model.safetensors", 0o644)  # package data: readable by every user
+    shutil.copyfile(CONFIG, target / "model.json")
+    return {"token_rows_kept": int(mask.sum()), "bytes": (target / "model.safetensors").stat().st_size}
 
 
-def mapper(out: Path, data: Path | None, args: argparse.Namespace) -> dict[str, object]:
+def mapper(out: Path, data: Path | None, args: argparse.Namespace, target: Path) -> dict[str, object]:
     items = mw.load_items("train", data)
     rng = np.random.default_rng(args.seed)
     rows = np.sort(rng.choice(len(items), size=args.mapper_images, replace=False))
@@ -98,11 +107,11 @@ def mapper(out: Path, data: Path | None, args: argparse.Namespace) -> dict[str, 
     home = out / "home"
     shutil.rmtree(home / "mappers", ignore_errors=True)
     env = {**ENV, "P2W_HOME": str(home)}
-    cmd = [sys.executable, "-m", "p2w", "train", "--data", str(folder), "--model", MODEL, "--pretrained", "builtin"]
+    cmd = [sys.executable, "-m", "p2w", "train", "--data", str(folder), *model_args(target)]
     cmd += ["--name", "micro-fashion", "--epochs", str(args.mapper_epochs), "--lr", str(args.mapper_lr)]
     cmd += ["--batch-size", "128", "--seed", str(args.seed), "--json"]
     seconds = run(cmd, env)
-    shutil.copyfile(home / "mappers" / "micro-fashion.safetensors", ASSETS / "mapper.safetensors")
+    shutil.copyfile(home / "mappers" / "micro-fashion.safetensors", target / "mapper.safetensors")
     return {"images": len(rows), "epochs": args.mapper_epochs, "lr": args.mapper_lr, "seconds": round(seconds, 1)}
 
 
@@ -113,9 +122,10 @@ def demo(data: Path | None) -> dict[str, object]:
     return {"items": len(rows), "bytes": (ASSETS / "demo.npz").stat().st_size}
 
 
-def evaluate(out: Path) -> dict[str, object]:
+def evaluate(out: Path, target: Path) -> dict[str, object]:
     env = {**ENV, "P2W_HOME": str(out / "home")}
-    cmd = [sys.executable, "-m", "p2w", "eval", "micro-fashion", "--mode", "all", "--json"]
+    cmd = [sys.executable, "-m", "p2w", "eval", "micro-fashion", "--mode", "all", "--json", *model_args(target)]
+    cmd += ["--mapper", str(target / "mapper.safetensors")]
     done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     results = json.loads(done.stdout)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
@@ -127,6 +137,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "microworld")
     ap.add_argument("--data", type=Path, default=None, help="Fashion-MNIST IDX folder")
     ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--target", type=Path, default=ASSETS, help="where ship puts the model [src/p2w/assets/...]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clip-steps", type=int, default=800)
     ap.add_argument("--mapper-images", type=int, default=20000)
@@ -144,13 +155,13 @@ def main() -> None:
         cmd += ["--steps", str(args.clip_steps)] + (["--data", str(args.data)] if args.data else [])
         log["clip_seconds"] = round(run(cmd), 1)
     if "ship" in stages:
-        log["ship"] = ship(args.out)
+        log["ship"] = ship(args.out, args.target)
     if "mapper" in stages:
-        log["mapper"] = mapper(args.out, args.data, args)
+        log["mapper"] = mapper(args.out, args.data, args, args.target)
     if "demo" in stages:
         log["demo"] = demo(args.data)
     if "eval" in stages:
-        log["eval"] = evaluate(args.out)
+        log["eval"] = evaluate(args.out, args.target)
     print(json.dumps(log, indent=1))
     with (args.out / "build-log.jsonl").open("a") as f:
         f.write(json.dumps({"stages": stages, **log}) + "\n")
