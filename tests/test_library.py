@@ -115,6 +115,12 @@ def test_search_matches_exact_and_skips_deleted_files(lib, spec):
     within = search(catalog, query, k=20, within=lib / "2024")
     assert within and all(h.path.startswith(str(lib / "2024") + os.sep) for h in within)
     assert len(search(catalog, query, k=50)) == 11  # k is clamped to what exists
+    assert [h.path for h in search(catalog, query, k=3, ef=500)] == [h.path for h in hits[1:4]]
+    ann = ann_mod.load(catalog)
+    ann.query(query, 3, ef=77)
+    assert ann.index.ef == 77  # --ef reaches hnswlib
+    ann.query(query, 3, ef=2)
+    assert ann.index.ef == 3  # never below k
 
 
 def test_stale_or_corrupt_ann_is_rebuilt(lib, spec):

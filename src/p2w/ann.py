@@ -35,12 +35,13 @@ class Ann:
     generation: int
     live: int  # elements not marked deleted
 
-    def query(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and cosine scores of the ``k`` nearest (clamped to the live count)."""
+    def query(self, vector: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and cosine scores of the ``k`` nearest (clamped to the live count); ``ef``: hnswlib's search breadth
+        (default ``EF_SEARCH``; higher is slower and closer to exact), never below ``k``."""
         k = min(k, self.live)
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        self.index.set_ef(max(EF_SEARCH, k))
+        self.index.set_ef(max(ef or EF_SEARCH, k))
         labels, distances = self.index.knn_query(vector[None].astype(np.float32), k=k)
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
 

@@ -260,6 +260,9 @@ def search_command(
     force_mapper: ForceMapperOpt = False,
     download: DownloadOpt = False,
     within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
+    ef: Annotated[
+        int | None, typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150]")
+    ] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
@@ -283,7 +286,7 @@ def search_command(
         try:
             engine = _load(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
             query = engine.encode_query(_query_image(engine, img), txt, mode=qp.mode, prompt=qp.template)
-            hits = search(catalog, query, k=k, within=within)
+            hits = search(catalog, query, k=k, within=within, ef=ef)
         finally:
             catalog.close()
         if as_json:

@@ -259,8 +259,11 @@ def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalo
     return catalog
 
 
-def search(catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None = None) -> list[Hit]:
-    """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within``.
+def search(
+    catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None = None, ef: int | None = None
+) -> list[Hit]:
+    """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within`` (exact).
+    ``ef`` widens the approximate search (default ``p2w.ann.EF_SEARCH``).
 
     Files deleted since they were indexed are left out of the results.
     """
@@ -269,7 +272,7 @@ def search(catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None
     if within is not None:
         ids, scores = _exact_within(catalog, query, os.path.abspath(within.expanduser()), 2 * k + 8)
     else:
-        ids, scores = ann_mod.load(catalog).query(query, 2 * k + 8)
+        ids, scores = ann_mod.load(catalog).query(query, 2 * k + 8, ef=ef)
     rows = catalog.rows_for([int(i) for i in ids])
     hits: list[Hit] = []
     for i, score in zip(ids, scores, strict=True):
