@@ -275,3 +275,18 @@ def test_a_mapper_trained_with_p2w_train_composes(tmp_path: Path) -> None:
     p10 = {mode: metrics["class-change"]["P@10"] for mode, metrics in results.items()}
     assert p10["pic2word"] >= TRAIN_THRESHOLD, p10
     assert p10["pic2word"] >= max(p10["image"], p10["text"]) + 40, p10
+
+
+def test_the_shipped_mapper_is_listed_usable_by_name_and_protected() -> None:
+    listed = runner.invoke(app, ["mapper", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows[MODEL]["default"] is True and rows[MODEL]["source"] == "shipped with p2w"
+    assert rows[MODEL]["backbone"] == BackboneSpec(MODEL, BUILTIN_TAG).id
+    assert (rows[MODEL]["embed_dim"], rows[MODEL]["token_width"]) == (128, 128)
+    from p2w.mapper import mapper_path
+
+    assert mapper_path(MODEL, Settings.from_env().mappers_dir) == builtin_file(MODEL, "mapper.safetensors")
+    removed = runner.invoke(app, ["mapper", "remove", MODEL])
+    assert removed.exit_code == 1 and "shipped with p2w" in removed.stderr
+    assert builtin_file(MODEL, "mapper.safetensors").is_file()

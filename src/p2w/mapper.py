@@ -175,6 +175,11 @@ def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:
         return path
     registered = mappers_dir / f"{name_or_path}.safetensors"
     if not registered.is_file():
+        from p2w.mappers import builtin_mappers
+
+        shipped = builtin_mappers().get(name_or_path)
+        if shipped is not None:
+            return shipped
         known = sorted(p.stem for p in mappers_dir.glob("*.safetensors")) if mappers_dir.is_dir() else []
         listing = f"registered: {', '.join(known)}" if known else f"none are registered in {mappers_dir}"
         raise MapperError(

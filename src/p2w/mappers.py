@@ -257,7 +257,21 @@ def registered(settings: Settings | None = None) -> list[Registered]:
                 defaults.get(backbone) == path.stem,
             )
         )
+    names = {r.name for r in out}
+    for model, path in builtin_mappers().items():  # shipped with p2w, listed after the registry
+        if model in names:
+            continue  # a registered mapper of the same name wins
+        backbone = BackboneSpec(model, BUILTIN_TAG).id
+        dims = mapper_dims(BackboneSpec(model, BUILTIN_TAG)) or (0, 0)
+        is_default = backbone not in defaults
+        out.append(Registered(model, path, backbone, *dims, path.stat().st_size, "shipped with p2w", is_default))
     return out
+
+
+def builtin_mappers() -> dict[str, Path]:
+    """The mappers shipped with p2w's builtin backbones, by backbone (and mapper) name."""
+    paths = {model: builtin_file(model, "mapper.safetensors") for model in BUILTIN_MODELS}
+    return {model: path for model, path in paths.items() if path.is_file()}
 
 
 def remove(name: str, settings: Settings | None = None) -> Path:
@@ -313,9 +327,8 @@ def default_or_known(
 
 def builtin_mapper_for(backbone: str) -> str | None:
     """The mapper file shipped with a builtin backbone (e.g. ``p2w-micro-fashion/builtin-...``), if any."""
-    for model in BUILTIN_MODELS:
-        path = builtin_file(model, "mapper.safetensors")
-        if path.is_file() and backbone == BackboneSpec(model, BUILTIN_TAG).id:
+    for model, path in builtin_mappers().items():
+        if backbone == BackboneSpec(model, BUILTIN_TAG).id:
             return str(path)
     return None
 
@@ -332,6 +345,11 @@ def missing_mapper_hint(backbone: str) -> str:
 
 def _registered_path(name: str, settings: Settings) -> Path:
     path = settings.mappers_dir / f"{name}.safetensors"
+    if not path.is_file() and name in builtin_mappers():
+        raise MapperError(
+            f"{name!r} is shipped with p2w, not registered: it cannot be removed, and it is the default of its "
+            "backbone unless another is made default"
+        )
     if not path.is_file():
         names = ", ".join(r.name for r in registered(settings)) or "none"
         raise MapperError(f"no mapper named {name!r} is registered (registered: {names})")
