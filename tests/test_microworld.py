@@ -236,6 +236,15 @@ def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
     assert all(len(r.paths) == demo.SHOW for q in again.results for r in q)
 
 
+def test_demo_into_an_unwritable_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    result = runner.invoke(app, ["demo", "--out", str(blocker / "demo")])
+    assert result.exit_code == 1
+    assert "cannot write the demo gallery" in result.stderr and "Traceback" not in result.output
+    assert blocker.read_text() == "mine"
+
+
 def test_demo_queries_name_real_gallery_files() -> None:
     from p2w import demo
 

@@ -122,7 +122,10 @@ def run(
     settings = settings or Settings.from_env()
     spec = BackboneSpec(MODEL, BUILTIN_TAG)
     gallery = folder / "gallery"
-    paths = write_gallery(gallery)
+    try:
+        paths = write_gallery(gallery)
+    except OSError as exc:
+        raise P2WError(f"cannot write the demo gallery into {gallery}: {exc.strerror or exc}; pass --out DIR") from None
     report = index([gallery], spec, load_engine, settings, workers=0, progress=progress)
     engine = load_engine()
     by_key = {parse_name(p)[:2]: p for p in sorted(paths)}  # one file per (class, colour): the query images
@@ -139,7 +142,10 @@ def run(
             out.results.append(row)
     finally:
         catalog.close()
-    out.sheet = contact_sheet(out, folder / "contact-sheet.png")
+    try:
+        out.sheet = contact_sheet(out, folder / "contact-sheet.png")
+    except OSError as exc:
+        raise P2WError(f"cannot write the contact sheet into {folder}: {exc.strerror or exc}") from None
     return out
 
 
