@@ -109,7 +109,7 @@ def mapper(out: Path, data: Path | None, args: argparse.Namespace, target: Path)
     env = {**ENV, "P2W_HOME": str(home)}
     cmd = [sys.executable, "-m", "p2w", "train", "--data", str(folder), *model_args(target)]
     cmd += ["--name", "micro-fashion", "--epochs", str(args.mapper_epochs), "--lr", str(args.mapper_lr)]
-    cmd += ["--batch-size", "128", "--seed", str(args.seed), "--json"]
+    cmd += ["--batch-size", "128", "--seed", str(args.seed), "--json", "--force"]  # a fresh run every time
     seconds = run(cmd, env)
     shutil.copyfile(home / "mappers" / "micro-fashion.safetensors", target / "mapper.safetensors")
     return {"images": len(rows), "epochs": args.mapper_epochs, "lr": args.mapper_lr, "seconds": round(seconds, 1)}
@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--clip-steps", type=int, default=800)
     ap.add_argument("--mapper-images", type=int, default=20000)
     ap.add_argument("--mapper-epochs", type=int, default=10)
-    ap.add_argument("--mapper-lr", type=float, default=1e-3)
+    ap.add_argument("--mapper-lr", type=float, default=1e-4)  # p2w train's default, the reference's
     args = ap.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)
