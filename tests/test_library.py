@@ -121,6 +121,9 @@ def test_search_matches_exact_and_skips_deleted_files(lib, spec):
     assert ann.index.ef == 77  # --ef reaches hnswlib
     ann.query(query, 3, ef=2)
     assert ann.index.ef == 3  # never below k
+    ann.query(query, 3)
+    assert ann.index.ef == ann_mod.default_ef(catalog.dim)
+    assert [ann_mod.default_ef(d) for d in (768, 1024, 512, 128, 32)] == [150, 150, 225, 400, 400]
 
 
 def test_stale_or_corrupt_ann_is_rebuilt(lib, spec):

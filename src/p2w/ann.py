@@ -23,7 +23,17 @@ log = logging.getLogger(__name__)
 
 M = 32
 EF_CONSTRUCTION = 200
-EF_SEARCH = 150  # hnswlib does not save ef: it is set after every load (see docs/performance.md)
+EF_SEARCH = 150  # at 768-d; hnswlib does not save ef: it is set at every query (see docs/performance.md)
+EF_MAX = 400
+
+
+def default_ef(dim: int) -> int:
+    """Search breadth for ``dim``-d vectors: 150 at 768-d (ViT-L-14), wider for cheaper, smaller vectors at about
+    the same time a query (a distance costs ~dim), at most 400: 225 at 512-d, 400 at 128-d (measured: recall@10 0.977
+    at 150 and 0.992 at 400 on the micro model's composed queries)."""
+    return max(EF_SEARCH, min(EF_MAX, round(EF_SEARCH * 768 / max(dim, 1))))
+
+
 REBUILD_DELETED_FRACTION = 0.2
 
 
@@ -37,11 +47,11 @@ class Ann:
 
     def query(self, vector: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Ids and cosine scores of the ``k`` nearest (clamped to the live count); ``ef``: hnswlib's search breadth
-        (default ``EF_SEARCH``; higher is slower and closer to exact), never below ``k``."""
+        (default ``default_ef(dim)``; higher is slower and closer to exact), never below ``k``."""
         k = min(k, self.live)
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        self.index.set_ef(max(ef or EF_SEARCH, k))
+        self.index.set_ef(max(ef or default_ef(self.index.dim), k))
         labels, distances = self.index.knn_query(vector[None].astype(np.float32), k=k)
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
 

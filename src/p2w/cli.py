@@ -261,7 +261,7 @@ def search_command(
     download: DownloadOpt = False,
     within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
     ef: Annotated[
-        int | None, typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150]")
+        int | None, typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d]")
     ] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,

@@ -263,7 +263,7 @@ def search(
     catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None = None, ef: int | None = None
 ) -> list[Hit]:
     """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within`` (exact).
-    ``ef`` widens the approximate search (default ``p2w.ann.EF_SEARCH``).
+    ``ef`` widens the approximate search (default ``p2w.ann.default_ef(dim)``).
 
     Files deleted since they were indexed are left out of the results.
     """
