@@ -112,7 +112,8 @@ def evaluate(
                 q = query_vectors(engine, md, template, feats[refs] if md != "text" else None, texts)
             scores = q @ gallery.T
             scores[np.arange(len(refs)), refs] = -np.inf  # the reference image is never a result
-            part = np.argpartition(-scores, TOP, axis=1)[:, :TOP]
+            top = min(TOP, gallery.shape[0] - 1)  # every gallery image but the reference
+            part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
             order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable"), 1)
             if task == "class-change":
                 ref_colour = world.colour_of[refs][:, None]
