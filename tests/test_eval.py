@@ -210,6 +210,16 @@ def test_unknown_benchmark_and_missing_folder(tmp_path):
     assert out.exit_code == 1 and "instances_val2017.json" in out.stderr and "coco_eval.csv" in out.stderr
     out = runner.invoke(app, ["eval", "fashioniq", "--mode", "image"])
     assert out.exit_code == 1 and "needs --data" in out.stderr
+    # a folder of the wrong layout is named before any mapper or model is looked for (none is set up here)
+    for benchmark, expected in [
+        ("fashioniq", "not a FashionIQ folder"),
+        ("cirr", "not a CIRR folder"),
+        ("circo", "not a CIRCO folder"),
+        ("imagenet-r", "imgnet_real_query.txt"),
+        ("micro-fashion", "dataset-fashion-mnist"),
+    ]:
+        out = runner.invoke(app, ["eval", benchmark, "--data", str(tmp_path)])
+        assert out.exit_code == 1 and expected in out.stderr, (benchmark, out.stderr)
     out = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path / "nope"), "--mode", "image"])
     assert out.exit_code == 1 and "not found" in out.stderr
     assert cirr.KS == (1, 5, 10, 50)

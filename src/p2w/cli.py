@@ -438,13 +438,12 @@ def eval_command(
             raise P2WError(f"{benchmark} needs --data DIR, the benchmark's folder in its published layout")
         if not data.is_dir():
             raise P2WError(f"benchmark folder not found: {data}")
-        if mode in ("pic2word", "all"):
-            mapper = _mapper_or_default(mapper, model, pretrained, download)
         import importlib
 
         module = importlib.import_module(runners[benchmark])
-        if hasattr(module, "check_layout"):
-            module.check_layout(data)  # before the model is loaded
+        module.check_layout(data)  # before a mapper is looked for or the model loaded
+        if mode in ("pic2word", "all"):
+            mapper = _mapper_or_default(mapper, model, pretrained, download)
         run = module.evaluate
         kwargs: dict[str, Any] = {}
         if benchmark == "fashioniq":

@@ -39,6 +39,12 @@ def image_name(image_id: int) -> str:
     return f"{int(image_id):012d}.jpg"
 
 
+def check_layout(data: Path) -> None:
+    """Fail before any model is loaded when ``data`` is not a CIRCO folder."""
+    if not (data / "annotations").is_dir():
+        raise P2WError(f"{data} is not a CIRCO folder: it needs annotations/{{val,test}}.json")
+
+
 def evaluate(
     engine: Engine,
     data: Path,

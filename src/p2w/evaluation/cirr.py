@@ -29,6 +29,12 @@ TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "
 KS = (1, 5, 10, 50)
 
 
+def check_layout(data: Path) -> None:
+    """Fail before any model is loaded when ``data`` is not a CIRR folder."""
+    if not (data / "captions").is_dir() or not (data / "image_splits").is_dir():
+        raise P2WError(f"{data} is not a CIRR folder: it needs captions/cap.rc2.{{split}}.json and image_splits/")
+
+
 def evaluate(
     engine: Engine,
     data: Path,

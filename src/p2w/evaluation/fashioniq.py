@@ -38,6 +38,12 @@ def image_path(data: Path, asin: str) -> Path | None:
     return None
 
 
+def check_layout(data: Path) -> None:
+    """Fail before any model is loaded when ``data`` is not a FashionIQ folder."""
+    if not (data / "captions").is_dir() or not (data / "image_splits").is_dir():
+        raise P2WError(f"{data} is not a FashionIQ folder: it needs captions/cap.{{c}}.val.json and image_splits/")
+
+
 def evaluate(
     engine: Engine,
     data: Path,

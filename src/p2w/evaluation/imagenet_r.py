@@ -50,6 +50,12 @@ def plain_layout(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int
     return queries, targets
 
 
+def check_layout(data: Path) -> None:
+    """Fail before any model is loaded when ``data`` has neither layout."""
+    if not (data / QUERY_LIST).is_file() and not (data / "real").is_dir():
+        raise P2WError(f"{data} has neither {QUERY_LIST}/{TARGET_LIST} nor real/ and imagenet-r/ folders")
+
+
 def evaluate(
     engine: Engine,
     data: Path,
