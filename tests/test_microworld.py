@@ -170,9 +170,9 @@ def test_eval_micro_fashion_gives_the_documented_numbers() -> None:
             # CPU, fixed seeds: equal up to a rank flip or two between CPU kernels (one flip moves P@10 by 0.01)
             assert value == pytest.approx(documented[mode][key], abs=0.2), (mode, key)
     p10 = {mode: r["metrics"]["class-change"]["P@10"] for mode, r in got.items()}
-    # composition: far above either input alone. The 50/50 average is *not* beaten on this task by this micro CLIP
-    # (docs/microworld.md explains why), so no winner is asserted between the two.
-    assert p10["pic2word"] - max(p10["image"], p10["text"]) >= 40
+    # the paper's claim in miniature: composition beats every baseline by a wide margin on the class change
+    # (no winner is asserted on the colour change, where the average is close: docs/microworld.md)
+    assert p10["pic2word"] - max(p10["image"], p10["text"], p10["average"]) >= 40
 
 
 def test_eval_micro_fashion_without_the_data_says_how_to_get_it(tmp_path: Path) -> None:
@@ -258,7 +258,7 @@ def test_demo_queries_name_real_gallery_files() -> None:
 
 
 # ---- p2w train on the world (the heavy check of the training path) -------------------------------------------------
-TRAIN_IMAGES, TRAIN_EPOCHS, TRAIN_THRESHOLD = 10000, 8, 60.0  # docs/microworld.md, "A mapper trained in CI"
+TRAIN_IMAGES, TRAIN_EPOCHS, TRAIN_THRESHOLD = 10000, 8, 70.0  # docs/microworld.md, "A mapper trained in CI"
 
 
 @needs_fmnist

@@ -43,6 +43,9 @@ CAPTIONS = (
     "a photo of a {k} , in {c}.",
     "{c} {k}",
 )
+# and these, which name one attribute only, so that the text tower also reads a class or a colour on its own
+# (without them the averaging baseline beat Pic2Word on class changes: docs/microworld.md)
+PARTIAL_CAPTIONS = ("a {k}.", "a photo of a {k}.", "something {c}.", "a {c} thing.")
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),

@@ -53,10 +53,10 @@ def kept_texts() -> list[str]:
     from p2w.evaluation.micro_fashion import TASKS
 
     texts = [
-        mw.caption(k, c, t)
-        for k in range(len(mw.CLASSES))
-        for c in range(len(mw.COLOURS))
-        for t in range(len(mw.CAPTIONS))
+        template.format(c=colour, k=cls)
+        for cls in mw.CLASSES
+        for colour in mw.COLOUR_NAMES
+        for template in (*mw.CAPTIONS, *mw.PARTIAL_CAPTIONS)
     ]
     words = [*mw.CLASSES, *mw.COLOUR_NAMES]
     texts += [template.replace("{text}", w) for template in TASKS.values() for w in words]

@@ -43,14 +43,10 @@ def pixels(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tens
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-# --captions partial (an experiment, docs/microworld.md): these name one attribute only, so the text tower also
-# learns a class or a colour on its own
-PARTIAL = ("a {k}.", "a photo of a {k}.", "something {c}.", "a {c} thing.")
-
-
-def caption_table(tokenizer: object, partial: bool = False) -> tuple[torch.Tensor, int]:
-    """Token ids of every (class, colour, template) caption ``(classes*colours*templates, ctx)``."""
-    templates = [*mw.CAPTIONS, *(PARTIAL if partial else ())]
+def caption_table(tokenizer: object, partial: bool = True) -> tuple[torch.Tensor, int]:
+    """Token ids of every (class, colour, template) caption ``(classes*colours*templates, ctx)``; ``partial`` adds
+    the one-attribute templates (``mw.PARTIAL_CAPTIONS``)."""
+    templates = [*mw.CAPTIONS, *(mw.PARTIAL_CAPTIONS if partial else ())]
     texts = [
         t.format(c=mw.COLOUR_NAMES[c], k=mw.CLASSES[k])
         for k in range(len(mw.CLASSES))
@@ -78,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--captions", choices=("full", "partial"), default="full", help="partial: add one-attribute ones")
+    ap.add_argument(
+        "--captions", choices=("full", "partial"), default="partial", help="full: colour+class captions only"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
