@@ -40,23 +40,20 @@ def main() -> None:
     train, test = mw.load_items("train"), mw.load_items("test")
     rows = rng.integers(0, len(train), args.n)  # items repeat in other colours beyond 60,000
     colours = rng.integers(0, len(mw.COLOURS), args.n)
-    mean = torch.tensor(bb.preprocess.transforms[-1].mean).view(3, 1, 1)
-    std = torch.tensor(bb.preprocess.transforms[-1].std).view(3, 1, 1)
+    norm = bb.preprocess.transforms[-1]  # Normalize
     start = time.perf_counter()
     parts = []
     with torch.inference_mode():
         for i in range(0, args.n, args.batch):
             rgb = mw.colourise(train.images[rows[i : i + args.batch]], colours[i : i + args.batch])
-            x = (torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255 - mean) / std  # = preprocess at 32 px
-            parts.append(bb.encode_image(x).numpy())
+            parts.append(bb.encode_image(mw.pixels(rgb, norm.mean, norm.std)).numpy())
     data = l2n(np.concatenate(parts))
     seconds = time.perf_counter() - start
     q_rows = rng.integers(0, len(test), args.queries)
     q_colours = rng.integers(0, len(mw.COLOURS), args.queries)
     refs = mw.colourise(test.images[q_rows], q_colours)
     with torch.inference_mode():
-        x = (torch.from_numpy(refs).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        ref_feats = bb.encode_image(x).numpy()
+        ref_feats = bb.encode_image(mw.pixels(refs, norm.mean, norm.std)).numpy()
     asked = [mw.CLASSES[k] for k in rng.integers(0, len(mw.CLASSES), args.queries)]
     queries = query_vectors(engine, "pic2word", "a * {text}", ref_feats, asked)
     np.savez(args.out, data=data.astype(np.float32), queries=queries.astype(np.float32))

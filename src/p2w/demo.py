@@ -126,8 +126,15 @@ def run(
         paths = write_gallery(gallery)
     except OSError as exc:
         raise P2WError(f"cannot write the demo gallery into {gallery}: {exc.strerror or exc}; pass --out DIR") from None
-    report = index([gallery], spec, load_engine, settings, workers=0, progress=progress)
-    engine = load_engine()
+    loaded: list[Any] = []  # the engine, once: indexing loads it only if something needs embedding
+
+    def engine_once() -> Any:
+        if not loaded:
+            loaded.append(load_engine())
+        return loaded[0]
+
+    report = index([gallery], spec, engine_once, settings, workers=0, progress=progress)
+    engine = engine_once()
     by_key = {parse_name(p)[:2]: p for p in sorted(paths)}  # one file per (class, colour): the query images
     out = DemoRun(gallery, len(paths), [by_key[(q.label, q.colour)] for q in QUERIES], report)
     catalog = open_catalog(spec, settings)

@@ -261,10 +261,10 @@ def registered(settings: Settings | None = None) -> list[Registered]:
     for model, path in builtin_mappers().items():  # shipped with p2w, listed after the registry
         if model in names:
             continue  # a registered mapper of the same name wins
-        backbone = BackboneSpec(model, BUILTIN_TAG).id
-        dims = mapper_dims(BackboneSpec(model, BUILTIN_TAG)) or (0, 0)
-        is_default = backbone not in defaults
-        out.append(Registered(model, path, backbone, *dims, path.stat().st_size, "shipped with p2w", is_default))
+        spec = BackboneSpec(model, BUILTIN_TAG)
+        dims = mapper_dims(spec) or (0, 0)
+        is_default = spec.id not in defaults
+        out.append(Registered(model, path, spec.id, *dims, path.stat().st_size, "shipped with p2w", is_default))
     return out
 
 

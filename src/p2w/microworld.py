@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 from p2w.errors import P2WError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
+    import torch
 
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist package
 INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or pass --data DIR"
@@ -67,20 +70,26 @@ class Items:
         return Items(self.images[rows], self.labels[rows])
 
 
+def find_files(split: str, data: Path | None = None) -> list[Path]:
+    """The images and labels IDX files of ``split`` in ``data`` (gzipped or not), or a one-line error."""
+    data = Path(data or DEFAULT_DATA).expanduser()
+    if split not in FILES:
+        raise P2WError(f"unknown Fashion-MNIST split {split!r}; use train or test")
+    found = []
+    for name in FILES[split]:
+        path = next((p for p in (data / name, data / name.removesuffix(".gz")) if p.is_file()), None)
+        if path is None:
+            raise P2WError(f"Fashion-MNIST file {name} not found in {data}; {INSTALL_HINT}")
+        found.append(path)
+    return found
+
+
 def load_items(split: str, data: Path | None = None) -> Items:
     """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) items from the IDX files (gzipped or not) in ``data``."""
     import numpy as np
 
     data = Path(data or DEFAULT_DATA).expanduser()
-    if split not in FILES:
-        raise P2WError(f"unknown Fashion-MNIST split {split!r}; use train or test")
-    arrays = []
-    for name in FILES[split]:
-        path = next((p for p in (data / name, data / name.removesuffix(".gz")) if p.is_file()), None)
-        if path is None:
-            raise P2WError(f"Fashion-MNIST file {name} not found in {data}; {INSTALL_HINT}")
-        arrays.append(_read_idx(path))
-    images, labels = arrays
+    images, labels = (_read_idx(path) for path in find_files(split, data))
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
         raise P2WError(
             f"{data} does not hold Fashion-MNIST {split} files (images {images.shape}, labels {labels.shape})"
@@ -118,6 +127,22 @@ def colourise(images: np.ndarray, colours: np.ndarray) -> np.ndarray:
     pad = (SIZE - 28) // 2
     out[:, pad : pad + 28, pad : pad + 28] = painted
     return out
+
+
+def all_captions(partial: bool = True) -> list[str]:
+    """Every training caption, class-major, then colour, then template (``CAPTIONS`` then ``PARTIAL_CAPTIONS``):
+    row ``(class * len(COLOURS) + colour) * templates + template``."""
+    templates = [*CAPTIONS, *(PARTIAL_CAPTIONS if partial else ())]
+    return [t.format(c=c, k=k) for k in CLASSES for c in COLOUR_NAMES for t in templates]
+
+
+def pixels(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """RGB ``(n, 32, 32, 3)`` uint8 -> normalised ``(n, 3, 32, 32)`` float32: for 32x32 images exactly what a 32 px
+    model's preprocessing gives (resize and crop are identities), without PIL."""
+    import torch
+
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def caption(label: int, colour: int, template: int = 0) -> str:

@@ -52,12 +52,7 @@ def kept_texts() -> list[str]:
     from p2w.compose import TRAIN_PROMPT
     from p2w.evaluation.micro_fashion import TASKS
 
-    texts = [
-        template.format(c=colour, k=cls)
-        for cls in mw.CLASSES
-        for colour in mw.COLOUR_NAMES
-        for template in (*mw.CAPTIONS, *mw.PARTIAL_CAPTIONS)
-    ]
+    texts = mw.all_captions()
     words = [*mw.CLASSES, *mw.COLOUR_NAMES]
     texts += [template.replace("{text}", w) for template in TASKS.values() for w in words]
     return [*texts, TRAIN_PROMPT, *words]

@@ -37,23 +37,10 @@ def build_model(config: Path = CONFIG) -> tuple[torch.nn.Module, object]:
     return model, tokenizer
 
 
-def pixels(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """RGB ``(n, 32, 32, 3)`` uint8 -> normalised ``(n, 3, 32, 32)``: what p2w's preprocessing gives for 32x32."""
-    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255)
-    return (x - mean[:, None, None]) / std[:, None, None]
-
-
 def caption_table(tokenizer: object, partial: bool = True) -> tuple[torch.Tensor, int]:
-    """Token ids of every (class, colour, template) caption ``(classes*colours*templates, ctx)``; ``partial`` adds
-    the one-attribute templates (``mw.PARTIAL_CAPTIONS``)."""
-    templates = [*mw.CAPTIONS, *(mw.PARTIAL_CAPTIONS if partial else ())]
-    texts = [
-        t.format(c=mw.COLOUR_NAMES[c], k=mw.CLASSES[k])
-        for k in range(len(mw.CLASSES))
-        for c in range(len(mw.COLOURS))
-        for t in templates
-    ]
-    return tokenizer(texts), len(templates)  # type: ignore[operator]
+    """Token ids of every caption, in ``mw.all_captions`` order ``(classes*colours*templates, ctx)``."""
+    n_templates = len(mw.CAPTIONS) + (len(mw.PARTIAL_CAPTIONS) if partial else 0)
+    return tokenizer(mw.all_captions(partial)), n_templates  # type: ignore[operator]
 
 
 def lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
@@ -87,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     table, n_templates = caption_table(tokenizer, partial=args.captions == "partial")
     cfg = json.loads(CONFIG.read_text())["preprocess_cfg"]
-    mean, std = torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
@@ -106,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         templates = rng.integers(0, n_templates, size=args.batch)
         labels = items.labels[rows]
         ids = table[torch.from_numpy((labels * len(mw.COLOURS) + colours) * n_templates + templates)]
-        image = pixels(mw.colourise(items.images[rows], colours), mean, std)
+        image = mw.pixels(mw.colourise(items.images[rows], colours), cfg["mean"], cfg["std"])
         img, txt, scale = model(image, ids)[:3]
         logits = scale * img @ txt.T
         # plain CLIP targets (the diagonal), although captions repeat within a batch: a repeated caption's other

@@ -87,9 +87,7 @@ def gallery_features(
 
 def check_layout(data: Path) -> None:
     """Fail before any model is loaded when the Fashion-MNIST test files are not in ``data``."""
-    for name in mw.FILES["test"]:
-        if not (data / name).is_file() and not (data / name.removesuffix(".gz")).is_file():
-            raise P2WError(f"Fashion-MNIST file {name} not found in {data}; {mw.INSTALL_HINT}")
+    mw.find_files("test", data)
 
 
 def evaluate(
