@@ -24,7 +24,7 @@ from p2w import ann as ann_mod
 from p2w.catalog import Catalog, writer_lock
 from p2w.cli import app
 from p2w.errors import P2WError
-from p2w.library import catalog_for, index, open_catalog, search
+from p2w.library import catalog_for, index, open_catalog, search, status
 from p2w.weights import BackboneSpec
 
 runner = CliRunner()
@@ -73,8 +73,11 @@ def test_index_then_rerun_opens_nothing(lib, spec, monkeypatch):
     first = index([lib], spec, engine_factory(spec), workers=0, batch_size=4)
     assert (first.added, first.unchanged, first.total, first.skipped) == (12, 0, 12, [])
     monkeypatch.setattr("p2w.images.Image.open", lambda *a, **k: pytest.fail("an image was opened"))
+    graph = [p.stat().st_mtime_ns for p in ann_mod.files(first.catalog)[1:]]
     again = index([lib], spec, never, workers=0)
     assert (again.added, again.updated, again.removed, again.unchanged, again.total) == (0, 0, 0, 12, 12)
+    assert [p.stat().st_mtime_ns for p in ann_mod.files(first.catalog)[1:]] == graph  # the index is not rewritten
+    assert status()[0].ann_current
 
 
 def test_moves_copies_edits_and_deletions(lib, spec):
@@ -129,11 +132,12 @@ def test_search_matches_exact_and_skips_deleted_files(lib, spec):
 def test_stale_or_corrupt_ann_is_rebuilt(lib, spec):
     index([lib], spec, engine_factory(spec), workers=0)
     catalog = open_catalog(spec)
-    index_file, _ = ann_mod.paths(catalog.folder)
+    index_file = catalog.folder / f"index-{json.loads((catalog.folder / 'index.json').read_text())['index']}.hnsw"
     index_file.write_bytes(b"garbage")
     query = np.frombuffer(next(catalog.all_vectors())[1], dtype=np.float32)
     assert search(catalog, query, k=1)[0].score == pytest.approx(1.0, abs=1e-5)
-    assert index_file.stat().st_size > 100  # rebuilt and saved
+    files = ann_mod.files(catalog.folder)
+    assert not index_file.exists() and len(files) == 2 and files[1].stat().st_size > 100  # rebuilt and saved
 
 
 def test_corrupt_and_unusual_files(tmp_path, spec):
@@ -217,8 +221,8 @@ def test_cli_json_schemas(lib, tiny, images):
     assert paths.exit_code == 0 and len(paths.stdout.splitlines()) == 2
     composed = runner.invoke(app, ["search", str(images[0]), "in red", *backbone, "--mapper", str(tiny.mapper)])
     assert composed.exit_code == 0, composed.stderr
-    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
-    assert status[0]["files"] == 12 and status[0]["backbone"] == BackboneSpec(*backbone[1:4:2]).id
+    shown = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert shown[0]["files"] == 12 and shown[0]["backbone"] == BackboneSpec(*backbone[1:4:2]).id
 
 
 @pytest.mark.slow

@@ -261,7 +261,8 @@ def search_command(
     download: DownloadOpt = False,
     within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
     ef: Annotated[
-        int | None, typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d]")
+        int | None,
+        typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d, up to 400]"),
     ] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,

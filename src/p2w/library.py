@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -113,7 +112,7 @@ def index(
     with writer_lock(folder):
         catalog = Catalog(folder, spec.id, create=True)
         try:
-            base = ann_mod.load(catalog) if catalog.count() else None
+            base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
             plan = _plan(
                 catalog, [os.path.abspath(r.expanduser()) for r in roots], exclude, include_hidden, workers, progress
             )
@@ -239,12 +238,13 @@ def _embed(
 def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
     """Bring the ANN file to the catalog's generation: apply this run's changes, or rebuild."""
     if catalog.count() == 0:
-        for p in ann_mod.paths(catalog.folder):
-            p.unlink(missing_ok=True)
+        ann_mod.remove(catalog.folder)
         return
     if base is None:
         ann_mod.save(ann_mod.build(catalog), catalog.folder)
         return
+    if base.generation == catalog.generation and ann_mod.is_current(catalog.folder, catalog.generation):
+        return  # nothing added or removed, and the saved index is current: no rewrite
     current = set(catalog.ids())
     present = set(base.index.get_ids_list())
     ann_mod.save(ann_mod.update(base, sorted(current - present), sorted(present - current), catalog), catalog.folder)
@@ -322,12 +322,7 @@ def status(settings: Settings | None = None) -> list[CatalogInfo]:
             skipped = con.execute("SELECT count(*) FROM skipped").fetchone()[0]
         finally:
             con.close()
-        try:
-            ann_gen = json.loads((folder / "index.json").read_text())["generation"]
-        except (OSError, ValueError, KeyError):
-            ann_gen = None
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-        out.append(
-            CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, str(ann_gen) == meta.get("generation"))
-        )
+        current = ann_mod.is_current(folder, meta.get("generation"))
+        out.append(CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, current))
     return out
