@@ -5,10 +5,11 @@
     python benchmarks/ann_quality.py --vectors micro.npz     # real embeddings (benchmarks/micro_embeddings.py)
 
 The vectors are written to a catalog in a temporary folder, the index is built by ``p2w.ann.build`` (reduced when it
-decides so; ``--no-reduce`` forbids it), and each query is one ``Ann.query`` call on one thread, as `p2w search`
-makes it: projection, graph search, reading the candidates' full vectors from SQLite, exact re-ranking. Exact top-10
-by brute force is the reference. Random high-dimensional vectors are the hard case for any graph index (real CLIP
-embeddings occupy a low-dimensional part of the space, which ``--intrinsic`` imitates).
+decides so; ``--no-reduce`` forbids it, ``--reduce-always`` lifts its size limits), and each query is one
+``Ann.query`` call on one thread, as `p2w search` makes it: projection, graph search, reading the candidates' full
+vectors from SQLite, exact re-ranking. Exact top-10 by brute force is the reference. Random high-dimensional
+vectors are the hard case for any graph index (real CLIP embeddings occupy a low-dimensional part of the space,
+which ``--intrinsic`` imitates).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--intrinsic", type=int, default=0, help="vectors on a random subspace of this dimension")
     ap.add_argument("--vectors", default=None, help=".npz with unit 'data' and 'queries' (overrides --n/--dim)")
     ap.add_argument("--no-reduce", action="store_true", help="index the full vectors (p2w before the reduced graph)")
+    ap.add_argument("--reduce-always", action="store_true", help="reduce whatever the width and count, if it pays")
     ap.add_argument("--workdir", default=None, help="where the temporary catalog goes (default: the temp dir)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -76,6 +78,8 @@ def main() -> None:
         data, queries = unit(rng, args.n, args.dim, basis), unit(rng, args.queries, args.dim, basis)
     if args.no_reduce:
         ann.REDUCE_MIN_DIM = 1 << 30
+    if args.reduce_always:
+        ann.REDUCE_MIN_DIM = ann.REDUCE_MIN_COUNT = 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         catalog = Catalog(Path(tmp) / "catalog", "bench/none", create=True)
         start = time.perf_counter()
