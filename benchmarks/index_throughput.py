@@ -4,7 +4,9 @@
     python benchmarks/index_throughput.py /tmp/photos --model ViT-B-32 --batch 64 --workers 2
 
 Random weights are used (`--pretrained none`): the speed is the same as with trained ones. Both rates use the same
-model, batch size, device and thread count; the index run starts from an empty P2W_HOME.
+model, batch size, device and thread count; the index run starts from an empty P2W_HOME. The model's rate is
+measured before and after the index run and averaged, so that a drift of the machine's speed during the run (seen
+here: +-5% between runs) hits both sides.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def main() -> None:
 
     files = sorted(str(p) for p in args.folder.rglob("*.jpg"))
     engine = p2w.load(model=args.model, pretrained="none", device=args.device)
-    pure = model_rate(engine, args.batch, batches=max(3, min(30, len(files) // args.batch // 3)))
+    batches = max(3, min(30, len(files) // args.batch // 3))
+    before = model_rate(engine, args.batch, batches)
     parts = decode_rate(engine, files)
     home = Path(tempfile.mkdtemp(prefix="p2w-bench-"))
     settings = Settings(home=home, model=args.model, pretrained="none", device=args.device)
@@ -82,6 +85,8 @@ def main() -> None:
     rerun = time.perf_counter()
     index([args.folder], BackboneSpec(args.model, "none"), lambda: engine, settings, workers=args.workers)
     rerun = time.perf_counter() - rerun
+    after = model_rate(engine, args.batch, batches)
+    pure = (before + after) / 2
     rate = report.added / seconds
     print(
         json.dumps(
@@ -97,6 +102,7 @@ def main() -> None:
                 "index_seconds": round(seconds, 2),
                 "index_images_per_s": round(rate, 2),
                 "model_images_per_s": round(pure, 2),
+                "model_images_per_s_before_after": [round(before, 2), round(after, 2)],
                 "ratio": round(rate / pure, 3),
                 "decode_ms_per_image": round(parts["decode_ms"], 2),
                 "preprocess_ms_per_image": round(parts["preprocess_ms"], 2),
