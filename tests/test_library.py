@@ -181,7 +181,7 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_a_second_writer_is_refused(lib, spec):
-    with writer_lock(catalog_for(spec)), pytest.raises(P2WError, match="another p2w index"):
+    with writer_lock(catalog_for(spec)), pytest.raises(P2WError, match="another p2w process"):
         index([lib], spec, never, workers=0)
 
 

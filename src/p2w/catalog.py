@@ -249,7 +249,7 @@ def writer_lock(folder: Path) -> Iterator[None]:
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise P2WError(
-                f"another p2w index (pid {holder}) is updating the catalog in {folder}; wait for it to finish"
+                f"another p2w process (pid {holder}) is updating the catalog in {folder}; wait for it to finish"
             ) from None
         f.seek(0)
         f.truncate()
