@@ -130,3 +130,21 @@ def test_update_refits_when_vectors_stray_or_the_catalog_doubles(catalog):
     grown = ann_mod.update(refit, more, [], catalog)
     assert grown.built == 3100 and grown.projection is not refit.projection
     assert grown.live == catalog.count() == 3100
+
+
+def test_a_reader_racing_a_save_retries_then_reads_the_new_files(catalog, monkeypatch):
+    rng = np.random.default_rng(4)
+    fill(catalog, structured(rng, 1100, rng.standard_normal((12, DIM)).astype(np.float32)))
+    ann_mod.save(ann_mod.build(catalog), catalog.folder)
+    real_read, calls = ann_mod._read, []
+
+    def racing(c):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # the record named files a writer has just replaced
+            raise FileNotFoundError("index-old.hnsw")
+        return real_read(c)
+
+    monkeypatch.setattr(ann_mod, "_read", racing)
+    monkeypatch.setattr(ann_mod, "build", lambda c: pytest.fail("rebuilt instead of re-reading"))
+    loaded = ann_mod.load(catalog)
+    assert len(calls) == 2 and loaded.live == 1100 and loaded.projection is not None
