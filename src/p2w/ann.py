@@ -56,6 +56,12 @@ _OWN_FILE = re.compile(r"(index-[0-9a-f]{32}\.hnsw|projection-[0-9a-f]{32}\.npy|
 Fetch = Callable[[Sequence[int]], dict[int, bytes]]
 
 
+def matrix(found: dict[int, bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and float32 vectors (one row each) of a catalog's ``{id: vector bytes}``, in the dict's order."""
+    ids = np.fromiter(found, dtype=np.int64, count=len(found))
+    return ids, np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
+
+
 def default_ef(dim: int) -> int:
     """Search breadth for ``dim``-d vectors: 150 at 768-d (ViT-L-14), wider for cheaper, smaller vectors at about
     the same time a query (a distance costs ~dim), at most 400: 225 at 512-d, 400 at 128-d (measured: recall@10 0.977
@@ -65,11 +71,10 @@ def default_ef(dim: int) -> int:
 
 @dataclass(frozen=True)
 class Projection:
-    """An orthonormal basis (``dim`` x ``r``) of the catalog's principal subspace, and what it was fitted on."""
+    """An orthonormal basis (``dim`` x ``r``) of the catalog's principal subspace."""
 
     basis: np.ndarray  # float32, orthonormal columns
     energy: float  # mean share of the fitted vectors' squared norm it keeps
-    fitted: int  # catalog size when fitted
     name: str  # file id
 
     @property
@@ -82,14 +87,19 @@ class Projection:
     def kept(self, vectors: np.ndarray) -> float:
         """Mean share of the vectors' squared norm inside the subspace."""
         inside = (self.apply(vectors) ** 2).sum(axis=1)
-        return float(np.mean(inside / np.maximum((vectors.astype(np.float32) ** 2).sum(axis=1), 1e-12)))
+        return float(np.mean(inside / np.maximum((vectors**2).sum(axis=1), 1e-12)))
 
 
-def fit_projection(sample: np.ndarray, count: int) -> Projection | None:
-    """The basis for a catalog of ``count`` vectors, fitted on ``sample`` (n x dim); None where reducing would not
-    pay: narrow vectors, a small catalog, or a spectrum so flat that more than half the dimensions are needed."""
+def may_reduce(dim: int, count: int) -> bool:
+    """Whether a catalog of ``count`` ``dim``-d vectors is wide and large enough for a reduced graph to pay."""
+    return dim >= REDUCE_MIN_DIM and count >= REDUCE_MIN_COUNT
+
+
+def fit_projection(sample: np.ndarray) -> Projection | None:
+    """The basis fitted on ``sample`` (n x dim); None where the spectrum is so flat that more than half the
+    dimensions are needed (or the sample has fewer rows than dimensions)."""
     dim = sample.shape[1]
-    if dim < REDUCE_MIN_DIM or count < REDUCE_MIN_COUNT or len(sample) < dim:
+    if len(sample) < dim:
         return None
     x = sample.astype(np.float64)
     values, vectors = np.linalg.eigh(x.T @ x / len(x))  # uncentred: inner products are what must survive
@@ -99,7 +109,7 @@ def fit_projection(sample: np.ndarray, count: int) -> Projection | None:
     r = min(dim, -(-r // 16) * 16)  # a multiple of 16, for hnswlib's SIMD distance
     if r > dim // 2:
         return None
-    return Projection(vectors[:, :r].astype(np.float32), float(share[r - 1]), count, uuid.uuid4().hex)
+    return Projection(vectors[:, :r].astype(np.float32), float(share[r - 1]), uuid.uuid4().hex)
 
 
 @dataclass
@@ -130,11 +140,10 @@ class Ann:
         c = min(self.live, max(k, CANDIDATES))
         self.index.set_ef(max(ef or default_ef(self.index.dim), c))
         labels, _ = self.index.knn_query(self.projection.apply(q[None]), k=c)
-        found = self.fetch([int(i) for i in labels[0]])
-        ids = np.fromiter(found, dtype=np.int64, count=len(found))
+        ids, vectors = matrix(self.fetch([int(i) for i in labels[0]]))
         if not len(ids):
             return ids, np.zeros(0, dtype=np.float32)
-        scores = np.stack([np.frombuffer(found[int(i)], dtype=np.float32) for i in ids]) @ q
+        scores = vectors @ q
         top = np.argsort(-scores, kind="stable")[:k]
         return ids[top], scores[top].astype(np.float32)
 
@@ -151,10 +160,18 @@ def remove(folder: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _record(folder: Path) -> dict[str, Any]:
+    """The commit record (raises OSError or ValueError when it is missing or unreadable)."""
+    info = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
+    if not isinstance(info, dict):
+        raise ValueError(f"{folder / SIDECAR} is not a record")
+    return info
+
+
 def is_current(folder: Path, generation: int | str | None) -> bool:
     """Whether the saved index reflects catalog ``generation`` and its graph file is there."""
     try:
-        info = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
+        info = _record(folder)
         return str(info["generation"]) == str(generation) and (folder / f"index-{info['index']}.hnsw").is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -191,7 +208,7 @@ def _load_saved(catalog: Catalog, attempts: int = 3) -> Ann | None:
 def _read(catalog: Catalog) -> Ann | None:
     folder = catalog.folder
     try:
-        info = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
+        info = _record(folder)
     except FileNotFoundError:
         return None
     if info["generation"] != catalog.generation or info["dim"] != catalog.dim:
@@ -202,7 +219,7 @@ def _read(catalog: Catalog) -> Ann | None:
         basis = np.load(folder / f"projection-{p['name']}.npy", allow_pickle=False)
         if basis.shape != (catalog.dim, info["graph_dim"]) or basis.dtype != np.float32:
             raise ValueError(f"projection of shape {basis.shape}, {basis.dtype}")
-        projection = Projection(basis, float(p["energy"]), int(p["fitted"]), str(p["name"]))
+        projection = Projection(basis, float(p["energy"]), str(p["name"]))
     index_file = folder / f"index-{info['index']}.hnsw"
     if not index_file.is_file():
         raise FileNotFoundError(index_file)
@@ -213,26 +230,22 @@ def _read(catalog: Catalog) -> Ann | None:
 
 
 def _chunks(rows: Iterator[tuple[int, bytes]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    ids: list[int] = []
-    vecs: list[bytes] = []
+    found: dict[int, bytes] = {}
     for i, blob in rows:
-        ids.append(i)
-        vecs.append(blob)
-        if len(ids) >= size:
-            yield np.asarray(ids), np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(ids), -1)
-            ids, vecs = [], []
-    if ids:
-        yield np.asarray(ids), np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(ids), -1)
+        found[i] = blob
+        if len(found) >= size:
+            yield matrix(found)
+            found = {}
+    if found:
+        yield matrix(found)
 
 
 def _fit(catalog: Catalog, count: int) -> Projection | None:
-    if catalog.dim < REDUCE_MIN_DIM or count < REDUCE_MIN_COUNT:
+    if not may_reduce(catalog.dim, count):
         return None
     ids = np.asarray(catalog.ids())
     pick = np.sort(np.random.default_rng(0).choice(ids, min(FIT_SAMPLE, len(ids)), replace=False))
-    found = catalog.vectors_for([int(i) for i in pick])
-    sample = np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
-    return fit_projection(sample, count)
+    return fit_projection(matrix(catalog.vectors_for([int(i) for i in pick]))[1])
 
 
 def build(catalog: Catalog, batch: int = 50_000) -> Ann:
@@ -242,8 +255,8 @@ def build(catalog: Catalog, batch: int = 50_000) -> Ann:
     graph_dim = projection.dim if projection is not None else max(catalog.dim, 1)
     index = hnswlib.Index(space="ip", dim=graph_dim)
     index.init_index(max_elements=max(count, 1), ef_construction=EF_CONSTRUCTION, M=M)
-    for ids, matrix in _chunks(catalog.all_vectors(), batch):
-        index.add_items(matrix if projection is None else projection.apply(matrix), ids)
+    for ids, vectors in _chunks(catalog.all_vectors(), batch):
+        index.add_items(vectors if projection is None else projection.apply(vectors), ids)
     index.set_ef(EF_SEARCH)
     return Ann(index, catalog.generation, count, projection, catalog.vectors_for, count)
 
@@ -256,7 +269,7 @@ def update(ann: Ann, added_ids: Sequence[int], removed: Sequence[int], catalog: 
     if dead > REBUILD_DELETED_FRACTION * max(1, ann.index.element_count + len(added_ids)):
         return build(catalog)
     count = catalog.count()
-    if catalog.dim >= REDUCE_MIN_DIM and count >= REDUCE_MIN_COUNT and count > 2 * ann.built:
+    if may_reduce(catalog.dim, count) and count > 2 * ann.built:
         return build(catalog)
     for label in removed:
         try:
@@ -268,14 +281,12 @@ def update(ann: Ann, added_ids: Sequence[int], removed: Sequence[int], catalog: 
         ann.index.resize_index(max(need, int(ann.index.get_max_elements() * 1.5)))
     kept, n = 0.0, 0
     for i in range(0, len(added_ids), chunk):
-        found = catalog.vectors_for(list(added_ids[i : i + chunk]))
-        ids = np.fromiter(found, dtype=np.int64, count=len(found))
-        matrix = np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
+        ids, vectors = matrix(catalog.vectors_for(list(added_ids[i : i + chunk])))
         if ann.projection is not None:
-            kept += ann.projection.kept(matrix) * len(ids)
+            kept += ann.projection.kept(vectors) * len(ids)
             n += len(ids)
-            matrix = ann.projection.apply(matrix)
-        ann.index.add_items(matrix, ids)
+            vectors = ann.projection.apply(vectors)
+        ann.index.add_items(vectors, ids)
     if n and kept / n < REDUCE_ENERGY - REDUCE_STRAY:
         log.info("new vectors keep %.3f of their norm in the projection: refitting", kept / n)
         return build(catalog)
@@ -295,7 +306,7 @@ def save(ann: Ann, folder: Path) -> None:
         if not target.is_file():
             with atomic_path(target) as tmp, tmp.open("wb") as f:
                 np.save(f, p.basis, allow_pickle=False)
-        projection = {"name": p.name, "energy": p.energy, "fitted": p.fitted}
+        projection = {"name": p.name, "energy": p.energy}
     info = {
         "generation": ann.generation,
         "dim": ann.index.dim if ann.projection is None else int(ann.projection.basis.shape[0]),

@@ -290,12 +290,10 @@ def _exact_within(catalog: Catalog, query: np.ndarray, folder: str, k: int) -> t
     ids = catalog.ids_under(folder)
     if not ids:
         raise P2WError(f"no catalogued photos under {folder}; index it with: p2w index {folder}")
-    vecs = catalog.vectors_for(ids)
-    order = list(vecs)
-    matrix = np.stack([np.frombuffer(vecs[i], dtype=np.float32) for i in order])  # (n, dim)
-    scores = matrix @ query.astype(np.float32)
+    order, vectors = ann_mod.matrix(catalog.vectors_for(ids))
+    scores = vectors @ query.astype(np.float32)
     top = np.argsort(-scores)[:k]
-    return np.asarray(order)[top], scores[top]
+    return order[top], scores[top]
 
 
 @dataclass(frozen=True)
