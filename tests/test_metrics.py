@@ -66,3 +66,36 @@ def test_map_at_k_by_hand():
     # ranked a, x, b, y with ground truths {a, b, c}: AP@4 = (1/1 + 2/3) / min(3, 4)
     got = m.map_at([["a", "x", "b", "y"]], [["a", "b", "c"]], ks=(1, 2, 4))
     assert got == pytest.approx({"mAP@1": 1.0, "mAP@2": 0.5, "mAP@4": (1 + 2 / 3) / 3})
+
+
+def _random_cirr(seed: int = 0, n: int = 400, size: int = 300, dim: int = 512, members: int = 6):
+    """``n`` random unit queries on a random unit gallery; per query an ``img_set`` of ``members`` gallery items
+    holding its reference (excluded) and its target."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((size, dim)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = rng.standard_normal((n, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    subsets = [rng.choice(size, members, replace=False).tolist() for _ in range(n)]
+    refs = np.array([s[0] for s in subsets], dtype=np.int64)
+    targets = np.array([s[int(rng.integers(1, members))] for s in subsets], dtype=np.int64)
+    return q, g, targets, subsets, refs
+
+
+def test_subset_recall_matches_an_argsort_over_the_subset():
+    # The target's position in a plain argsort of the (Q, G) scores restricted to its subset: the target never
+    # counts above itself, whatever the summation order of a separate dot product would give in the last bit.
+    q, g, targets, subsets, refs = _random_cirr()
+    scores = q @ g.T
+    want = {1: 0, 2: 0, 3: 0}
+    for i, members in enumerate(subsets):
+        kept = [x for x in members if x != refs[i]]
+        order = [kept[j] for j in np.argsort(-scores[i, kept], kind="stable")]
+        for k in want:
+            want[k] += targets[i] in order[:k]
+    got = m.subset_recall(q, g, targets, subsets, exclude=refs)
+    assert got == {f"Rsubset@{k}": v / len(subsets) for k, v in want.items()}
+    # and a subset rank never exceeds the full-gallery rank (the subset is part of the gallery, same scores)
+    full = m.target_ranks(q, g, targets, refs)
+    for k in (1, 2, 3):
+        assert got[f"Rsubset@{k}"] >= m.recall_at(full, (k,))[f"R@{k}"]

@@ -1,6 +1,11 @@
 """Retrieval metrics of the composed-image-retrieval papers, on L2-normalised features (numpy, float32 scores).
 
 All rank arrays are 0-based: rank 0 is the top result. Functions return fractions; benchmarks print percent.
+
+Every rank and name list of one query set comes from one ``(Q, G)`` score matrix (``score_matrix``), never from a
+score computed again another way: two float32 products of the same vectors (a matrix product and a dot product,
+or a subset's own product) can differ in the last bit, and a target compared with its own recomputed score then
+outranks itself.
 """
 
 from __future__ import annotations
@@ -12,6 +17,21 @@ import numpy as np
 KS = (1, 5, 10, 50, 100)
 
 
+def score_matrix(queries: np.ndarray, gallery: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The float32 scores ``(Q, G)`` of unit ``queries`` (Q, D) against a unit ``gallery`` (G, D); an excluded item
+    (``exclude`` (Q,) gallery indices: CIRR removes each query's reference image) scores ``-inf``."""
+    scores = (queries.astype(np.float32) @ gallery.astype(np.float32).T).astype(np.float32)
+    if exclude is not None:
+        scores[np.arange(len(scores)), exclude] = -np.inf
+    return scores
+
+
+def ranks_in(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank of each row's target ``(Q,)`` in ``score_matrix`` output: how many items of its row score higher."""
+    own = scores[np.arange(len(scores)), targets][:, None]
+    return (scores > own).sum(axis=1)
+
+
 def target_ranks(
     queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray, exclude: np.ndarray | None = None
 ) -> np.ndarray:
@@ -20,17 +40,24 @@ def target_ranks(
     ``queries`` (Q, D) and ``gallery`` (G, D) are unit vectors; ``targets`` and ``exclude`` (Q,) are gallery indices;
     an excluded item (CIRR removes each query's reference image) never counts.
     """
-    scores = (queries.astype(np.float32) @ gallery.astype(np.float32).T).astype(np.float32)  # (Q, G)
-    rows = np.arange(len(queries))
-    if exclude is not None:
-        scores[rows, exclude] = -np.inf
-    own = scores[rows, targets][:, None]
-    return (scores > own).sum(axis=1)
+    return ranks_in(score_matrix(queries, gallery, exclude), targets)
 
 
-def recall_at(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
-    """``{"R@k": fraction of targets ranked in the top k}``."""
-    return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+def recall_at(ranks: np.ndarray, ks: Sequence[int] = KS, prefix: str = "R") -> dict[str, float]:
+    """``{"R@k": fraction of targets ranked in the top k}`` (``prefix`` names the key: ``Rsubset`` for CIRR)."""
+    return {f"{prefix}@{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+def subset_ranks(scores: np.ndarray, targets: np.ndarray, subsets: Sequence[Sequence[int]]) -> np.ndarray:
+    """Rank of each row's target ``(Q,)`` among its own ``subsets[row]`` (gallery indices), from the same
+    ``score_matrix`` output as ``ranks_in``: how many members score higher. Excluded members (``-inf``) are left out;
+    a target outside its subset (or excluded) gets rank G, a hit at no k."""
+    out = np.empty(len(subsets), dtype=np.int64)
+    for i, members in enumerate(subsets):
+        row = scores[i]
+        kept = [j for j in members if row[j] > -np.inf]
+        out[i] = int((row[kept] > row[targets[i]]).sum()) if targets[i] in kept else row.shape[0]
+    return out
 
 
 def subset_recall(
@@ -42,33 +69,46 @@ def subset_recall(
     ks: Sequence[int] = (1, 2, 3),
 ) -> dict[str, float]:
     """CIRR's Recall_subset@K: the target's rank among the query's own ``img_set`` (its reference left out)."""
-    hits = {k: 0 for k in ks}
-    for i, members in enumerate(subsets):
-        members = [m for m in members if exclude is None or m != exclude[i]]
-        scores = gallery[members] @ queries[i]
-        own = float(gallery[targets[i]] @ queries[i])
-        rank = int((scores > own).sum())
-        for k in ks:
-            hits[k] += rank < k
-    return {f"Rsubset@{k}": hits[k] / max(1, len(subsets)) for k in ks}
+    if not len(subsets):
+        return {f"Rsubset@{k}": 0.0 for k in ks}
+    return recall_at(subset_ranks(score_matrix(queries, gallery, exclude), targets, subsets), ks, "Rsubset")
+
+
+def top_of(scores: np.ndarray, names: Sequence[str], top: int = 50) -> list[list[str]]:
+    """The ``top`` names of each row of ``score_matrix`` output, best first (excluded items left out)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : top + 1]
+    return [[names[j] for j in row if scores[i, j] > -np.inf][:top] for i, row in enumerate(order)]
 
 
 def top_names(
     queries: np.ndarray, gallery: np.ndarray, names: Sequence[str], exclude: np.ndarray | None = None, top: int = 50
 ) -> list[list[str]]:
     """The ``top`` gallery names of each query, best first (excluded items left out)."""
-    scores = queries.astype(np.float32) @ gallery.astype(np.float32).T
-    if exclude is not None:
-        scores[np.arange(len(queries)), exclude] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, : top + 1]
-    return [[names[j] for j in row if scores[i, j] > -np.inf][:top] for i, row in enumerate(order)]
+    return top_of(score_matrix(queries, gallery, exclude), names, top)
 
 
-def cirr_submission(pair_ids: Sequence[int], tops: Sequence[Sequence[str]]) -> dict[str, object]:
-    """The CIRR test server's JSON: ``{"version": "rc2", "metric": "recall", "<pair id>": [50 names]}``."""
-    out: dict[str, object] = {"version": "rc2", "metric": "recall"}
+def subset_tops(
+    scores: np.ndarray, subsets: Sequence[Sequence[int]], names: Sequence[str], top: int = 3
+) -> list[list[str]]:
+    """The ``top`` names of each row's own subset, best first (excluded members left out), from the same
+    ``score_matrix`` output as ``subset_ranks``: the CIRR server's ``recall_subset`` predictions."""
+    out = []
+    for i, members in enumerate(subsets):
+        row = scores[i]
+        kept = [j for j in members if row[j] > -np.inf]
+        out.append([names[kept[j]] for j in np.argsort(-row[kept], kind="stable")[:top]])
+    return out
+
+
+def cirr_submission(
+    pair_ids: Sequence[int], tops: Sequence[Sequence[str]], metric: str = "recall"
+) -> dict[str, object]:
+    """The CIRR test server's JSON: ``{"version": "rc2", "metric": "recall", "<pair id>": [50 names]}`` (``top_of``),
+    or with ``metric="recall_subset"`` the top 3 of each pair's ``img_set`` (``subset_tops``)."""
+    out: dict[str, object] = {"version": "rc2", "metric": metric}
+    keep = 3 if metric == "recall_subset" else 50
     for pair, names in zip(pair_ids, tops, strict=True):
-        out[str(int(pair))] = [n.removesuffix(".png") for n in names[:50]]
+        out[str(int(pair))] = [n.removesuffix(".png") for n in names[:keep]]
     return out
 
 
