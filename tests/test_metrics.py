@@ -99,3 +99,26 @@ def test_subset_recall_matches_an_argsort_over_the_subset():
     full = m.target_ranks(q, g, targets, refs)
     for k in (1, 2, 3):
         assert got[f"Rsubset@{k}"] >= m.recall_at(full, (k,))[f"R@{k}"]
+
+
+def test_cirr_subset_submission_agrees_with_subset_recall():
+    # The recall_subset server file (top 3 of each img_set, reference left out) ranks from the same scores as the
+    # metric: its top k holds the target exactly when the metric counts a hit at k.
+    q, g, targets, subsets, refs = _random_cirr(seed=1)
+    names = [f"img{j}.png" for j in range(len(g))]
+    scores = m.score_matrix(q, g, refs)
+    pair_ids = list(range(100, 100 + len(q)))
+    sub = m.cirr_submission(pair_ids, m.subset_tops(scores, subsets, names), "recall_subset")
+    assert sub["version"] == "rc2" and sub["metric"] == "recall_subset" and len(sub) == 2 + len(q)
+    picks = []
+    for i, p in enumerate(pair_ids):
+        picked = sub[str(p)]
+        assert isinstance(picked, list) and len(picked) == 3 and f"img{refs[i]}" not in picked
+        assert set(picked) <= {f"img{j}" for j in subsets[i]}
+        picks.append(picked)
+    ranks = m.subset_ranks(scores, targets, subsets)
+    got = m.subset_recall(q, g, targets, subsets, exclude=refs)
+    for k in (1, 2, 3):
+        hits = [f"img{targets[i]}" in picked[:k] for i, picked in enumerate(picks)]
+        assert hits == list(ranks < k)
+        assert got[f"Rsubset@{k}"] == np.mean(hits)

@@ -63,20 +63,24 @@ def evaluate(
     g = unit_rows([feats[str(paths[n])] for n in gallery], engine.backbone.embed_dim)
     refs = np.stack([feats[str(paths[caps[i]["reference"]])] for i in ok]) if ok else None
     exclude = np.array([index[caps[i]["reference"]] for i in ok], dtype=np.int64)
+    subsets = [[index[x] for x in caps[i]["img_set"]["members"] if x in index] for i in ok]
     results = []
     for md in modes_of(mode):
         q = query_vectors(engine, md, TEMPLATES[md], refs, [caps[i]["caption"] for i in ok])
-        tops = m.top_names(q, g, gallery, exclude) if ok else []
+        # one (Q, G) score matrix: R@K, Recall_subset, the top 50 and the server's subset top 3 all rank from it
+        scores = m.score_matrix(q, g, exclude) if ok else np.zeros((0, len(gallery)), dtype=np.float32)
+        tops = m.top_of(scores, gallery)
         preds = {"cirr": in_order(ok, tops, len(caps))}
         result = EvalResult("cirr", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)
         if test:
-            _write_submission(submission, md, caps, ok, q, g, gallery, index, tops)  # type: ignore[arg-type]
+            pair_ids = [caps[i]["pairid"] for i in ok]
+            _write_submission(submission, md, pair_ids, scores, subsets, gallery, tops)  # type: ignore[arg-type]
         elif ok:
             targets = np.array([index[caps[i]["target_hard"]] for i in ok], dtype=np.int64)
-            ranks = m.target_ranks(q, g, targets, exclude)
-            subsets = [[index[x] for x in caps[i]["img_set"]["members"] if x in index] for i in ok]
+            ranks = m.ranks_in(scores, targets)
+            subset_ranks = m.subset_ranks(scores, targets, subsets)
             result.metrics = {k: 100 * v for k, v in m.recall_at(ranks, KS).items()}
-            result.metrics.update({k: 100 * v for k, v in m.subset_recall(q, g, targets, subsets, exclude).items()})
+            result.metrics.update({k: 100 * v for k, v in m.recall_at(subset_ranks, (1, 2, 3), "Rsubset").items()})
         results.append(result)
     return results
 
@@ -84,22 +88,16 @@ def evaluate(
 def _write_submission(
     folder: Path,
     mode: str,
-    caps: list,
-    ok: list[int],
-    q: np.ndarray,
-    g: np.ndarray,
+    pair_ids: list[int],
+    scores: np.ndarray,
+    subsets: list[list[int]],
     gallery: list[str],
-    index: dict[str, int],
     tops: list[list[str]],
 ) -> None:
-    """``cirr-test1-<mode>-recall.json`` and ``...-recall_subset.json`` as the CIRR server wants them."""
+    """``cirr-test1-<mode>-recall.json`` (the top 50) and ``...-recall_subset.json`` (the top 3 of each pair's
+    ``img_set``, reference left out) as the CIRR server wants them, both from the same ``scores`` (Q, G)."""
     folder.mkdir(parents=True, exist_ok=True)
-    pair_ids = [caps[i]["pairid"] for i in ok]
     recall = m.cirr_submission(pair_ids, tops)
-    subset: dict[str, object] = {"version": "rc2", "metric": "recall_subset"}
-    for row, i in enumerate(ok):
-        members = [x for x in caps[i]["img_set"]["members"] if x in index and x != caps[i]["reference"]]
-        scores = g[[index[x] for x in members]] @ q[row] if members else np.zeros(0)
-        subset[str(caps[i]["pairid"])] = [members[j] for j in np.argsort(-scores, kind="stable")[:3]]
+    subset = m.cirr_submission(pair_ids, m.subset_tops(scores, subsets, gallery), "recall_subset")
     for kind, content in (("recall", recall), ("recall_subset", subset)):
         (folder / f"cirr-test1-{mode}-{kind}.json").write_text(json.dumps(content), encoding="utf-8")
