@@ -1,4 +1,4 @@
-"""`p2w eval` on small datasets cut from the real annotation files (../shared/data), with stand-in images."""
+"""`p2w eval` on small datasets cut from the real annotation files (tests/data/annotations), with stand-in images."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from p2w.cli import app
 from p2w.evaluation import cirr, fashioniq
 
 runner = CliRunner()
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data" / "annotations"
 
 
 def picture(path: Path, seed: int) -> None:
@@ -35,8 +35,6 @@ def picture(path: Path, seed: int) -> None:
 @pytest.fixture
 def fiq(tmp_path) -> Path:
     """5 queries per category; the gallery is their images plus 10 more ids of the real split; .png and .jpg mixed."""
-    if not (DATA / "fashioniq").is_dir():
-        pytest.skip("../shared/data not found")
     root = tmp_path / "fashion-iq"
     for c in fashioniq.CATEGORIES:
         caps = json.loads((DATA / "fashioniq" / "captions" / f"cap.{c}.val.json").read_text())[:5]
@@ -134,8 +132,6 @@ def test_features_are_cached_across_modes_and_runs(fiq, tiny, monkeypatch):
 @pytest.fixture
 def cirr_data(tmp_path) -> Path:
     """6 val queries with every image their img_set, reference and target name."""
-    if not (DATA / "cirr").is_dir():
-        pytest.skip("../shared/data not found")
     root = tmp_path / "cirr"
     caps = json.loads((DATA / "cirr" / "captions" / "cap.rc2.val.json").read_text())[:6]
     split = json.loads((DATA / "cirr" / "image_splits" / "split.rc2.val.json").read_text())
@@ -228,8 +224,6 @@ def test_unknown_benchmark_and_missing_folder(tmp_path):
 @pytest.fixture
 def imgnet(tmp_path) -> Path:
     """The reference's list files cut to 3 classes: 2 real queries each, up to 2 images per domain, the real ones."""
-    if not (DATA / "imagenet-r").is_dir():
-        pytest.skip("../shared/data not found")
     root = tmp_path / "imgnet-data"
     queries = [line.split() for line in (DATA / "imagenet-r" / "imgnet_real_query.txt").read_text().splitlines()]
     targets = [line.split() for line in (DATA / "imagenet-r" / "imgnet_targets.txt").read_text().splitlines()]
