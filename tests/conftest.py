@@ -1,11 +1,12 @@
 """Shared fixtures: an isolated P2W_HOME and Hugging Face cache per run, tiny random open_clip models built
-through the real loaders, and the golden Pic2Word test vectors from ../shared."""
+through the real loaders, and the golden Pic2Word test vectors (tests/data/pic2word-parity, a compact copy)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-SHARED = Path(os.environ.get("P2W_SHARED") or Path(__file__).resolve().parents[2] / "shared")
-TV = SHARED / "testvectors" / "pic2word-parity"
+DATA = Path(__file__).resolve().parent / "data"
+TV = DATA / "pic2word-parity"  # compact: expand_testvectors() rebuilds the reference's files from it
 
 TINY_CFG = {
     "embed_dim": 32,
@@ -98,12 +99,65 @@ def tiny_engine(tiny: Tiny):  # type: ignore[no-untyped-def]
     return p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
 
 
+def _from_layout(obj, tensors):  # type: ignore[no-untyped-def]
+    """Inverse of tools/compact_testvectors.py ``to_layout``: JSON back to the checkpoint's Python objects."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            source, key = obj["__tensor__"]
+            return tensors[source][key]
+        if "__tuple__" in obj:
+            return tuple(_from_layout(v, tensors) for v in obj["__tuple__"])
+        if "__ordereddict__" in obj:  # a module's state_dict(), with its `_metadata` attribute
+            out = OrderedDict(_from_layout(obj["__ordereddict__"], tensors))
+            for name, value in _from_layout(obj["__vars__"], tensors).items():
+                setattr(out, name, value)
+            return out
+        return {k: _from_layout(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_layout(v, tensors) for v in obj]
+    return obj
+
+
+def expand_testvectors(src: Path, dst: Path) -> Path:
+    """Rebuild the reference test vectors' files in ``dst`` from the compact copy ``src`` (see its README.md):
+    ``clip_state_dict.safetensors`` in float32 (fp16 values widened, unused token-embedding rows zero),
+    ``mapper_official.pt`` in the reference's DDP checkpoint layout, every other file copied."""
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src / "clip_state_dict.compact.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        compact = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    rows = compact.pop("token_embedding.rows").long()
+    rows_weight = compact["token_embedding.weight"]
+    embedding = torch.zeros(int(metadata["vocab_size"]), rows_weight.shape[1], dtype=torch.float32)
+    embedding[rows] = rows_weight.float()
+    clip = {k: v.float() for k, v in compact.items()} | {"token_embedding.weight": embedding}
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(clip, str(dst / "clip_state_dict.safetensors"), metadata=json.loads(metadata["original_metadata"]))
+    tensors = {"clip": clip, "mapper": load_file(str(src / "mapper.safetensors"))}
+    layout = json.loads((src / "mapper_official.layout.json").read_text())
+    torch.save(_from_layout(layout, tensors), dst / "mapper_official.pt")
+    compact_only = {
+        "clip_state_dict.compact.safetensors",
+        "mapper_official.layout.json",
+        "README.md",
+        "SOURCE_README.txt",
+    }
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and path.name not in compact_only:
+            (dst / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dst / path.relative_to(src))
+    return dst
+
+
 @pytest.fixture(scope="session")
-def tv() -> Path:
-    """The golden test vectors folder (skips when ../shared is absent, e.g. outside the team's checkout)."""
-    if not (TV / "expected.npz").is_file():
-        pytest.skip(f"test vectors not found at {TV} (set P2W_SHARED)")
-    return TV
+def tv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The golden test vectors folder, in the reference's file layout, rebuilt from tests/data/pic2word-parity."""
+    return expand_testvectors(TV, tmp_path_factory.mktemp("pic2word-parity"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Metrics against the reference implementation's outputs (../shared/testvectors/pic2word-parity/metrics.json)."""
+"""Metrics against the reference implementation's outputs (tests/data/pic2word-parity/metrics.json)."""
 
 from __future__ import annotations
 

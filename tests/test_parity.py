@@ -1,4 +1,4 @@
-"""Numerical parity with the Pic2Word reference implementation (golden vectors in ../shared/testvectors)."""
+"""Numerical parity with the Pic2Word reference implementation (golden vectors in tests/data/pic2word-parity)."""
 
 from __future__ import annotations
 
