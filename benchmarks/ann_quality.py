@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from p2w import ann
-from p2w.catalog import Catalog
+from p2w.library import ann
+from p2w.library.catalog import Catalog
 
 
 def unit(rng: np.random.Generator, n: int, dim: int, basis: np.ndarray | None = None) -> np.ndarray:

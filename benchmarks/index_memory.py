@@ -26,9 +26,9 @@ SMALL_VIT = {
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
-from p2w.library import index
+from p2w.library.index import index
 from p2w.settings import Settings
-from p2w.weights import BackboneSpec
+from p2w.spec import BackboneSpec
 import p2w
 folder, config, home = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 settings = Settings(home=home, model=config, pretrained="none", device="cpu")

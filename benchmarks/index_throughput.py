@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 import p2w
-from p2w.library import index
+from p2w.library.index import index
 from p2w.settings import Settings
-from p2w.weights import BackboneSpec
+from p2w.spec import BackboneSpec
 
 
 def model_rate(engine, batch: int, batches: int) -> float:  # type: ignore[no-untyped-def]
@@ -42,7 +42,7 @@ def model_rate(engine, batch: int, batches: int) -> float:  # type: ignore[no-un
 
 def decode_rate(engine, files: list[str], n: int = 200) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Single-process ms per image of decoding (JPEG draft) and of preprocessing."""
-    from p2w.images import open_image
+    from p2w.core.images import open_image
 
     bb = engine.backbone
     size = bb.model.visual.image_size

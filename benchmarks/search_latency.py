@@ -25,10 +25,10 @@ CHILD = r"""
 import json, time
 t0 = time.perf_counter()
 import p2w.cli  # what `p2w` imports before any command runs: typer, rich, p2w's light modules
-from p2w.library import open_catalog, search
-from p2w.render import hits_table
+from p2w.library.search import open_catalog, search
+from p2w.cli.render import hits_table
 from p2w.settings import Settings
-from p2w.weights import BackboneSpec
+from p2w.spec import BackboneSpec
 t1 = time.perf_counter()
 settings = Settings.from_env()
 spec = BackboneSpec(settings.model, settings.pretrained)
@@ -72,9 +72,10 @@ def main() -> None:
     from safetensors.torch import save_file
 
     import p2w
-    from p2w.library import index, open_catalog, search
+    from p2w.library.index import index
+    from p2w.library.search import open_catalog, search
     from p2w.settings import Settings
-    from p2w.weights import BackboneSpec
+    from p2w.spec import BackboneSpec
 
     home = Path(tempfile.mkdtemp(prefix="p2w-latency-"))
     weights = home / "weights.safetensors"

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from p2w.backbone import Backbone
-from p2w.compose import DEFAULT_TEMPLATE, fill, prompt_ids
-from p2w.weights import BackboneSpec
+from p2w.core.backbone import Backbone
+from p2w.core.compose import DEFAULT_TEMPLATE, fill, prompt_ids
+from p2w.spec import BackboneSpec
 
 CAPTIONS = ["with a red logo", "is darker and has long sleeves and is black with a collar", "as a cartoon", "in blue"]
 

@@ -20,12 +20,12 @@ import time
 
 import torch
 
-from p2w.backbone import Backbone
-from p2w.distributed import Dist
-from p2w.mapper import Mapper
-from p2w.objective import contrastive_loss, pic2word_loss
-from p2w.train import TrainStep, _param_groups, adamw
-from p2w.weights import BackboneSpec
+from p2w.core.backbone import Backbone
+from p2w.mappers.network import Mapper
+from p2w.spec import BackboneSpec
+from p2w.training.distributed import Dist
+from p2w.training.objective import contrastive_loss, pic2word_loss
+from p2w.training.step import TrainStep, _param_groups, adamw
 
 
 def reference_text_features(bb: Backbone, tokens: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     import torch
     from safetensors.torch import save_file
 
-    from p2w.mapper import Mapper, save_mapper
-    from p2w.weights import BackboneSpec
+    from p2w.mappers.files import save_mapper
+    from p2w.mappers.network import Mapper
+    from p2w.spec import BackboneSpec
 
     root = tmp_path_factory.mktemp("tiny")
     config = root / "tiny_clip.json"

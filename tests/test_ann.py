@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from p2w import ann as ann_mod
-from p2w.catalog import Catalog
+from p2w.library import ann as ann_mod
+from p2w.library.catalog import Catalog
 
 DIM = 256
 

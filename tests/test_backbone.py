@@ -13,9 +13,11 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import write_code_pickle
-from p2w.backbone import Backbone
+from p2w.core.backbone import Backbone
+from p2w.core.checkpoints import read_state_dict
 from p2w.errors import ModelLoadError, ModelUnavailableError, PromptError
-from p2w.weights import BackboneSpec, read_state_dict
+from p2w.settings import Settings
+from p2w.spec import BackboneSpec
 
 
 @pytest.fixture(scope="module")
@@ -213,18 +215,18 @@ def test_tag_not_cached_and_hub_unreachable(registered_tag, monkeypatch):
 
 
 def test_large_weight_digests_are_cached_on_disk(tmp_path, monkeypatch, p2w_home):
-    from p2w import weights
+    from p2w import digest
 
-    monkeypatch.setattr(weights, "_DISK_CACHE_MIN_BYTES", 10)
-    monkeypatch.setattr(weights, "_DIGESTS", {})
+    monkeypatch.setattr(digest, "DISK_CACHE_MIN_BYTES", 10)
+    monkeypatch.setattr(digest, "_DIGESTS", {})
     path = tmp_path / "big.safetensors"
     path.write_bytes(b"x" * 100)
-    first = BackboneSpec("ViT-B-32", str(path)).id
+    first = Settings.from_env().backbone("ViT-B-32", str(path)).id
     assert (p2w_home / "cache" / "digests.json").is_file()
-    monkeypatch.setattr(weights, "_DIGESTS", {})  # a new process: only the disk cache is left
-    monkeypatch.setattr(weights, "sha256_file", lambda p: pytest.fail("hashed again"))
-    assert BackboneSpec("ViT-B-32", str(path)).id == first
+    monkeypatch.setattr(digest, "_DIGESTS", {})  # a new process: only the disk cache is left
+    monkeypatch.setattr(digest, "sha256_file", lambda p: pytest.fail("hashed again"))
+    assert Settings.from_env().backbone("ViT-B-32", str(path)).id == first
     path.write_bytes(b"y" * 100)  # same size, new content and mtime: hashed anew
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
-    monkeypatch.setattr(weights, "sha256_file", lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
+    monkeypatch.setattr(digest, "sha256_file", lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
     assert BackboneSpec("ViT-B-32", str(path)).id != first

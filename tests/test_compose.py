@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from open_clip import SimpleTokenizer
 
-from p2w.compose import DEFAULT_TEMPLATE, fill, plan
+from p2w.core.compose import DEFAULT_TEMPLATE, fill, plan
 from p2w.errors import MapperError, PromptError
 
 

@@ -54,7 +54,7 @@ def test_autocast_stays_close_to_fp32(tv, precision):
 
 
 def test_training_loss_on_cuda_under_autocast(tv):
-    from p2w.objective import pic2word_loss
+    from p2w.training.objective import pic2word_loss
 
     exp = np.load(tv / "expected.npz")
     engine = p2w.load(**tv_args(tv), device="cuda", precision="fp16")
@@ -68,7 +68,8 @@ def test_training_loss_on_cuda_under_autocast(tv):
 def test_training_runs_under_amp(tiny, tmp_path, precision):
     from PIL import Image
 
-    from p2w.train import TrainConfig, train
+    from p2w.training.config import TrainConfig
+    from p2w.training.loop import train
 
     rng = np.random.default_rng(0)
     for i in range(16):
@@ -98,9 +99,10 @@ def test_index_on_cuda_matches_cpu(tiny, tmp_path):
     pytest.importorskip("hnswlib")  # a bare GPU machine may lack it (it builds from source)
     from PIL import Image
 
-    from p2w.library import index, open_catalog
+    from p2w.library.index import index
+    from p2w.library.search import open_catalog
     from p2w.settings import Settings
-    from p2w.weights import BackboneSpec
+    from p2w.spec import BackboneSpec
 
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"

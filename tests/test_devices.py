@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2w import devices
+from p2w.core import devices
 from p2w.errors import DeviceError
 from p2w.settings import Settings
 

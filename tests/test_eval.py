@@ -124,7 +124,7 @@ def test_features_are_cached_across_modes_and_runs(fiq, tiny, monkeypatch):
         runner.invoke(app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "image"]).exit_code
         == 0
     )
-    monkeypatch.setattr("p2w.features.open_image", lambda *a, **k: pytest.fail("an image was decoded again"))
+    monkeypatch.setattr("p2w.core.features.open_image", lambda *a, **k: pytest.fail("an image was decoded again"))
     again = runner.invoke(app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "average"])
     assert again.exit_code == 0, again.stderr
 
@@ -466,7 +466,7 @@ def test_coco_eval_end_to_end_and_the_reference_csv_layout(coco_data, tiny, tmp_
         [coco.region_transform(engine)(coco.region_image(q, coco_data).convert("RGB")) for q in queries]
     )
     feats = engine.backbone.encode_image(regions)
-    from p2w.compose import QueryPlan
+    from p2w.core.compose import QueryPlan
     from p2w.evaluation.common import l2n
     from p2w.evaluation.metrics import paired_ranks
 

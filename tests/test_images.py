@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from p2w import images
+from p2w.core import images
+from p2w.core.images import open_image
 from p2w.errors import ImageError
-from p2w.images import open_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -20,12 +20,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import p2w
-from p2w import ann as ann_mod
-from p2w.catalog import Catalog, writer_lock
 from p2w.cli import app
 from p2w.errors import P2WError
-from p2w.library import catalog_for, index, open_catalog, search, status
-from p2w.weights import BackboneSpec
+from p2w.library import ann as ann_mod
+from p2w.library.catalog import Catalog, catalog_for, writer_lock
+from p2w.library.index import index
+from p2w.library.search import open_catalog, search
+from p2w.library.status import status
+from p2w.spec import BackboneSpec
 
 runner = CliRunner()
 
@@ -72,7 +74,7 @@ def never():  # type: ignore[no-untyped-def]
 def test_index_then_rerun_opens_nothing(lib, spec, monkeypatch):
     first = index([lib], spec, engine_factory(spec), workers=0, batch_size=4)
     assert (first.added, first.unchanged, first.total, first.skipped) == (12, 0, 12, [])
-    monkeypatch.setattr("p2w.images.Image.open", lambda *a, **k: pytest.fail("an image was opened"))
+    monkeypatch.setattr("p2w.core.images.Image.open", lambda *a, **k: pytest.fail("an image was opened"))
     graph = [p.stat().st_mtime_ns for p in ann_mod.files(first.catalog)[1:]]
     again = index([lib], spec, never, workers=0)
     assert (again.added, again.updated, again.removed, again.unchanged, again.total) == (0, 0, 0, 12, 12)

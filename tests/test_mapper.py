@@ -13,7 +13,8 @@ import p2w
 from conftest import write_code_pickle
 from p2w.cli import app
 from p2w.errors import MapperError
-from p2w.mapper import Mapper, check_fits, read_mapper, save_mapper
+from p2w.mappers.files import check_fits, read_mapper, save_mapper
+from p2w.mappers.network import Mapper
 
 runner = CliRunner()
 
@@ -61,7 +62,7 @@ def test_reference_checkpoint_is_read(tmp_path, ddp):
 
 
 def test_fit_checks():
-    from p2w.mapper import MapperFile
+    from p2w.mappers.files import MapperFile
 
     m = MapperFile(Mapper(32, 48, hidden_dim=16), Path("m.safetensors"), {"backbone": "a/b"})
     check_fits(m, "a/b", 32, 48)

@@ -15,10 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import write_code_pickle
-from p2w import mappers
 from p2w.cli import app
 from p2w.errors import MapperError
-from p2w.mapper import Mapper, read_mapper
+from p2w.mappers.download import download
+from p2w.mappers.files import read_mapper
+from p2w.mappers.network import Mapper
+from p2w.mappers.registry import default_for
 from p2w.settings import Settings
 from test_mapper import official_checkpoint
 
@@ -83,7 +85,7 @@ def test_right_sha256_and_keep_source(served, tiny, p2w_home):
 
     url, root = served
     digest = sha256_file(root / "pic2word_model.pt")
-    got = mappers.download(
+    got = download(
         f"{url}/pic2word_model.pt",
         name="kept",
         sha256=digest.upper(),
@@ -100,7 +102,7 @@ def test_a_resumed_download_completes_the_part_file(served, tiny, p2w_home):
     part = p2w_home / "downloads" / "pic2word_model.pt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[: len(data) // 3])  # left by an interrupted run
-    got = mappers.download(
+    got = download(
         f"{url}/pic2word_model.pt",
         name="resumed",
         model=str(tiny.config),
@@ -116,24 +118,24 @@ def test_code_in_a_served_pickle_never_runs(tmp_path, tiny, p2w_home):
     marker = tmp_path / "pwned"
     write_code_pickle(root / "evil.pt", marker, key="state_dict_img2text")
     with serve(root) as url, pytest.raises(MapperError, match="weights_only"):
-        mappers.download(f"{url}/evil.pt", name="evil", model=str(tiny.config), pretrained=str(tiny.weights))
+        download(f"{url}/evil.pt", name="evil", model=str(tiny.config), pretrained=str(tiny.weights))
     assert not marker.exists()
     assert not (p2w_home / "mappers" / "evil.safetensors").exists()
 
 
 def test_offline_sources_fail_fast_with_what_to_do(p2w_home):
     with pytest.raises(MapperError, match=r"flashingtt/pic2word.*HF_HUB_OFFLINE.*p2w mapper import"):
-        mappers.download("pic2word-vit-l-14")
+        download("pic2word-vit-l-14")
     with pytest.raises(MapperError, match="cannot be reached"):
-        mappers.download("http://127.0.0.1:9/m.pt", name="x")
+        download("http://127.0.0.1:9/m.pt", name="x")
     with pytest.raises(MapperError, match="known names: pic2word-vit-l-14"):
-        mappers.download("pic2word-vit-l-15")
+        download("pic2word-vit-l-15")
 
 
 def test_list_default_remove_round_trip(served, tiny, p2w_home, images):
     url, _ = served
     for name in ("one", "two"):
-        mappers.download(f"{url}/pic2word_model.pt", name=name, model=str(tiny.config), pretrained=str(tiny.weights))
+        download(f"{url}/pic2word_model.pt", name=name, model=str(tiny.config), pretrained=str(tiny.weights))
 
     def listing() -> list[dict]:
         rows = json.loads(runner.invoke(app, ["mapper", "list", "--json"]).stdout)
@@ -150,7 +152,7 @@ def test_list_default_remove_round_trip(served, tiny, p2w_home, images):
     assert [m["default"] for m in listing()] == [False, True]
     assert runner.invoke(app, query).exit_code == 0  # the default is used
     assert runner.invoke(app, ["mapper", "remove", "two"]).exit_code == 0
-    assert mappers.default_for(tiny.backbone_id) is None
+    assert default_for(tiny.backbone_id) is None
     assert [m["name"] for m in listing()] == ["one"]
     missing = runner.invoke(app, ["mapper", "remove", "two"])
     assert missing.exit_code == 1 and "registered: one" in missing.stderr
@@ -166,7 +168,7 @@ def test_default_backbone_without_mapper_names_the_download(images):
 def test_mismatched_backbone_is_refused_on_download(served, p2w_home):
     url, _ = served  # a 32 -> 48 mapper does not fit ViT-L-14 (768 -> 768)
     with pytest.raises(MapperError, match="768"):
-        mappers.download(f"{url}/pic2word_model.pt", name="wrong")
+        download(f"{url}/pic2word_model.pt", name="wrong")
     assert not (p2w_home / "mappers" / "wrong.safetensors").exists()
 
 
@@ -178,8 +180,6 @@ def test_hf_source_from_the_cache_offline(tmp_path, tiny, monkeypatch, p2w_home)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     ckpt = official_checkpoint(tmp_path / "ckpt.pt", Mapper(32, 48, hidden_dim=16))
     cached = _put_in_hub_cache(tmp_path / "hub", "someone/mapper", "ckpt.pt", ckpt)
-    got = mappers.download(
-        "hf://someone/mapper/ckpt.pt", name="hub", model=str(tiny.config), pretrained=str(tiny.weights)
-    )
+    got = download("hf://someone/mapper/ckpt.pt", name="hub", model=str(tiny.config), pretrained=str(tiny.weights))
     assert read_mapper(got.path).metadata["source"] == "hf://someone/mapper/ckpt.pt"
     assert not cached.exists()  # the large source was dropped from the cache (no --keep-source)

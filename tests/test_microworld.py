@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from p2w import microworld as mw
 from p2w.cli import app
 from p2w.errors import P2WError
+from p2w.micro import world as mw
 from p2w.settings import Settings
-from p2w.weights import BUILTIN_TAG, BackboneSpec, builtin_file
+from p2w.spec import BUILTIN_TAG, BackboneSpec, builtin_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "p2w-micro-fashion"
@@ -103,18 +103,18 @@ def test_builtin_backbone_defaults_and_id() -> None:
 
 def test_builtin_model_loads_with_its_mapper_offline() -> None:
     import p2w
-    from p2w.mappers import default_or_known
+    from p2w.mappers.defaults import default_mapper
 
     settings = Settings.from_env()
     spec = settings.backbone(MODEL)
-    mapper = default_or_known(spec.id, settings)  # no registry, no download: the shipped mapper
+    mapper = default_mapper(spec.id, settings)  # no registry, no download: the shipped mapper
     assert Path(mapper) == builtin_file(MODEL, "mapper.safetensors")
     engine = p2w.load(MODEL, mapper=mapper, device="cpu")
     assert engine.backbone.id == spec.id
     assert (engine.backbone.embed_dim, engine.backbone.token_width, engine.backbone.context_length) == (128, 128, 32)
     from PIL import Image
 
-    from p2w import demo
+    from p2w.micro import demo
 
     items, labels, _ = demo.gallery_items()
     dress, shirt = items[labels == 3][0], items[labels == 6][0]
@@ -128,8 +128,8 @@ def test_builtin_model_loads_with_its_mapper_offline() -> None:
 
 
 def test_builtin_tag_is_refused_for_other_models_and_tags_for_builtin() -> None:
+    from p2w.core.resolve import resolve
     from p2w.errors import ModelUnavailableError
-    from p2w.weights import resolve
 
     with pytest.raises(ModelUnavailableError, match="embedded in p2w"):
         resolve(BackboneSpec(MODEL, "openai"))
@@ -213,7 +213,7 @@ def test_eval_micro_fashion_on_a_small_world(tmp_path: Path) -> None:
 def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
     from PIL import Image
 
-    from p2w import demo
+    from p2w.micro import demo
 
     out = tmp_path / "demo out"
     result = runner.invoke(app, ["demo", "--out", str(out), "--device", "cpu"])
@@ -246,7 +246,7 @@ def test_demo_into_an_unwritable_folder_is_a_one_line_error(tmp_path: Path) -> N
 
 
 def test_demo_queries_name_real_gallery_files() -> None:
-    from p2w import demo
+    from p2w.micro import demo
 
     _, labels, rows = demo.gallery_items()
     for q in demo.QUERIES:
@@ -293,7 +293,7 @@ def test_the_shipped_mapper_is_listed_usable_by_name_and_protected() -> None:
     assert rows[MODEL]["default"] is True and rows[MODEL]["source"] == "shipped with p2w"
     assert rows[MODEL]["backbone"] == BackboneSpec(MODEL, BUILTIN_TAG).id
     assert (rows[MODEL]["embed_dim"], rows[MODEL]["token_width"]) == (128, 128)
-    from p2w.mapper import mapper_path
+    from p2w.mappers.registry import mapper_path
 
     assert mapper_path(MODEL, Settings.from_env().mappers_dir) == builtin_file(MODEL, "mapper.safetensors")
     removed = runner.invoke(app, ["mapper", "remove", MODEL])

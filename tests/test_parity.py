@@ -63,7 +63,7 @@ def test_image_features_and_mapped_tokens(tv_engine, image_paths, exp):
 
 
 def test_token_ids_and_positions(tv_engine, prompts, exp):
-    from p2w.compose import fill, prompt_ids
+    from p2w.core.compose import fill, prompt_ids
 
     rows = prompts["rows"]
     filled = [fill(query_args(r)[1], query_args(r)[0]) for r in rows]
@@ -110,7 +110,7 @@ def test_plain_text_query_is_the_cirr_baseline(tv_engine, prompts, exp):
 
 
 def test_training_loss(tv_engine, exp):
-    from p2w.objective import pic2word_loss
+    from p2w.training.objective import pic2word_loss
 
     feats = torch.from_numpy(exp["image_features"])
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_training_loss(tv_engine, exp):
 
 def test_loss_gradient_reaches_only_the_mapper(tv, exp):
     import p2w
-    from p2w.objective import pic2word_loss
+    from p2w.training.objective import pic2word_loss
 
     engine = p2w.load(
         model=str(tv / "open_clip_config.json"),
@@ -155,7 +155,7 @@ def test_mixed_star_positions_are_per_row(tv_engine, prompts, exp, image_paths):
 
 def _batch_of_prompts(engine, imgs, prompts):  # type: ignore[no-untyped-def]
     """One batch whose rows have different templates (and so different '*' positions)."""
-    from p2w.compose import prompt_ids
+    from p2w.core.compose import prompt_ids
 
     bb = engine.backbone
     with torch.inference_mode():
@@ -164,7 +164,7 @@ def _batch_of_prompts(engine, imgs, prompts):  # type: ignore[no-untyped-def]
 
 
 def test_official_checkpoint_gives_the_same_mapper(tv, tv_engine, exp):
-    from p2w.mapper import read_mapper
+    from p2w.mappers.files import read_mapper
 
     official = read_mapper(tv / "mapper_official.pt")
     plain = read_mapper(tv / "mapper.safetensors")
@@ -178,8 +178,8 @@ def test_official_checkpoint_gives_the_same_mapper(tv, tv_engine, exp):
 def test_training_step_reproduces_the_reference_loss(tv, exp):
     """The code `p2w train` runs (TrainStep: planned text tower, global loss, AdamW) returns the golden loss."""
     import p2w
-    from p2w.distributed import Dist
-    from p2w.train import TrainStep, adamw
+    from p2w.training.distributed import Dist
+    from p2w.training.step import TrainStep, adamw
 
     engine = p2w.load(
         model=str(tv / "open_clip_config.json"),

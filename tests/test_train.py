@@ -16,12 +16,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from p2w import features
 from p2w.cli import app
-from p2w.data import list_images
+from p2w.core import features
 from p2w.errors import P2WError, TrainingInterrupted
-from p2w.mapper import read_mapper
-from p2w.train import TrainConfig, lr_at, train
+from p2w.mappers.files import read_mapper
+from p2w.training.config import TrainConfig
+from p2w.training.data import list_images
+from p2w.training.loop import train
+from p2w.training.step import lr_at
 
 runner = CliRunner()
 
@@ -117,7 +119,7 @@ def test_second_run_reads_no_image_and_moved_files_reuse_features(tiny, photos, 
 
 
 def test_resume_continues_exactly(tiny, photos, p2w_home, monkeypatch):
-    monkeypatch.setattr("p2w.train.REPORT_EVERY", 1)  # report (and so check for Ctrl-C) at every step
+    monkeypatch.setattr("p2w.training.loop.REPORT_EVERY", 1)  # report (and so check for Ctrl-C) at every step
     straight = train(config(tiny, photos, name="straight", dropout=0.1))
 
     class StopAtStep4:
@@ -145,7 +147,7 @@ def test_resume_continues_exactly(tiny, photos, p2w_home, monkeypatch):
 
 
 def test_resume_by_name_alone(tiny, photos, p2w_home, monkeypatch):
-    monkeypatch.setattr("p2w.train.REPORT_EVERY", 1)
+    monkeypatch.setattr("p2w.training.loop.REPORT_EVERY", 1)
 
     class StopAtStep2:
         def stage(self, text): ...

@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from p2w.errors import (
@@ -23,14 +22,11 @@ from p2w.errors import (
     TrainingInterrupted,
 )
 from p2w.settings import Settings
+from p2w.version import __version__
 
 if TYPE_CHECKING:
     from p2w.engine import Engine
 
-try:
-    __version__ = metadata.version("p2w")
-except metadata.PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "DeviceError",

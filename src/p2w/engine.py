@@ -1,4 +1,5 @@
-"""The p2w engine: a frozen backbone plus (optionally) a mapper, encoding images and composed queries."""
+"""The p2w engine: a frozen backbone plus (optionally) a mapper, encoding images and composed queries; ``load`` picks
+the backbone and the mapper by the library's policy (defaults from ``Settings``, the registry's default mapper)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from p2w.backbone import Backbone
-from p2w.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.backbone import Backbone
+from p2w.core.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.images import ImageLike, open_image
+from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError, PromptError
-from p2w.images import ImageLike, open_image
-from p2w.mapper import Mapper, MapperFile, check_fits, mapper_path, read_mapper
+from p2w.mappers.defaults import DEFAULT, default_mapper
+from p2w.mappers.files import MapperFile, check_fits, read_mapper
+from p2w.mappers.network import Mapper
+from p2w.mappers.registry import mapper_path, missing_mapper_hint
 from p2w.settings import Settings
-from p2w.weights import mapper_dims
 
 
 class Engine:
@@ -28,6 +32,14 @@ class Engine:
         self.backbone = backbone
         self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper is not None else None
         self.mapper_file = mapper_file
+        self.missing_mapper = MAPPER_NEEDED  # what a pic2word query without a mapper is told
+
+    def open_query_image(self, image: ImageLike | None) -> ImageLike | None:
+        """A query image opened as the catalog's images were (JPEG draft decoding at the model's input size), so a
+        catalogued photo used as a query gives its catalog vector."""
+        if image is None or not isinstance(image, (str, Path)):
+            return image
+        return open_image(image, draft=self.backbone.draft_size)
 
     # ---- public, numpy -----------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
@@ -120,7 +132,7 @@ class Engine:
 
     def _require_mapper(self) -> Mapper:
         if self.mapper is None:
-            raise MapperError(MAPPER_NEEDED)
+            raise MapperError(self.missing_mapper)
         return self.mapper
 
     def _batched(self, run: Callable[[int, int], torch.Tensor], n: int, batch_size: int, normalize: bool) -> np.ndarray:
@@ -136,19 +148,24 @@ class Engine:
 def load(
     model: str | None = None,
     pretrained: str | None = None,
-    mapper: str | Path | Mapper | None = None,
+    mapper: str | Path | Mapper | None = DEFAULT,
     device: str | None = None,
     precision: str | None = "auto",
     force_mapper: bool = False,
+    download: bool = False,
     settings: Settings | None = None,
 ) -> Engine:
-    """Load a backbone (and a mapper), e.g. ``p2w.load("ViT-L-14", "openai", mapper="pic2word-vit-l-14")``.
+    """Load a backbone and its mapper, e.g. ``p2w.load("ViT-L-14", "openai")``.
 
     ``model``: an open_clip model name or a model-config JSON; ``pretrained``: an open_clip tag, a weights file, or
-    ``"none"``; ``mapper``: a registered name, a file, or a ``Mapper``. Defaults come from ``Settings.from_env()``.
+    ``"none"``; ``mapper``: ``"default"`` (the backbone's default mapper when it has one; with ``download=True`` the
+    known published one is fetched), a registered name, a file, a ``Mapper``, or None (no mapper: image, text and
+    average queries only). Defaults come from ``Settings.from_env()``.
     """
     settings = settings or Settings.from_env()
     spec = settings.backbone(model, pretrained)
+    if isinstance(mapper, str) and mapper == DEFAULT:
+        mapper = default_mapper(spec.id, settings, download=download, required=False)
     mapper_file = None
     if isinstance(mapper, (str, Path)):
         mapper_file = read_mapper(mapper_path(str(mapper), settings.mappers_dir))
@@ -159,4 +176,7 @@ def load(
     if mapper_file is not None:
         check_fits(mapper_file, backbone.id, backbone.embed_dim, backbone.token_width, force=force_mapper)
         mapper = mapper_file.mapper
-    return Engine(backbone, mapper if isinstance(mapper, Mapper) else None, mapper_file)
+    engine = Engine(backbone, mapper if isinstance(mapper, Mapper) else None, mapper_file)
+    if engine.mapper is None:
+        engine.missing_mapper = missing_mapper_hint(backbone.id)
+    return engine

@@ -37,3 +37,12 @@ class TrainingInterrupted(P2WError):
     """Ctrl-C during training: a checkpoint was written and the run can be resumed."""
 
     exit_code = 130
+
+
+def summary(exc: BaseException | None) -> str:
+    """An exception's first line for a one-line message, e.g. ``summary(OSError("disk full\n..."))`` -> ``"disk full"``;
+    its type name when it has no text."""
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,13 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from p2w.weights import BackboneSpec
-
-DEFAULT_MODEL = "ViT-L-14"  # the backbone of the published Pic2Word mapper
-DEFAULT_PRETRAINED = "openai"
+from p2w.spec import DEFAULT_MODEL, BackboneSpec, pretrained_for
 
 
 @dataclass(frozen=True)
@@ -37,18 +32,18 @@ class Settings:
         )
 
     def pretrained_for(self, model: str) -> str:
-        """``P2W_PRETRAINED`` when set, else the model's default: ``builtin`` for p2w's embedded models, else
-        ``openai``."""
-        from p2w.weights import BUILTIN_MODELS, BUILTIN_TAG
-
-        return self.pretrained or (BUILTIN_TAG if model in BUILTIN_MODELS else DEFAULT_PRETRAINED)
+        """``P2W_PRETRAINED`` when set, else the model's default (``p2w.spec.pretrained_for``)."""
+        return self.pretrained or pretrained_for(model)
 
     def backbone(self, model: str | None = None, pretrained: str | None = None) -> BackboneSpec:
         """The backbone the user asked for, defaults filled in, e.g. ``backbone("p2w-micro-fashion")``."""
-        from p2w.weights import BackboneSpec
-
         model = model or self.model
-        return BackboneSpec(model, pretrained or self.pretrained_for(model))
+        return BackboneSpec(model, pretrained or self.pretrained_for(model), digest_cache=self.cache_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Derived data that can be rebuilt: ``<home>/cache`` (content hashes of large files)."""
+        return self.home / "cache"
 
     @property
     def mappers_dir(self) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2w import microworld as mw
+from p2w.micro import world as mw
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -49,7 +49,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 def kept_texts() -> list[str]:
     """Every text the shipped model must read: training captions, benchmark and demo prompts, the train prompt."""
-    from p2w.compose import TRAIN_PROMPT
+    from p2w.core.compose import TRAIN_PROMPT
     from p2w.evaluation.micro_fashion import TASKS
 
     texts = mw.all_captions()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from p2w import microworld as mw
+from p2w.micro import world as mw
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "micro_fashion.json"

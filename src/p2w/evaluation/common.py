@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2w.compose import QueryPlan, fill
+from p2w.core.compose import QueryPlan, fill
+from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.engine import Engine
 from p2w.errors import P2WError
-from p2w.features import FeatureCache, Views, fill_cache, hash_files
 
 Progress = Callable[[int, int], None]
 MODES = ("pic2word", "image", "text", "average")

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2w import microworld as mw
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
 from p2w.evaluation.common import EvalResult, l2n, mapper_name, modes_of, query_vectors
+from p2w.micro import world as mw
 
 Progress = Callable[[int, int], None]
 TASKS = {"class-change": "a * {text}", "colour-change": "a photo of * , in {text}."}

@@ -1,0 +1,97 @@
+"""``p2w embed image`` and ``p2w embed query``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from p2w.cli.root import (
+    DeviceOpt,
+    DownloadOpt,
+    ForceMapperOpt,
+    ForceOpt,
+    JsonOpt,
+    MapperOpt,
+    ModelOpt,
+    OutOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    RawOpt,
+    chosen_mapper,
+    embed_app,
+    err_console,
+    load_engine,
+    user_errors,
+)
+
+
+def _emit(records: list[dict[str, Any]], vectors: Any, output: Path | None, as_json: bool, force: bool) -> None:
+    from p2w.cli.output import save_npy, vectors_json
+
+    if output is not None:
+        save_npy(vectors, output, overwrite=force)
+        err_console.print(f"wrote {len(vectors)} vector(s) of width {vectors.shape[1]} to {output}")
+    if as_json or output is None:
+        typer.echo(vectors_json(records, vectors))
+
+
+@embed_app.command("image")
+def embed_image(
+    paths: Annotated[list[Path], typer.Argument(help="image files")],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    raw: RawOpt = False,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Embed images, e.g. p2w embed image a.jpg b.png"""
+    with user_errors():
+        from p2w.cli.output import check_output
+
+        check_output(output, overwrite=force)
+        engine = load_engine(model, pretrained, device, precision)
+        vectors = engine.encode_images([str(p) for p in paths], batch_size=batch_size, normalize=not raw)
+        _emit([{"input": str(p)} for p in paths], vectors, output, as_json, force)
+
+
+@embed_app.command("query")
+def embed_query(
+    image: Annotated[str | None, typer.Argument(help="query image (optional)", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'"),
+    ] = None,
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    raw: RawOpt = False,
+    as_json: JsonOpt = False,
+    output: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
+    with user_errors():
+        from p2w.cli.output import check_output, split_query_args
+        from p2w.core.compose import plan
+
+        check_output(output, overwrite=force)
+        img, txt = split_query_args(image, text)
+        qp = plan(mode, img is not None, bool(txt), prompt)
+        if qp.needs_mapper:  # resolved before the model loads
+            mapper = chosen_mapper(mapper, model, pretrained, download)
+        engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+        vectors = engine.encode_queries([img], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
+        record = {"input": {"image": img, "text": txt}, "mode": qp.mode, "prompt": qp.template}
+        _emit([record], vectors, output, as_json, force)

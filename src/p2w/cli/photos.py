@@ -1,0 +1,168 @@
+"""``p2w index``, ``p2w search`` and ``p2w status``: the photo catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from p2w.cli.root import (
+    DeviceOpt,
+    DownloadOpt,
+    ForceMapperOpt,
+    MapperOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    app,
+    chosen_mapper,
+    err_console,
+    load_engine,
+    out_console,
+    user_errors,
+)
+from p2w.errors import P2WError
+from p2w.settings import Settings
+
+
+@app.command("index")
+def index_command(
+    paths: Annotated[list[Path] | None, typer.Argument(help="folders or files to index", show_default=False)] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 4,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="glob to skip (repeatable)")] = None,
+    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="also index hidden files/folders")] = False,
+    show_skipped: Annotated[bool, typer.Option("--show-skipped", help="list the files that were skipped")] = False,
+    show_status: Annotated[bool, typer.Option("--status", help="show the catalogs (as p2w status) and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Add photos to the catalog of a model, e.g. p2w index ~/Pictures"""
+    if show_status:
+        status_command(as_json=as_json)
+        return
+    with user_errors():
+        from p2w.cli.render import LibraryProgress, index_table, skipped_table
+        from p2w.library.index import index
+
+        if not paths:
+            raise P2WError("give one or more folders to index, e.g. p2w index ~/Pictures")
+        settings = Settings.from_env()
+        spec = settings.backbone(model, pretrained)
+        with LibraryProgress(err_console) as progress:
+            report = index(
+                paths,
+                spec,
+                lambda: load_engine(model, pretrained, device, precision),
+                settings,
+                exclude=exclude or (),
+                include_hidden=include_hidden,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+            )
+        if as_json:
+            typer.echo(json.dumps(report.to_json()))
+        else:
+            out_console().print(index_table(report))
+            if show_skipped and report.skipped:
+                out_console().print(skipped_table(report))
+        if report.interrupted:
+            err_console.print("interrupted: what was embedded is kept; run the same command to continue")
+            raise typer.Exit(130)
+
+
+@app.command("search")
+def search_command(
+    image: Annotated[str | None, typer.Argument(help="query image (optional)", show_default=False)] = None,
+    text: Annotated[str | None, typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
+    mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="template with '*' and maybe {text}")] = None,
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
+    within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
+    ef: Annotated[
+        int | None,
+        typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d, up to 400]"),
+    ] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="one path per line (for xargs)")] = False,
+) -> None:
+    """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME"""
+    with user_errors():
+        from p2w.cli.output import split_query_args
+        from p2w.core.compose import plan
+        from p2w.library.search import open_catalog, search
+
+        img, txt = split_query_args(image, text)
+        qp = plan(mode, img is not None, bool(txt), prompt)
+        if qp.needs_mapper:
+            mapper = chosen_mapper(mapper, model, pretrained, download)
+        settings = Settings.from_env()
+        spec = settings.backbone(model, pretrained)
+        catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
+        try:
+            engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+            query = engine.encode_query(_query_image(engine, img), txt, mode=qp.mode, prompt=qp.template)
+            hits = search(catalog, query, k=k, within=within, ef=ef)
+        finally:
+            catalog.close()
+        if as_json:
+            typer.echo(json.dumps([{"rank": h.rank, "score": h.score, "path": h.path} for h in hits]))
+        elif paths_only:
+            for h in hits:
+                typer.echo(h.path)
+        else:
+            from p2w.cli.render import hits_table
+
+            out_console().print(hits_table(hits))
+
+
+def _query_image(engine: Any, path: str | None) -> Any:
+    """Open the query image as the catalog's images were (JPEG draft decoding at the model's input size)."""
+    if path is None:
+        return None
+    from p2w.core.images import open_image
+
+    size = engine.backbone.model.visual.image_size
+    return open_image(path, draft=size if isinstance(size, int) else min(size))
+
+
+@app.command("status")
+def status_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Show the catalogs: backbone, photos, size on disk, location."""
+    with user_errors():
+        from p2w.cli.render import status_table
+        from p2w.library.status import status
+
+        infos = status(Settings.from_env())
+        if as_json:
+            rows = [
+                {
+                    "backbone": c.backbone,
+                    "files": c.files,
+                    "skipped": c.skipped,
+                    "bytes": c.bytes_on_disk,
+                    "folder": str(c.folder),
+                    "index_current": c.ann_current,
+                }
+                for c in infos
+            ]
+            typer.echo(json.dumps(rows))
+        elif not infos:
+            err_console.print(f"no catalogs in {Settings.from_env().home}; build one with: p2w index DIR")
+        else:
+            out_console().print(status_table(infos))

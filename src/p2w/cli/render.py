@@ -1,0 +1,286 @@
+"""Rich rendering for the CLI: training progress on stderr and result tables."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from p2w.evaluation.common import EvalResult
+    from p2w.library.index import IndexReport
+    from p2w.library.search import Hit
+    from p2w.library.status import CatalogInfo
+    from p2w.mappers.registry import Registered
+    from p2w.micro.demo import DemoQuery
+    from p2w.micro.demo import Result as DemoResult
+    from p2w.training.config import EpochSummary, TrainResult
+
+
+class TrainProgress:
+    """``p2w.train.Callbacks`` drawing a progress bar (features, then steps with loss, lr and samples/s)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> TrainProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.bar.stop()
+
+    def _task(self, key: str, description: str, total: int) -> TaskID:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(description, total=total, info="")
+        return self.tasks[key]
+
+    def stage(self, text: str) -> None:
+        """A line for each stage."""
+        self.console.print(text)
+
+    def features(self, done: int, total: int) -> None:
+        """Progress of the one-off feature pass."""
+        self.bar.update(self._task("features", "features", total), completed=done)
+
+    def step(self, step: int, total: int, loss: float, lr: float, samples_per_s: float) -> None:
+        """Progress of the optimisation steps."""
+        info = f"loss {loss:.4f}  lr {lr:.2e}  {samples_per_s:,.0f} samples/s"
+        self.bar.update(self._task("train", "training", total), completed=step, info=info)
+
+    def epoch(self, summary: EpochSummary) -> None:
+        """One line per finished epoch."""
+        val = (
+            f"  val R@1 {summary.val_recall_at_1:.3f} R@5 {summary.val_recall_at_5:.3f}"
+            if summary.val_recall_at_1 is not None
+            else ""
+        )
+        self.console.print(
+            f"epoch {summary.epoch}: loss {summary.loss:.4f}{val}  {summary.samples_per_s:,.0f} samples/s"
+        )
+
+
+class LibraryProgress:
+    """``p2w.library`` progress callback: a bar per stage (hashing, embedding) on stderr."""
+
+    def __init__(self, console: Console) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.started: dict[str, float] = {}
+
+    def __enter__(self) -> LibraryProgress:
+        return self  # the bar starts with the first report: a run with nothing to do prints nothing
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.tasks:
+            self.bar.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        if not self.tasks:
+            self.bar.start()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, rate="")
+            self.started[stage] = time.perf_counter()
+        rate = done / max(time.perf_counter() - self.started[stage], 1e-9)
+        self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.0f} files/s")
+
+
+def train_table(result: TrainResult) -> Table:
+    """The per-epoch summary of a run."""
+    table = Table(
+        title=f"mapper {result.name} ({result.backbone}, {result.samples} images, {len(result.skipped)} skipped)"
+    )
+    for column in ("epoch", "loss", "val R@1", "val R@5", "samples/s"):
+        table.add_column(column, justify="right")
+    for e in result.epochs:
+        r1 = "-" if e.val_recall_at_1 is None else f"{e.val_recall_at_1:.3f}"
+        r5 = "-" if e.val_recall_at_5 is None else f"{e.val_recall_at_5:.3f}"
+        table.add_row(str(e.epoch), f"{e.loss:.4f}", r1, r5, f"{e.samples_per_s:,.0f}")
+    return table
+
+
+def index_table(report: IndexReport) -> Table:
+    """Summary of an index run."""
+    title = f"{report.total} photos in the catalog of {report.backbone}" + (
+        " (interrupted)" if report.interrupted else ""
+    )
+    table = Table(title=title)
+    for column in ("added", "updated", "moved", "removed", "unchanged", "skipped", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(
+            str(v)
+            for v in (
+                report.added,
+                report.updated,
+                report.moved,
+                report.removed,
+                report.unchanged,
+                len(report.skipped),
+                f"{report.seconds:.1f}",
+            )
+        )
+    )
+    return table
+
+
+def skipped_table(report: IndexReport) -> Table:
+    """The files an index run could not use, with the reason."""
+    table = Table(title="skipped files")
+    table.add_column("path", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for path, reason in report.skipped:
+        table.add_row(path, reason)
+    return table
+
+
+def hits_table(hits: list[Hit]) -> Table:
+    """Search results: rank, score, path, size, date."""
+    from datetime import datetime
+
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("path", overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("date")
+    for h in hits:
+        date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.path, _size(h.size), date)
+    return table
+
+
+def status_table(infos: list[CatalogInfo]) -> Table:
+    """One row per catalog."""
+    table = Table(title="p2w catalogs")
+    for column in ("backbone", "photos", "skipped", "size", "index", "location"):
+        table.add_column(column, overflow="fold")
+    for c in infos:
+        table.add_row(
+            c.backbone,
+            str(c.files),
+            str(c.skipped),
+            _size(c.bytes_on_disk),
+            "current" if c.ann_current else "rebuilt on next use",
+            str(c.folder),
+        )
+    return table
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+class DownloadProgress:
+    """Byte progress of a mapper download on stderr (drawn only once bytes arrive)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import DownloadColumn, TransferSpeedColumn
+
+        self.bar = Progress(
+            TextColumn("downloading"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> DownloadProgress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("download", total=total or None)
+        self.bar.update(self.task, completed=done)
+
+
+def mappers_table(rows: list[Registered]) -> Table:
+    """The registered mappers."""
+    table = Table(title="p2w mappers")
+    for column in ("name", "backbone", "dims", "size", "source", "default"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.backbone,
+            f"{r.embed_dim} -> {r.token_width}",
+            _size(r.size),
+            r.source,
+            "*" if r.is_default else "",
+        )
+    return table
+
+
+def eval_table(result: EvalResult) -> Table:
+    """Benchmark metrics (percent), a row per group (category) or one row, and what was missing."""
+    missing = {k: v for k, v in result.missing.items() if v}
+    title = f"{result.benchmark} {result.split}, mode {result.mode}, {result.backbone}" + (
+        f", mapper {result.mapper}" if result.mapper else ""
+    )
+    table = Table(title=title, caption=f"missing: {missing}" if missing else None)
+    groups = result.metrics if all(isinstance(v, dict) for v in result.metrics.values()) else {"": result.metrics}
+    keys = list(dict.fromkeys(k for values in groups.values() for k in values))  # groups may differ (micro-fashion)
+    table.add_column("")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for group, values in groups.items():
+        table.add_row(group, *(f"{values[k]:.2f}" if k in values else "" for k in keys))
+    return table
+
+
+def demo_table(query: DemoQuery, results: list[DemoResult]) -> Table:
+    """One demo query: per mode, its top results (class and colour) with right answers ticked."""
+    from p2w.micro.demo import parse_name
+    from p2w.micro.world import CLASSES, COLOUR_NAMES
+
+    table = Table(title=f"query: {query.describe()}", title_justify="left")
+    table.add_column("mode")
+    table.add_column("right", justify="right")
+    table.add_column("top results (✓ = what was asked for)", overflow="fold")
+    for r in results:
+        shown = []
+        for path, right in zip(r.paths, r.right, strict=True):
+            label, colour, _ = parse_name(path)
+            mark = "[green]✓[/green]" if right else "[dim]·[/dim]"
+            shown.append(f"{mark} {COLOUR_NAMES[colour]} {CLASSES[label]}")
+        style = "bold" if r.mode == "pic2word" else ""
+        table.add_row(
+            f"[{style}]{r.mode}[/{style}]" if style else r.mode, f"{sum(r.right)}/{len(r.right)}", ", ".join(shown)
+        )
+    return table

@@ -1,0 +1,156 @@
+"""The root of the ``p2w`` Typer app: options shared by commands, logging, and the one place a ``P2WError`` becomes an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from p2w.errors import P2WError
+from p2w.settings import Settings
+
+app = typer.Typer(
+    name="p2w",
+    help="Composed image retrieval with Pic2Word: find a photo from another photo plus words.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+embed_app = typer.Typer(help="Print embeddings of images or composed queries.", no_args_is_help=True)
+mapper_app = typer.Typer(help="Manage Pic2Word mappers.", no_args_is_help=True)
+app.add_typer(embed_app, name="embed")
+app.add_typer(mapper_app, name="mapper")
+
+# soft_wrap: a path or a command printed for the user to copy is never broken over two lines, whatever the width
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_verbose = False  # -v: tracebacks of errors too
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="open_clip model name or model-config JSON [env P2W_MODEL; default ViT-L-14]"),
+]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option("--pretrained", help="open_clip tag, weights file, or 'none' [env P2W_PRETRAINED; default openai]"),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps [env P2W_DEVICE]")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, else fp32), fp32, fp16, bf16")]
+RawOpt = Annotated[bool, typer.Option("--raw", help="unnormalised vectors instead of unit-length ones")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout (the default without -o)")]
+OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a float32 .npy file instead")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
+MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
+ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
+
+
+def out_console() -> Console:
+    """The console for results on stdout (made per command: tests swap ``sys.stdout``)."""
+    return Console(soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from p2w.version import __version__
+
+        typer.echo(f"p2w {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="show third-party progress, and the traceback of an error")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    global _verbose
+    _verbose = verbose
+    _configure_logging(verbose)
+
+
+class _OwnRecords(logging.Filter):
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.name.startswith("p2w")
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(_OwnRecords(verbose))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("p2w").setLevel(logging.INFO)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's typed errors into one ``error: ...`` line on stderr and exit status 1 (with ``-v``, the
+    traceback and the error's causes first)."""
+    try:
+        yield
+    except P2WError as exc:
+        if _verbose:
+            err_console.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def load_engine(model: str | None, pretrained: str | None, device: str | None, precision: str, **kw: Any) -> Any:
+    import p2w
+
+    return p2w.load(model=model, pretrained=pretrained, device=device, precision=precision, **kw)
+
+
+def chosen_mapper(mapper: str | None, model: str | None, pretrained: str | None, download: bool) -> str:
+    """``--mapper`` as given, else the backbone's default, else (only with ``--download``) the known published one."""
+    if mapper is not None:
+        return mapper
+    from p2w.mappers.defaults import default_mapper
+
+    settings = Settings.from_env()
+    spec = settings.backbone(model, pretrained)
+    return default_mapper(spec.id, settings, download, notify=err_console.print)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Once torch is loaded, the interpreter's own teardown takes ~0.9 s (measured: docs/performance.md); every command
+    has committed, closed and flushed everything by the time it returns, so p2w then exits at once.
+    """
+    code: int = 0
+    try:
+        app(args=argv, prog_name="p2w")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if "torch" in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)

@@ -1,0 +1,93 @@
+"""``p2w train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from p2w.cli.root import (
+    DeviceOpt,
+    ModelOpt,
+    PretrainedOpt,
+    app,
+    err_console,
+    out_console,
+    user_errors,
+)
+from p2w.errors import P2WError
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[
+        Path | None, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="name to register the mapper under")] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16/fp16 autocast on CUDA), fp32, ...")
+    ] = "auto",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="per process")] = 128,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.1,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="steps [default: 10% of the run, <= 10000]")] = None,
+    hidden_dim: Annotated[int, typer.Option("--hidden-dim", min=1)] = 512,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0)] = 0.1,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.5)] = 0.02,
+    augment_views: Annotated[int, typer.Option("--augment-views", min=0, help="cached random crops per image")] = 1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 4,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="encode images at every step (slow)")] = False,
+    no_graphs: Annotated[bool, typer.Option("--no-cuda-graphs", help="run the text tower eagerly on CUDA")] = False,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=0, help="stop after this many steps")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run of --name from its checkpoint")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace a mapper or run of the same name")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
+) -> None:
+    """Train a mapper on unlabeled images, e.g. p2w train --data imgs/ --name mine"""
+    with user_errors():
+        from p2w.cli.render import TrainProgress, train_table
+        from p2w.training.config import TrainConfig
+        from p2w.training.loop import train
+
+        if data is None and not resume:
+            raise P2WError("--data is required: an image folder, a list file or a CSV (or --resume a run)")
+        cfg = TrainConfig(
+            data=str(data) if data else "",
+            name=name,
+            model=model,
+            pretrained=pretrained,
+            device=device,
+            precision=precision,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            val_fraction=val_fraction,
+            augment_views=augment_views,
+            seed=seed,
+            workers=workers,
+            cache=not no_cache,
+            cuda_graphs=not no_graphs,
+            max_steps=max_steps,
+            resume=resume,
+            force=force,
+        )
+        with TrainProgress(err_console) as progress:
+            result = train(cfg, callbacks=progress)
+        if not result.main_process:
+            return
+        if as_json:
+            typer.echo(json.dumps(result.to_json()))
+        else:
+            out_console().print(train_table(result))
+        err_console.print(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")

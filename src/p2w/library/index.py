@@ -1,0 +1,233 @@
+"""``index``: bring a backbone's catalog up to date with folders of photos, incrementally and crash-safe."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2w.core.walk import Found, scan
+from p2w.digest import sha256_many
+from p2w.errors import P2WError
+from p2w.library import ann as ann_mod
+from p2w.library.catalog import Catalog, catalog_for, writer_lock
+from p2w.settings import Settings
+from p2w.spec import BackboneSpec
+
+log = logging.getLogger(__name__)
+
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class IndexReport:
+    """What an index run did; ``skipped`` lists (path, reason)."""
+
+    catalog: Path
+    backbone: str
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total: int = 0  # files in the catalog afterwards
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "catalog": str(self.catalog),
+            "backbone": self.backbone,
+            "added": self.added,
+            "updated": self.updated,
+            "moved": self.moved,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "total": self.total,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+        }
+
+
+@dataclass
+class _Plan:
+    """What an index run has to do, found without decoding any image."""
+
+    embed: list[tuple[Found, str | None]] = field(default_factory=list)  # (file, content hash if known)
+    reuse: list[tuple[Found, str, bytes, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
+    touch: list[tuple[str, int, int]] = field(default_factory=list)
+    remove: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of files gone from disk
+    replaced: set[str] = field(default_factory=set)  # paths whose content changed
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def index(
+    roots: Sequence[Path],
+    spec: BackboneSpec,
+    load_engine: Callable[[], Any],
+    settings: Settings | None = None,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    batch_size: int = 64,
+    workers: int = 4,
+    progress: Progress | None = None,
+) -> IndexReport:
+    """Bring the catalog of ``spec`` up to date with ``roots``; the model is loaded only if something needs embedding.
+
+    Each batch of new vectors is committed as it is made, so an interruption (Ctrl-C, ``kill -9``) loses at most
+    the batch in flight; the next run resumes. A second writer on the same catalog is refused.
+    """
+    start = time.perf_counter()
+    for root in roots:
+        if not root.exists():
+            raise P2WError(f"not found: {root}")
+    folder = catalog_for(spec, settings)
+    report = IndexReport(folder, spec.id)
+    with writer_lock(folder):
+        catalog = Catalog(folder, spec.id, create=True)
+        try:
+            base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
+            plan = _plan(
+                catalog, [os.path.abspath(r.expanduser()) for r in roots], exclude, include_hidden, workers, progress
+            )
+            _apply(catalog, plan, report, load_engine, batch_size, workers, progress)
+            _finish_ann(catalog, base)
+        finally:
+            report.total = catalog.count()
+            catalog.close()
+    report.skipped = plan.skipped
+    report.unchanged = plan.unchanged
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _plan(
+    catalog: Catalog, roots: list[str], exclude: Sequence[str], hidden: bool, workers: int, progress: Progress | None
+) -> _Plan:
+    known = catalog.rows_under(roots)
+    skipped = catalog.skipped_under(roots)
+    found = list(scan([Path(r) for r in roots], exclude, hidden))
+    plan = _Plan()
+    seen = {f.path for f in found}
+    plan.remove = [(p, row.hash) for p, row in known.items() if p not in seen]
+    fresh: list[Found] = []
+    for f in found:
+        row = known.get(f.path)
+        old_skip = skipped.get(f.path)
+        if row and (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
+            plan.unchanged += 1
+            continue
+        if old_skip and old_skip[:2] == (f.size, f.mtime_ns):
+            plan.skipped.append((f.path, old_skip[2]))
+            continue
+        fresh.append(f)
+    hashes = sha256_many(
+        [f.path for f in fresh], workers, (lambda d, t: progress("hashing", d, t)) if progress else None
+    )
+    by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)
+    removed_hashes = {h for _, h in plan.remove}
+    for f in fresh:
+        digest, row = hashes.get(f.path), known.get(f.path)
+        if digest is None:
+            plan.skipped.append((f.path, "cannot be read"))
+        elif row and row.hash == digest:
+            plan.touch.append((f.path, f.size, f.mtime_ns))
+            plan.unchanged += 1
+        else:
+            if row:
+                plan.replaced.add(f.path)
+            if digest in by_hash:
+                plan.reuse.append((f, digest, by_hash[digest], digest in removed_hashes and not row))
+            else:
+                plan.embed.append((f, digest))
+    return plan
+
+
+def _apply(
+    catalog: Catalog,
+    plan: _Plan,
+    report: IndexReport,
+    load_engine: Callable[[], Any],
+    batch_size: int,
+    workers: int,
+    progress: Progress | None,
+) -> None:
+    """Write the plan: touches and reused vectors first, new embeddings batch by batch, removals last."""
+    if plan.touch:
+        catalog.touch(plan.touch)
+    if plan.reuse:
+        catalog.put([(f.path, f.size, f.mtime_ns, h, v) for f, h, v, _ in plan.reuse], len(plan.reuse[0][2]) // 4)
+        report.moved = sum(1 for *_, move in plan.reuse if move)
+        report.updated += sum(1 for f, *_ in plan.reuse if f.path in plan.replaced)
+        report.added += len(plan.reuse) - report.moved - report.updated
+    try:
+        if plan.embed:
+            _embed(catalog, plan, load_engine, batch_size, workers, progress, report)
+    except KeyboardInterrupt:
+        report.interrupted = True  # what is committed stays; the next run resumes
+        return
+    catalog.remove([p for p, _ in plan.remove])
+    moved_hashes = {h for _, h, _, move in plan.reuse if move}
+    report.removed = sum(1 for _, h in plan.remove if h not in moved_hashes)
+
+
+def _embed(
+    catalog: Catalog,
+    plan: _Plan,
+    load_engine: Callable[[], Any],
+    batch_size: int,
+    workers: int,
+    progress: Progress | None,
+    report: IndexReport,
+) -> None:
+    from p2w.core.features import FileDataset, iter_encoded  # torch: only when something is embedded
+
+    engine = load_engine()
+    bb = engine.backbone
+    files = [f for f, _ in plan.embed]
+    dataset = FileDataset([f.path for f in files], bb.preprocess, draft=bb.draft_size)
+    done = 0
+    for batch in iter_encoded(bb, dataset, batch_size, workers):
+        rows, skips = [], []
+        for i, feat, why in batch:
+            f, digest = plan.embed[i]
+            if feat is None:
+                skips.append((f.path, f.size, f.mtime_ns, why))
+                plan.skipped.append((f.path, why))
+                continue
+            vec = (feat / feat.norm().clamp_min(1e-12)).numpy().astype(np.float32)
+            rows.append((f.path, f.size, f.mtime_ns, digest or "", vec.tobytes()))
+        catalog.put(rows, bb.embed_dim)
+        if skips:
+            catalog.skip(skips)
+        report.updated += sum(1 for r in rows if r[0] in plan.replaced)
+        report.added += sum(1 for r in rows if r[0] not in plan.replaced)
+        done += len(batch)
+        if progress:
+            progress("embedding", done, len(files))
+
+
+def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
+    """Bring the ANN file to the catalog's generation: apply this run's changes, or rebuild."""
+    if catalog.count() == 0:
+        ann_mod.remove(catalog.folder)
+        return
+    if base is None:
+        ann_mod.save(ann_mod.build(catalog), catalog.folder)
+        return
+    if base.generation == catalog.generation and ann_mod.is_current(catalog.folder, catalog.generation):
+        return  # nothing added or removed, and the saved index is current: no rewrite
+    current = set(catalog.ids())
+    present = set(base.index.get_ids_list())
+    ann_mod.save(ann_mod.update(base, sorted(current - present), sorted(present - current), catalog), catalog.folder)

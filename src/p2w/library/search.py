@@ -1,0 +1,72 @@
+"""``search``: the catalogued photos closest to a query vector (approximate, or exact under a folder)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from p2w.errors import P2WError
+from p2w.library import ann as ann_mod
+from p2w.library.catalog import Catalog, catalog_for
+from p2w.settings import Settings
+from p2w.spec import BackboneSpec
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    path: str
+    size: int
+    mtime: float
+
+
+def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:
+    """The catalog of ``spec`` for searching; a missing or empty one is an error naming the command that fills it."""
+    catalog = Catalog(catalog_for(spec, settings), spec.id)
+    if catalog.count() == 0:
+        catalog.close()
+        raise P2WError(f"the catalog of {spec.id} is empty; add photos with: p2w index DIR")
+    return catalog
+
+
+def search(
+    catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None = None, ef: int | None = None
+) -> list[Hit]:
+    """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within`` (exact).
+    ``ef`` widens the approximate search (default ``p2w.ann.default_ef(dim)``).
+
+    Files deleted since they were indexed are left out of the results.
+    """
+    if query.shape != (catalog.dim,):
+        raise P2WError(f"query has {query.shape[-1]} dimensions but the catalog holds {catalog.dim}-d vectors")
+    if within is not None:
+        ids, scores = _exact_within(catalog, query, os.path.abspath(within.expanduser()), 2 * k + 8)
+    else:
+        ids, scores = ann_mod.load(catalog).query(query, 2 * k + 8, ef=ef)
+    rows = catalog.rows_for([int(i) for i in ids])
+    hits: list[Hit] = []
+    for i, score in zip(ids, scores, strict=True):
+        row = rows.get(int(i))
+        if row is None or not os.path.exists(row.path):
+            continue
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9))
+        if len(hits) == k:
+            break
+    return hits
+
+
+def _exact_within(catalog: Catalog, query: np.ndarray, folder: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search over the files under a folder (``--in DIR``)."""
+    ids = catalog.ids_under(folder)
+    if not ids:
+        raise P2WError(f"no catalogued photos under {folder}; index it with: p2w index {folder}")
+    order, vectors = ann_mod.matrix(catalog.vectors_for(ids))
+    scores = vectors @ query.astype(np.float32)
+    top = np.argsort(-scores)[:k]
+    return order[top], scores[top]

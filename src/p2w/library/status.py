@@ -1,0 +1,40 @@
+"""``status``: what ``p2w status`` shows of every catalog, read without loading a model."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2w.library import ann as ann_mod
+from p2w.settings import Settings
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    """What ``p2w status`` shows of one catalog."""
+
+    backbone: str
+    files: int
+    skipped: int
+    bytes_on_disk: int
+    folder: Path
+    ann_current: bool
+
+
+def status(settings: Settings | None = None) -> list[CatalogInfo]:
+    """Every catalog in ``P2W_HOME/catalogs``."""
+    root = (settings or Settings.from_env()).home / "catalogs"
+    out = []
+    for folder in sorted(p for p in root.glob("*") if (p / "catalog.sqlite").is_file()) if root.is_dir() else []:
+        con = sqlite3.connect(f"file:{folder / 'catalog.sqlite'}?mode=ro", uri=True)
+        try:
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            files = con.execute("SELECT count(*) FROM files").fetchone()[0]
+            skipped = con.execute("SELECT count(*) FROM skipped").fetchone()[0]
+        finally:
+            con.close()
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        current = ann_mod.is_current(folder, meta.get("generation"))
+        out.append(CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, current))
+    return out

@@ -1,0 +1,106 @@
+"""Mapper files: p2w saves safetensors with metadata naming the backbone they were made for; plain state dicts and
+the reference training code's checkpoints (``state_dict_img2text``, maybe ``module.``-prefixed) are read too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p2w.atomic import atomic_path
+from p2w.core.checkpoints import read_state_dict, tensors_of
+from p2w.errors import MapperError, ModelLoadError
+from p2w.mappers.network import Mapper, from_state_dict
+from p2w.version import __version__
+
+FORMAT = "p2w-mapper"
+
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class MapperFile:
+    """A loaded mapper and what its file says about it."""
+
+    mapper: Mapper
+    path: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> str | None:
+        """Backbone id the mapper was made for, when the file records one."""
+        return self.metadata.get("backbone") or None
+
+
+def read_mapper(path: Path) -> MapperFile:
+    """Read a p2w safetensors file, a plain state dict, or a reference checkpoint (``state_dict_img2text``)."""
+    if not path.is_file():
+        raise MapperError(f"mapper file not found: {path}")
+    metadata: dict[str, str] = {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            state = read_state_dict(path)
+        else:
+            obj = _load_checkpoint(path)
+            state = tensors_of(obj, path, key="state_dict_img2text")
+    except ModelLoadError as exc:
+        raise MapperError(str(exc)) from None
+    except Exception as exc:  # unpickling refusals and corrupt files
+        raise MapperError(
+            f"cannot read mapper {path} (weights_only=True): {str(exc).strip().splitlines()[0]}"
+        ) from None
+    return MapperFile(from_state_dict(state, path), path, metadata)
+
+
+def _load_checkpoint(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; memory-mapped where the format allows (a 1.7 GB checkpoint whose
+    mapper is a few MB need not be read into memory whole)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
+def check_fits(mf: MapperFile, backbone_id: str, embed_dim: int, token_width: int, force: bool = False) -> None:
+    """Refuse a mapper whose dims differ from the backbone's, or (unless ``force``) made for another backbone."""
+    m = mf.mapper
+    if (m.embed_dim, m.token_width) != (embed_dim, token_width):
+        raise MapperError(
+            f"mapper {mf.path.name} maps {m.embed_dim}-d image features to {m.token_width}-d tokens, but backbone "
+            f"{backbone_id} has {embed_dim}-d features and {token_width}-d tokens; use a mapper made for it"
+        )
+    if mf.backbone and mf.backbone != backbone_id and not force:
+        raise MapperError(
+            f"mapper {mf.path.name} was made for backbone {mf.backbone}, not {backbone_id}; "
+            "pass the matching --model/--pretrained, or --force-mapper to use it anyway"
+        )
+
+
+def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str] | None = None) -> None:
+    """Write atomically (temp file + rename) as safetensors with metadata (format, backbone, dims, p2w version)."""
+    from safetensors.torch import save_file
+
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone,
+        "embed_dim": str(mapper.embed_dim),
+        "hidden_dim": str(mapper.hidden_dim),
+        "token_width": str(mapper.token_width),
+        "n_layer": str(mapper.n_layer),
+        "p2w_version": __version__,
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

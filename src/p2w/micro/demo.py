@@ -1,0 +1,200 @@
+"""``p2w demo``: composed retrieval you can see, offline, with the embedded micro model (``p2w-micro-fashion``).
+
+The demo gallery (held-out Fashion-MNIST items shipped with p2w, painted in eight colours) is written as PNG files,
+indexed with the real ``p2w index`` path and searched with the real ``p2w search`` path, in Pic2Word mode and with
+the three baselines; a contact sheet (PNG) shows each query next to each mode's top results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2w.core.compose import MODES
+from p2w.errors import P2WError
+from p2w.micro import world as mw
+from p2w.settings import Settings
+from p2w.spec import BUILTIN_MODELS, BUILTIN_TAG, BackboneSpec, builtin_file
+
+if TYPE_CHECKING:
+    from p2w.library.index import IndexReport
+
+MODEL = BUILTIN_MODELS[0]
+SHOW = 5  # results per mode
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    """A query: a gallery item (class, colour), the words, and what a right answer is."""
+
+    label: int
+    colour: int
+    text: str
+    template: str
+    want_label: int
+    want_colour: int
+    same_item: bool  # colour edits ask for the very same item
+
+    def describe(self) -> str:
+        """E.g. ``"red dress + 'shirt'"``."""
+        return f"{mw.COLOUR_NAMES[self.colour]} {mw.CLASSES[self.label]} + {self.text!r}"
+
+
+# class changes keep the colour ("a * {text}"); colour changes keep the item ("a photo of * , in {text}.")
+QUERIES = (
+    DemoQuery(3, 0, "shirt", "a * {text}", 6, 0, False),  # red dress -> red shirts
+    DemoQuery(7, 4, "sandal", "a * {text}", 5, 4, False),  # blue sneaker -> blue sandals
+    DemoQuery(2, 3, "purple", "a photo of * , in {text}.", 2, 5, True),  # green pullover -> it, in purple
+    DemoQuery(8, 2, "pink", "a photo of * , in {text}.", 8, 6, True),  # yellow bag -> it, in pink
+)
+
+
+@dataclass
+class Result:
+    """One mode's answer to one query: result paths and whether each is right."""
+
+    mode: str
+    paths: list[Path]
+    right: list[bool]
+
+
+@dataclass
+class DemoRun:
+    """What the demo did and found."""
+
+    gallery: Path
+    images: int
+    query_paths: list[Path]
+    indexed: IndexReport
+    results: list[list[Result]] = field(default_factory=list)  # per query, per mode
+    sheet: Path | None = None
+
+
+def gallery_items() -> tuple[Any, Any, Any]:
+    """The shipped demo items: grey images ``(n, 28, 28)``, classes ``(n,)`` and Fashion-MNIST test rows ``(n,)``."""
+    import numpy as np
+
+    path = builtin_file(MODEL, "demo.npz")
+    try:
+        with np.load(path) as data:
+            return data["images"], data["labels"], data["rows"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise P2WError(f"the demo gallery {path} is missing or damaged ({exc}); reinstall p2w") from None
+
+
+def image_name(label: int, colour: int, row: int) -> str:
+    """Gallery file stem, e.g. ``"dress-red-01234"``: what it shows, readable in any file browser."""
+    return f"{mw.CLASSES[label].replace(' ', '-')}-{mw.COLOUR_NAMES[colour]}-{row:05d}"
+
+
+def parse_name(path: Path) -> tuple[int, int, int]:
+    """``(class, colour, row)`` of a gallery file name."""
+    *cls, colour, row = path.stem.split("-")
+    return mw.CLASSES.index(" ".join(cls).replace("t shirt", "t-shirt")), mw.COLOUR_NAMES.index(colour), int(row)
+
+
+def write_gallery(folder: Path) -> list[Path]:
+    """Every demo item in every colour as PNG files in ``folder`` (existing identical files are kept)."""
+    import numpy as np
+
+    images, labels, rows = gallery_items()
+    n, colours = len(labels), len(mw.COLOURS)
+    item = np.repeat(np.arange(n), colours)
+    colour = np.tile(np.arange(colours), n)
+    names = [image_name(int(labels[i]), int(c), int(rows[i])) for i, c in zip(item, colour, strict=True)]
+    wanted = [folder / f"{name}.png" for name in names]
+    if all(p.is_file() for p in wanted):
+        return wanted  # a re-run: files untouched, so the index has nothing to do
+    return mw.save_images(mw.colourise(images[item], colour), folder, names)
+
+
+def run(
+    folder: Path,
+    load_engine: Callable[[], Any],
+    settings: Settings | None = None,
+    progress: Any = None,
+) -> DemoRun:
+    """Write the gallery into ``folder/gallery``, index it, run every query in every mode, draw the contact sheet."""
+    from p2w.library.index import index
+    from p2w.library.search import open_catalog, search
+
+    settings = settings or Settings.from_env()
+    spec = BackboneSpec(MODEL, BUILTIN_TAG)
+    gallery = folder / "gallery"
+    try:
+        paths = write_gallery(gallery)
+    except OSError as exc:
+        raise P2WError(f"cannot write the demo gallery into {gallery}: {exc.strerror or exc}; pass --out DIR") from None
+    loaded: list[Any] = []  # the engine, once: indexing loads it only if something needs embedding
+
+    def engine_once() -> Any:
+        if not loaded:
+            loaded.append(load_engine())
+        return loaded[0]
+
+    report = index([gallery], spec, engine_once, settings, workers=0, progress=progress)
+    engine = engine_once()
+    by_key = {parse_name(p)[:2]: p for p in sorted(paths)}  # one file per (class, colour): the query images
+    out = DemoRun(gallery, len(paths), [by_key[(q.label, q.colour)] for q in QUERIES], report)
+    catalog = open_catalog(spec, settings)
+    try:
+        for q, qpath in zip(QUERIES, out.query_paths, strict=True):
+            row = []
+            _, _, qrow = parse_name(qpath)
+            for mode in MODES:
+                vec = engine.encode_query(qpath, q.text, mode=mode, prompt=q.template)
+                hits = [Path(h.path) for h in search(catalog, vec, k=SHOW + 1) if Path(h.path) != qpath][:SHOW]
+                row.append(Result(mode, hits, [_right(q, qrow, h) for h in hits]))
+            out.results.append(row)
+    finally:
+        catalog.close()
+    try:
+        out.sheet = contact_sheet(out, folder / "contact-sheet.png")
+    except OSError as exc:
+        raise P2WError(f"cannot write the contact sheet into {folder}: {exc.strerror or exc}") from None
+    return out
+
+
+def _right(q: DemoQuery, qrow: int, hit: Path) -> bool:
+    label, colour, row = parse_name(hit)
+    return label == q.want_label and colour == q.want_colour and (row == qrow or not q.same_item)
+
+
+def contact_sheet(run: DemoRun, path: Path, scale: int = 3) -> Path:
+    """A PNG: per query, its image and words, then one row of top results per mode; right answers framed green."""
+    from PIL import Image, ImageDraw
+
+    from p2w.atomic import atomic_path
+
+    cell, pad, label_w, text_h = mw.SIZE * scale, 6, 150, 14
+    cols = 1 + SHOW
+    rows = sum(1 + len(r) for r in run.results)
+    sheet = Image.new("RGB", (label_w + cols * (cell + pad) + pad, rows * (cell + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    y = pad
+    for q, qpath, results in zip(QUERIES, run.query_paths, run.results, strict=True):
+        draw.text((pad, y + 2), "query", fill=(0, 0, 0))
+        draw.text((pad, y + 2 + text_h), q.describe(), fill=(0, 0, 0))
+        sheet.paste(_tile(qpath, cell), (label_w, y))
+        y += cell + pad
+        for result in results:
+            draw.text((pad, y + cell // 2 - 6), result.mode, fill=(60, 60, 60))
+            for j, (hit, right) in enumerate(zip(result.paths, result.right, strict=True)):
+                x = label_w + (j + 1) * (cell + pad)
+                sheet.paste(_tile(hit, cell), (x, y))
+                if right:
+                    draw.rectangle((x - 3, y - 3, x + cell + 2, y + cell + 2), outline=(0, 170, 0), width=3)
+            y += cell + pad
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return path
+
+
+def _tile(path: Path, cell: int) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)

@@ -1,0 +1,71 @@
+"""torchrun support: process-group set-up and the contrastive loss over the global batch, as the reference does."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from p2w.training.objective import LossParts, contrastive_loss
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (world 1, rank 0 when run alone)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes files and reports progress."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str | None = None) -> Dist:
+        """Join the process group torchrun describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); alone otherwise.
+
+        NCCL when the ranks run on GPUs, gloo when ``device`` is the CPU or there is no GPU.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        on_gpu = torch.cuda.is_available() and not (device or "auto").lower().startswith("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+        return cls(world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self, requested: str | None) -> str | None:
+        """Each rank on its own GPU under torchrun; the requested device otherwise."""
+        if self.world > 1 and torch.cuda.is_available() and (requested or "auto") in ("auto", "cuda"):
+            return f"cuda:{self.local_rank}"
+        return requested
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def global_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: float, d: Dist) -> LossParts:
+    """Contrastive loss over every rank's batch (local features first, others gathered without gradient).
+
+    Its value is the single-process loss of the global batch. Backpropagate ``loss * d.world``: DDP averages the
+    ranks' gradients, each of which holds the local features' share, so the sum is the full gradient.
+    """
+    if d.world == 1:
+        return contrastive_loss(image, text, logit_scale)
+    parts = []
+    for local in (image, text):
+        gathered = [torch.zeros_like(local) for _ in range(d.world)]
+        dist.all_gather(gathered, local.detach().contiguous())
+        parts.append(torch.cat([local, *gathered[: d.rank], *gathered[d.rank + 1 :]]))
+    return contrastive_loss(parts[0], parts[1], logit_scale)

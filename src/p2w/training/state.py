@@ -1,0 +1,37 @@
+"""The state of a training run that the loop advances and checkpoints save."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from p2w.core.backbone import Backbone
+from p2w.mappers.network import Mapper
+from p2w.training.config import TrainConfig
+from p2w.training.distributed import Dist
+from p2w.training.step import TrainStep
+from p2w.training.trainset import FeatureSource
+
+
+@dataclass
+class Run:
+    """Everything a training loop works with; built with keywords (``Run(cfg=..., name=..., ...)``)."""
+
+    cfg: TrainConfig
+    name: str
+    backbone: Backbone
+    source: FeatureSource
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor
+    mapper: Mapper
+    stepper: TrainStep
+    d: Dist
+    local_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
