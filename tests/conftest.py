@@ -130,15 +130,15 @@ def expand_testvectors(src: Path, dst: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(src / "clip_state_dict.compact.safetensors"), framework="pt") as f:
-        metadata = f.metadata()
+        info = json.loads(f.metadata()["compact"])
         compact = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     rows = compact.pop("token_embedding.rows").long()
     rows_weight = compact["token_embedding.weight"]
-    embedding = torch.zeros(int(metadata["vocab_size"]), rows_weight.shape[1], dtype=torch.float32)
+    embedding = torch.zeros(info["vocab_size"], rows_weight.shape[1], dtype=torch.float32)
     embedding[rows] = rows_weight.float()
     clip = {k: v.float() for k, v in compact.items()} | {"token_embedding.weight": embedding}
     dst.mkdir(parents=True, exist_ok=True)
-    save_file(clip, str(dst / "clip_state_dict.safetensors"), metadata=json.loads(metadata["original_metadata"]))
+    save_file(clip, str(dst / "clip_state_dict.safetensors"), metadata=info["original_metadata"])
     tensors = {"clip": clip, "mapper": load_file(str(src / "mapper.safetensors"))}
     layout = json.loads((src / "mapper_official.layout.json").read_text())
     torch.save(_from_layout(layout, tensors), dst / "mapper_official.pt")

@@ -202,7 +202,8 @@ def compact(src: Path, out: Path) -> dict[str, Any]:
     save_file(
         tensors,
         str(out / COMPACT_CLIP),
-        metadata={"original_metadata": json.dumps(metadata), "vocab_size": str(vocab), "source": CLIP},
+        # one key: safetensors writes its metadata map in arbitrary order, and the file should be reproducible
+        metadata={"compact": json.dumps({"original_metadata": metadata, "vocab_size": vocab}, sort_keys=True)},
     )
     official = torch.load(src / OFFICIAL, map_location="cpu", weights_only=True)
     layout = to_layout(official, clip, mapper)
