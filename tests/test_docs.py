@@ -1,16 +1,69 @@
-"""Documentation that must not drift from the code: every CLI option is documented, README's test command is CI's."""
+"""Documentation that must not drift from the code: docs/cli.md's --help blocks are the CLI's own (made by
+tools/cli_docs.py), every CLI option is documented, README's test command is CI's."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 import typer
 
 from p2w.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> ModuleType:
+    """A script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"p2w_tools_{name}", ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cli_docs() -> ModuleType:
+    return _tool("cli_docs")
+
+
+def test_cli_md_help_blocks_are_the_clis_own(cli_docs: ModuleType):
+    """Every command's block in docs/cli.md is its `--help` now; after a CLI change: python tools/cli_docs.py."""
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    new, missing = cli_docs.update(doc)
+    assert not missing, f"docs/cli.md has no --help block for {missing}: run `python tools/cli_docs.py`"
+    blocks = {m["name"]: m["body"] for m in cli_docs.BLOCK.finditer(doc)}
+    now = {m["name"]: m["body"] for m in cli_docs.BLOCK.finditer(new)}
+    stale = [name for name in now if blocks[name] != now[name]]
+    assert not stale, f"docs/cli.md is stale for {stale}: run `python tools/cli_docs.py`"
+    assert new == doc
+    assert {"p2w", "p2w embed image", "p2w index", "p2w mapper default"} <= set(blocks)
+
+
+def test_cli_help_renders_the_same_in_any_terminal(cli_docs: ModuleType, monkeypatch: pytest.MonkeyPatch):
+    before = cli_docs.render("p2w search")
+    for name, value in {"COLUMNS": "40", "LINES": "10", "TERM": "xterm-256color", "FORCE_COLOR": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert cli_docs.render("p2w search") == before
+    assert "\x1b" not in before
+    assert max(len(line) for line in before.splitlines()) == cli_docs.WIDTH
+    assert before.lstrip().startswith("Usage: p2w search [OPTIONS]")
+
+
+def test_cli_docs_check_names_the_command_to_run(cli_docs: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture):
+    doc = tmp_path / "cli.md"
+    current = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    doc.write_text(current.replace("Show this message and exit.", "Show this message.", 1), encoding="utf-8")
+    assert cli_docs.main(["--check", "--doc", str(doc)]) == 1
+    assert "run python tools/cli_docs.py" in capsys.readouterr().err
+    assert cli_docs.main(["--doc", str(doc)]) == 0
+    assert doc.read_text(encoding="utf-8") == cli_docs.update(current)[0]
+    assert cli_docs.main(["--check", "--doc", str(doc)]) == 0
 
 
 def _options(cmd: Any, path: str = "") -> list[tuple[str, str]]:
