@@ -221,6 +221,30 @@ def test_unknown_benchmark_and_missing_folder(tmp_path):
     assert cirr.KS == (1, 5, 10, 50)
 
 
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+    """The micro world's default folder (or any --data) missing: the error names the package and --data DIR."""
+    out = runner.invoke(app, ["eval", "micro-fashion", "--data", str(tmp_path / "fashion-mnist")])
+    assert out.exit_code == 1, out.stderr
+    assert "apt-get install dataset-fashion-mnist" in out.stderr and "--data DIR" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_mode_all_is_one_table_with_a_row_per_mode(fiq, tiny):
+    out = runner.invoke(app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "all"])
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.count("fashioniq val") == 1  # one title, so one table
+    rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
+    for mode in ("pic2word", "image", "text", "average"):
+        assert sum(1 for line in rows if line.split("│")[1].strip() == mode) == 4  # dress, shirt, toptee, average
+
+
+def test_benchmark_options_of_another_benchmark_are_refused(fiq, tiny):
+    out = runner.invoke(
+        app, ["eval", "fashioniq", "--data", str(fiq), *tiny_args(tiny), "--mode", "image", "--query-style", "concept"]
+    )
+    assert out.exit_code == 1 and "fashioniq takes no --query-style" in out.stderr
+
+
 @pytest.fixture
 def imgnet(tmp_path) -> Path:
     """The reference's list files cut to 3 classes: 2 real queries each, up to 2 images per domain, the real ones."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,13 +16,13 @@ from p2w.cli.root import (
     ModelOpt,
     PrecisionOpt,
     PretrainedOpt,
+    WorkersOpt,
     app,
     chosen_mapper,
     load_engine,
     out_console,
     user_errors,
 )
-from p2w.errors import P2WError
 from p2w.settings import Settings
 
 
@@ -37,8 +37,9 @@ def eval_command(
     split: Annotated[str | None, typer.Option("--split", help="val (or test1 for CIRR) [default: val]")] = None,
     category: Annotated[list[str] | None, typer.Option("--category", help="FashionIQ category (repeatable)")] = None,
     caption_order: Annotated[
-        str, typer.Option("--caption-order", help="FashionIQ: pic2word (cap2 and cap1) or both (averaged)")
-    ] = "pic2word",
+        str | None,
+        typer.Option("--caption-order", help="FashionIQ: pic2word (cap2 and cap1; the default) or both (averaged)"),
+    ] = None,
     mapper: MapperOpt = None,
     force_mapper: ForceMapperOpt = False,
     download: DownloadOpt = False,
@@ -47,7 +48,7 @@ def eval_command(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 4,
+    workers: WorkersOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="missing images or queries are an error")] = False,
     save_predictions: Annotated[
         Path | None, typer.Option("--save-predictions", help="write the top-50 gallery names of every query (JSON)")
@@ -57,60 +58,35 @@ def eval_command(
     ] = None,
     gallery: Annotated[Path | None, typer.Option("--gallery", help="CIRCO: the COCO 2017 unlabeled images")] = None,
     query_style: Annotated[
-        str, typer.Option("--query-style", help="CIRCO: caption (relative caption) or concept (shared concept first)")
-    ] = "caption",
+        str | None,
+        typer.Option("--query-style", help="CIRCO: caption (relative caption; the default) or concept (concept first)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark numbers in the papers' protocols, e.g. p2w eval fashioniq --data fashion-iq/"""
     with user_errors():
-        from p2w.cli.render import eval_table
+        from p2w.evaluation.registry import benchmark as lookup
 
-        runners = {
-            "fashioniq": "p2w.evaluation.fashioniq",
-            "cirr": "p2w.evaluation.cirr",
-            "imagenet-r": "p2w.evaluation.imagenet_r",
-            "circo": "p2w.evaluation.circo",
-            "coco": "p2w.evaluation.coco",
-            "micro-fashion": "p2w.evaluation.micro_fashion",
-        }
-        if benchmark not in runners:
-            raise P2WError(f"unknown benchmark {benchmark!r}; use {', '.join(runners)}")
-        if benchmark == "micro-fashion":
-            from p2w.micro.world import DEFAULT_DATA
-            from p2w.spec import BUILTIN_MODELS
-
-            data = data or DEFAULT_DATA  # the world of the embedded model, which is this benchmark's default
-            model = model or BUILTIN_MODELS[0]
-            split = split or "test"
-        if data is None:
-            raise P2WError(f"{benchmark} needs --data DIR, the benchmark's folder in its published layout")
-        if not data.is_dir():
-            raise P2WError(f"benchmark folder not found: {data}")
-        import importlib
-
-        module = importlib.import_module(runners[benchmark])
-        module.check_layout(data)  # before a mapper is looked for or the model loaded
+        bench = lookup(benchmark)
+        folder = bench.folder(data)  # before a mapper is looked for or the model loaded
+        model = model or bench.model
         if mode in ("pic2word", "all"):
             mapper = chosen_mapper(mapper, model, pretrained, download)
-        run = module.evaluate
-        kwargs: dict[str, Any] = {}
-        if benchmark == "fashioniq":
-            kwargs = {"categories": category, "caption_order": caption_order}
-        elif benchmark == "cirr":
-            kwargs = {"submission": submission}
-        elif benchmark == "circo":
-            kwargs = {"submission": submission, "gallery": gallery, "query_style": query_style}
         engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
-        results = run(
+        results = bench.evaluate(
             engine,
-            data,
+            folder,
             Settings.from_env().home,
             mode=mode,
-            split=split or "val",
+            split=split,
             strict=strict,
             workers=workers,
             batch_size=batch_size,
-            **kwargs,
+            categories=category,
+            caption_order=caption_order,
+            submission=submission,
+            gallery=gallery,
+            query_style=query_style,
         )
         if save_predictions is not None:
             from p2w.cli.output import write_json
@@ -121,5 +97,6 @@ def eval_command(
             payload = results[0].to_json() if len(results) == 1 else [r.to_json() for r in results]
             typer.echo(json.dumps(payload))
         else:
-            for r in results:
-                out_console().print(eval_table(r))
+            from p2w.cli.render import eval_table
+
+            out_console().print(eval_table(results))

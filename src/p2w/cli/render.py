@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -247,21 +247,44 @@ def mappers_table(rows: list[Registered]) -> Table:
     return table
 
 
-def eval_table(result: EvalResult) -> Table:
-    """Benchmark metrics (percent), a row per group (category) or one row, and what was missing."""
-    missing = {k: v for k, v in result.missing.items() if v}
-    title = f"{result.benchmark} {result.split}, mode {result.mode}, {result.backbone}" + (
-        f", mapper {result.mapper}" if result.mapper else ""
-    )
+def eval_table(results: list[EvalResult]) -> Table:
+    """One table for a benchmark run in one or more modes, a row per mode (metrics in percent), so modes compare.
+
+    Groups (FashionIQ's categories, micro-fashion's tasks) become columns ``group metric`` when their metrics differ,
+    and a ``group`` column (one row per mode and group) when every group has the same metrics.
+    """
+    first = results[0]
+    mappers = sorted({r.mapper for r in results if r.mapper})
+    title = f"{first.benchmark} {first.split}, {first.backbone}" + (f", mapper {', '.join(mappers)}" if mappers else "")
+    missing = {k: v for k, v in first.missing.items() if v}
     table = Table(title=title, caption=f"missing: {missing}" if missing else None)
-    groups = result.metrics if all(isinstance(v, dict) for v in result.metrics.values()) else {"": result.metrics}
-    keys = list(dict.fromkeys(k for values in groups.values() for k in values))  # groups may differ (micro-fashion)
-    table.add_column("")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for group, values in groups.items():
-        table.add_row(group, *(f"{values[k]:.2f}" if k in values else "" for k in keys))
+    table.add_column("mode")
+    grouped = [_groups(r.metrics) for r in results]
+    names = list(dict.fromkeys(g for groups in grouped for g in groups))
+    keys = {g: list(dict.fromkeys(k for groups in grouped for k in groups.get(g, {}))) for g in names}
+    same = len(names) > 1 and all(keys[g] == keys[names[0]] for g in names)
+    if same:
+        table.add_column("group")
+        for k in keys[names[0]]:
+            table.add_column(k, justify="right")
+        for r, groups in zip(results, grouped, strict=True):
+            for g in names:
+                table.add_row(r.mode, g, *(_pct(groups.get(g, {}), k) for k in keys[g]))
+        return table
+    columns = [(g, k) for g in names for k in keys[g]]
+    for g, k in columns:
+        table.add_column(f"{g} {k}".strip(), justify="right")
+    for r, groups in zip(results, grouped, strict=True):
+        table.add_row(r.mode, *(_pct(groups.get(g, {}), k) for g, k in columns))
     return table
+
+
+def _groups(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return metrics if all(isinstance(v, dict) for v in metrics.values()) else {"": metrics}
+
+
+def _pct(values: dict[str, float], key: str) -> str:
+    return f"{values[key]:.2f}" if key in values else ""
 
 
 def demo_table(query: DemoQuery, results: list[DemoResult]) -> Table:

@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2w.core.compose import QueryPlan, fill
+from p2w.core.compose import MODES, QueryPlan, fill
 from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.engine import Engine
 from p2w.errors import P2WError
 
 Progress = Callable[[int, int], None]
-MODES = ("pic2word", "image", "text", "average")
 
 
 @dataclass
@@ -55,10 +54,10 @@ def read_json(path: Path) -> Any:
     """A benchmark annotation file, or a one-line error naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise P2WError(f"annotation file not found: {path}") from None
+    except FileNotFoundError as exc:
+        raise P2WError(f"annotation file not found: {path}") from exc
     except (OSError, ValueError) as exc:
-        raise P2WError(f"cannot read annotation file {path}: {exc}") from None
+        raise P2WError(f"cannot read annotation file {path}: {exc}") from exc
 
 
 def image_features(
