@@ -14,7 +14,8 @@ from p2w.core.download import Bytes, hub_file, url_file
 from p2w.core.resolve import mapper_dims
 from p2w.digest import sha256_file
 from p2w.errors import MapperError
-from p2w.mappers.registry import KNOWN, free_name, import_mapper
+from p2w.mappers.files import import_mapper
+from p2w.mappers.registry import KNOWN, free_name
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -3,6 +3,7 @@ the reference training code's checkpoints (``state_dict_img2text``, maybe ``modu
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import torch
 
 from p2w.atomic import atomic_path
 from p2w.core.checkpoints import read_state_dict, tensors_of
-from p2w.errors import MapperError, ModelLoadError
+from p2w.errors import MapperError, ModelLoadError, summary
 from p2w.mappers.network import Mapper, from_state_dict
+from p2w.mappers.registry import MAPPER_FORMAT, free_name
 from p2w.version import __version__
 
-FORMAT = "p2w-mapper"
+log = logging.getLogger(__name__)
 
 
 FORMAT_VERSION = "1"
@@ -51,11 +53,9 @@ def read_mapper(path: Path) -> MapperFile:
             obj = _load_checkpoint(path)
             state = tensors_of(obj, path, key="state_dict_img2text")
     except ModelLoadError as exc:
-        raise MapperError(str(exc)) from None
+        raise MapperError(str(exc)) from exc
     except Exception as exc:  # unpickling refusals and corrupt files
-        raise MapperError(
-            f"cannot read mapper {path} (weights_only=True): {str(exc).strip().splitlines()[0]}"
-        ) from None
+        raise MapperError(f"cannot read mapper {path} (weights_only=True): {summary(exc)}") from exc
     return MapperFile(from_state_dict(state, path), path, metadata)
 
 
@@ -90,7 +90,7 @@ def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str]
     from safetensors.torch import save_file
 
     metadata = {
-        "format": FORMAT,
+        "format": MAPPER_FORMAT,
         "format_version": FORMAT_VERSION,
         "backbone": backbone,
         "embed_dim": str(mapper.embed_dim),
@@ -104,3 +104,22 @@ def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def import_mapper(
+    source: Path,
+    name: str,
+    mappers_dir: Path,
+    backbone: str,
+    dims: tuple[int, int] | None,
+    overwrite: bool = False,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Convert any readable mapper file into ``mappers_dir/NAME.safetensors`` recording ``backbone``."""
+    target = free_name(mappers_dir, name, overwrite)
+    mf = read_mapper(source)
+    if dims is not None:
+        check_fits(mf, backbone, *dims, force=True)
+    save_mapper(mf.mapper, target, backbone, extra={"source": source.name, **(extra or {})})
+    log.info("imported %s as %s (%s)", source, name, backbone)
+    return target

@@ -14,7 +14,6 @@ from typing import Any
 from p2w.atomic import atomic_path
 from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError
-from p2w.mappers.files import FORMAT, check_fits, read_mapper, save_mapper
 from p2w.settings import Settings
 from p2w.spec import BUILTIN_MODELS, BUILTIN_TAG, BackboneSpec, builtin_file
 
@@ -107,7 +106,7 @@ def registered(settings: Settings | None = None) -> list[Registered]:
                 int(meta.get("embed_dim", 0)),
                 int(meta.get("token_width", 0)),
                 path.stat().st_size,
-                meta.get("source", "" if meta.get("format") == FORMAT else "unknown"),
+                meta.get("source", "" if meta.get("format") == MAPPER_FORMAT else "unknown"),
                 defaults.get(backbone) == path.stem,
             )
         )
@@ -204,6 +203,7 @@ def _write_defaults(settings: Settings, defaults: dict[str, str]) -> None:
         tmp.write_text(json.dumps(defaults, indent=1, sort_keys=True), encoding="utf-8")
 
 
+MAPPER_FORMAT = "p2w-mapper"  # the "format" metadata of p2w's mapper files (written by p2w.mappers.files)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -244,22 +244,3 @@ def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:
             f"no mapper named {name_or_path!r} ({listing}); import one with: p2w mapper import FILE --name NAME"
         )
     return registered
-
-
-def import_mapper(
-    source: Path,
-    name: str,
-    mappers_dir: Path,
-    backbone: str,
-    dims: tuple[int, int] | None,
-    overwrite: bool = False,
-    extra: dict[str, str] | None = None,
-) -> Path:
-    """Convert any readable mapper file into ``mappers_dir/NAME.safetensors`` recording ``backbone``."""
-    target = free_name(mappers_dir, name, overwrite)
-    mf = read_mapper(source)
-    if dims is not None:
-        check_fits(mf, backbone, *dims, force=True)
-    save_mapper(mf.mapper, target, backbone, extra={"source": source.name, **(extra or {})})
-    log.info("imported %s as %s (%s)", source, name, backbone)
-    return target
