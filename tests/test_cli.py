@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -178,6 +179,45 @@ def test_version_and_help_do_not_import_torch():
     assert done.stdout.strip().splitlines()[-1] == "False False"
     done = subprocess.run([sys.executable, "-m", "p2w", "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("p2w ")
+
+
+def test_commands_that_only_read_files_do_not_import_torch(tmp_path):
+    """`mapper list/remove/default`, `status` and `--help` answer without torch (or open_clip)."""
+    for argv in (["mapper", "list"], ["mapper", "remove", "nope"], ["mapper", "default", "nope"], ["status"]):
+        code = (
+            f"import sys; from p2w.cli import app\n"
+            f"try:\n    app(args={argv!r}, prog_name='p2w')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'open_clip' in sys.modules)"
+        )
+        env = {**os.environ, "P2W_HOME": str(tmp_path)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert done.stdout.strip().splitlines()[-1] == "False False", (argv, done.stdout, done.stderr)
+
+
+def test_every_command_takes_the_common_options():
+    """README: every command takes --model, --pretrained, --device and --precision (scripts pass the same to all)."""
+    import typer
+
+    def leaves(cmd, path=()):  # type: ignore[no-untyped-def]
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from leaves(sub, (*path, name))
+        else:
+            yield " ".join(path), {opt for p in cmd.params for opt in p.opts}
+
+    found = dict(leaves(typer.main.get_command(app)))
+    assert len(found) >= 12
+    for name, opts in found.items():
+        assert {"--model", "--pretrained", "--device", "--precision"} <= opts, name
+
+
+def test_paths_printed_for_copying_are_never_wrapped(tmp_path, monkeypatch):
+    """A long path (with spaces) in a message stays on one line when the output is not a terminal."""
+    home = tmp_path / ("a folder with a long name " * 4).strip() / "p2w home"
+    monkeypatch.setenv("P2W_HOME", str(home))
+    code, _, err = run("status")
+    assert code == 0
+    assert f"no catalogs in {home}; build one with: p2w index DIR" in err.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("p2w") is None, reason="console script not installed (source checkout)")

@@ -215,11 +215,13 @@ def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
 
     from p2w.micro import demo
 
-    out = tmp_path / "demo out"
+    out = tmp_path / ("a long folder name with spaces " * 3).strip() / "demo out"  # > 80 columns: never wrapped
     result = runner.invoke(app, ["demo", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     sheet = out / "contact-sheet.png"
-    assert f"contact sheet: {sheet}" in result.stdout.replace("\n", "")
+    lines = result.stdout.splitlines()
+    assert f"contact sheet: {sheet}" in lines
+    assert any(line.startswith("search it yourself: p2w search --model p2w-micro-fashion IMAGE") for line in lines)
     with Image.open(sheet) as im:
         assert im.width > 300 and im.height > 300
     _, labels, _ = demo.gallery_items()

@@ -9,6 +9,7 @@ import typer
 
 from p2w.cli.root import (
     DeviceOpt,
+    PrecisionOpt,
     app,
     chosen_mapper,
     err_console,
@@ -25,7 +26,14 @@ def demo_command(
         Path | None,
         typer.Option("--out", help="folder for the gallery and contact sheet [default: P2W_HOME/demo]"),
     ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="accepted for uniformity; the demo always runs p2w-micro-fashion")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option("--pretrained", help="accepted for uniformity; the demo uses the builtin weights")
+    ] = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """See composed retrieval work, offline: the embedded micro model on a small gallery of coloured clothes."""
     with user_errors():
@@ -33,6 +41,8 @@ def demo_command(
         from p2w.micro import demo
         from p2w.spec import BUILTIN_TAG
 
+        if (model and model != demo.MODEL) or (pretrained and pretrained != BUILTIN_TAG):
+            err_console.print(f"note: p2w demo runs the embedded {demo.MODEL}; --model/--pretrained are not used")
         settings = Settings.from_env()
         folder = out or settings.home / "demo"
         err_console.print(
@@ -42,7 +52,10 @@ def demo_command(
         mapper = chosen_mapper(None, demo.MODEL, BUILTIN_TAG, download=False)  # the shipped one
         with LibraryProgress(err_console) as progress:
             result = demo.run(
-                folder, lambda: load_engine(demo.MODEL, BUILTIN_TAG, device, "auto", mapper=mapper), settings, progress
+                folder,
+                lambda: load_engine(demo.MODEL, BUILTIN_TAG, device, precision, mapper=mapper),
+                settings,
+                progress,
             )
         console = out_console()
         for query, results in zip(demo.QUERIES, result.results, strict=True):

@@ -11,6 +11,10 @@ import typer
 from p2w.cli.root import (
     ModelOpt,
     PretrainedOpt,
+    UnusedDeviceOpt,
+    UnusedModelOpt,
+    UnusedPrecisionOpt,
+    UnusedPretrainedOpt,
     err_console,
     mapper_app,
     out_console,
@@ -25,12 +29,14 @@ def mapper_import(
     name: Annotated[str, typer.Option("--name", help="name to register it under")],
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
     force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
 ) -> None:
     """Import a mapper (e.g. a checkpoint of the reference training code) for the given backbone."""
     with user_errors():
         from p2w.core.resolve import mapper_dims
-        from p2w.mappers.registry import import_mapper
+        from p2w.mappers.files import import_mapper
 
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
@@ -46,6 +52,8 @@ def mapper_download(
     sha256: Annotated[str | None, typer.Option("--sha256", help="expected SHA-256 of the downloaded file")] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
     keep_source: Annotated[bool, typer.Option("--keep-source", help="keep the downloaded checkpoint")] = False,
     force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
 ) -> None:
@@ -72,13 +80,23 @@ def mapper_download(
 
 
 @mapper_app.command("list")
-def mapper_list(as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False) -> None:
+def mapper_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="only the mappers of this model's backbone")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="with --model: that backbone's")] = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
+) -> None:
     """List the registered mappers (name, backbone, dims, size, source, default)."""
     with user_errors():
         from p2w.cli.render import mappers_table
         from p2w.mappers.registry import registered
 
-        rows = registered()
+        settings = Settings.from_env()
+        rows = registered(settings)
+        if model:
+            backbone = settings.backbone(model, pretrained).id
+            rows = [r for r in rows if r.backbone == backbone]
         if as_json:
             typer.echo(json.dumps([r.to_json() for r in rows]))
         elif not rows:
@@ -88,7 +106,13 @@ def mapper_list(as_json: Annotated[bool, typer.Option("--json", help="print as J
 
 
 @mapper_app.command("remove")
-def mapper_remove(name: Annotated[str, typer.Argument(help="registered mapper name")]) -> None:
+def mapper_remove(
+    name: Annotated[str, typer.Argument(help="registered mapper name")],
+    model: UnusedModelOpt = None,
+    pretrained: UnusedPretrainedOpt = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
+) -> None:
     """Delete a registered mapper."""
     with user_errors():
         from p2w.mappers.registry import remove
@@ -97,7 +121,13 @@ def mapper_remove(name: Annotated[str, typer.Argument(help="registered mapper na
 
 
 @mapper_app.command("default")
-def mapper_default(name: Annotated[str, typer.Argument(help="registered mapper name")]) -> None:
+def mapper_default(
+    name: Annotated[str, typer.Argument(help="registered mapper name")],
+    model: UnusedModelOpt = None,
+    pretrained: UnusedPretrainedOpt = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
+) -> None:
     """Make a mapper the default of its backbone (used when --mapper is not given)."""
     with user_errors():
         from p2w.mappers.registry import set_default

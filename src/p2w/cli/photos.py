@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,6 +16,9 @@ from p2w.cli.root import (
     ModelOpt,
     PrecisionOpt,
     PretrainedOpt,
+    UnusedDeviceOpt,
+    UnusedPrecisionOpt,
+    WorkersOpt,
     app,
     chosen_mapper,
     err_console,
@@ -35,7 +38,7 @@ def index_command(
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="image decoding processes")] = 4,
+    workers: WorkersOpt = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="glob to skip (repeatable)")] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="also index hidden files/folders")] = False,
     show_skipped: Annotated[bool, typer.Option("--show-skipped", help="list the files that were skipped")] = False,
@@ -44,7 +47,7 @@ def index_command(
 ) -> None:
     """Add photos to the catalog of a model, e.g. p2w index ~/Pictures"""
     if show_status:
-        status_command(as_json=as_json)
+        status_command(as_json=as_json, model=model, pretrained=pretrained)
         return
     with user_errors():
         from p2w.cli.render import LibraryProgress, index_table, skipped_table
@@ -114,7 +117,7 @@ def search_command(
         catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
         try:
             engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
-            query = engine.encode_query(_query_image(engine, img), txt, mode=qp.mode, prompt=qp.template)
+            query = engine.encode_query(engine.open_query_image(img), txt, mode=qp.mode, prompt=qp.template)
             hits = search(catalog, query, k=k, within=within, ef=ef)
         finally:
             catalog.close()
@@ -129,40 +132,26 @@ def search_command(
             out_console().print(hits_table(hits))
 
 
-def _query_image(engine: Any, path: str | None) -> Any:
-    """Open the query image as the catalog's images were (JPEG draft decoding at the model's input size)."""
-    if path is None:
-        return None
-    from p2w.core.images import open_image
-
-    size = engine.backbone.model.visual.image_size
-    return open_image(path, draft=size if isinstance(size, int) else min(size))
-
-
 @app.command("status")
 def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    model: Annotated[
+        str | None, typer.Option("--model", help="only the catalogs of this model (with --pretrained: this backbone)")
+    ] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="with --model: only this backbone")] = None,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
 ) -> None:
     """Show the catalogs: backbone, photos, size on disk, location."""
     with user_errors():
         from p2w.cli.render import status_table
         from p2w.library.status import status
 
-        infos = status(Settings.from_env())
+        settings = Settings.from_env()
+        infos = status(settings, backbone=settings.backbone(model, pretrained) if model else None)
         if as_json:
-            rows = [
-                {
-                    "backbone": c.backbone,
-                    "files": c.files,
-                    "skipped": c.skipped,
-                    "bytes": c.bytes_on_disk,
-                    "folder": str(c.folder),
-                    "index_current": c.ann_current,
-                }
-                for c in infos
-            ]
-            typer.echo(json.dumps(rows))
+            typer.echo(json.dumps([c.to_json() for c in infos]))
         elif not infos:
-            err_console.print(f"no catalogs in {Settings.from_env().home}; build one with: p2w index DIR")
+            err_console.print(f"no catalogs in {settings.home}; build one with: p2w index DIR")
         else:
             out_console().print(status_table(infos))

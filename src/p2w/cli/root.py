@@ -1,4 +1,4 @@
-"""The root of the ``p2w`` Typer app: options shared by commands, logging, and the one place a ``P2WError`` becomes an exit code."""
+"""The root of the ``p2w`` Typer app: shared options, logging, and the one place a ``P2WError`` becomes an exit code."""
 
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing o
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
 ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="image decoding processes")]
+# every command takes the four common options, so a script can pass the same ones to all; these load no model
+UnusedModelOpt = Annotated[
+    str | None, typer.Option("--model", help="accepted for uniformity; the mapper's name says its backbone")
+]
+UnusedPretrainedOpt = Annotated[
+    str | None, typer.Option("--pretrained", help="accepted for uniformity; the mapper's name says its backbone")
+]
+UnusedDeviceOpt = Annotated[str | None, typer.Option("--device", help="accepted for uniformity; no model is loaded")]
+UnusedPrecisionOpt = Annotated[str, typer.Option("--precision", help="accepted for uniformity; no model is loaded")]
 
 
 def out_console() -> Console:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2w.library import ann as ann_mod
+from p2w.library.catalog import catalog_for
 from p2w.settings import Settings
+from p2w.spec import BackboneSpec
 
 
 @dataclass(frozen=True)
@@ -21,12 +24,27 @@ class CatalogInfo:
     folder: Path
     ann_current: bool
 
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "backbone": self.backbone,
+            "files": self.files,
+            "skipped": self.skipped,
+            "bytes": self.bytes_on_disk,
+            "folder": str(self.folder),
+            "index_current": self.ann_current,
+        }
 
-def status(settings: Settings | None = None) -> list[CatalogInfo]:
-    """Every catalog in ``P2W_HOME/catalogs``."""
-    root = (settings or Settings.from_env()).home / "catalogs"
+
+def status(settings: Settings | None = None, backbone: BackboneSpec | None = None) -> list[CatalogInfo]:
+    """Every catalog in ``P2W_HOME/catalogs``, or only ``backbone``'s."""
+    settings = settings or Settings.from_env()
+    root = settings.home / "catalogs"
+    folders = sorted(p for p in root.glob("*") if (p / "catalog.sqlite").is_file()) if root.is_dir() else []
+    if backbone is not None:
+        folders = [f for f in folders if f == catalog_for(backbone, settings)]
     out = []
-    for folder in sorted(p for p in root.glob("*") if (p / "catalog.sqlite").is_file()) if root.is_dir() else []:
+    for folder in folders:
         con = sqlite3.connect(f"file:{folder / 'catalog.sqlite'}?mode=ro", uri=True)
         try:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
