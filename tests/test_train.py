@@ -204,6 +204,25 @@ def test_list_file_and_reference_csv(photos, tmp_path):
         list_images(bad)
 
 
+def test_train_walks_a_folder_as_index_does(tmp_path):
+    """One walker: `p2w train --data DIR` reads the files `p2w index DIR` would catalog, no more, no fewer."""
+    from PIL import Image
+
+    from p2w.core.walk import scan
+
+    root = tmp_path / "photos"
+    for rel in ("a.png", "sub/b.jpg", "$RECYCLE.BIN/deleted.png", "@eaDir/thumb.jpg", ".hidden/c.png", "other/d.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / rel)
+    (root / "linked").symlink_to(root / "other", target_is_directory=True)  # a second way in: walked once
+    (root / "elsewhere").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside" / "e.png")
+    walked = sorted(Path(f.path) for f in scan([root]))
+    assert list_images(root) == walked
+    assert {p.name for p in walked} == {"a.png", "b.jpg", "d.png", "e.png"}
+
+
 def test_schedule_matches_the_reference():
     assert lr_at(0, 1e-4, 10, 100) == pytest.approx(1e-5)
     assert lr_at(9, 1e-4, 10, 100) == pytest.approx(1e-4)

@@ -1,15 +1,14 @@
-"""Training inputs: a folder (recursive), a list file (a path a line), or the reference CSV (filepath<TAB>title)."""
+"""Training inputs: a folder (walked as ``p2w index`` walks it: ``p2w.core.walk``), a list file (a path a line), or
+the reference CSV (filepath<TAB>title)."""
 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from p2w.core.images import IMAGE_SUFFIXES
+from p2w.core.walk import scan
 from p2w.errors import P2WError
-
-SKIP_DIRS = {"@eaDir", ".git", "node_modules", "__MACOSX"}
 
 
 def list_images(source: Path) -> list[Path]:
@@ -17,7 +16,7 @@ def list_images(source: Path) -> list[Path]:
     if not source.exists():
         raise P2WError(f"training data not found: {source}")
     if source.is_dir():
-        paths = _walk(source)
+        paths = [Path(found.path) for found in scan([source])]
     elif source.suffix.lower() in (".csv", ".tsv"):
         paths = _read_csv(source)
     else:
@@ -26,14 +25,6 @@ def list_images(source: Path) -> list[Path]:
     if not unique:
         raise P2WError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return unique
-
-
-def _walk(root: Path) -> list[Path]:
-    found = []
-    for folder, dirs, files in os.walk(root):  # does not follow symlinked folders, so no loops
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS)
-        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return found
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -63,4 +54,4 @@ def _text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise P2WError(f"cannot read {path}: {exc}") from None
+        raise P2WError(f"cannot read {path}: {exc}") from exc
