@@ -230,7 +230,7 @@ def _build(spec: BackboneSpec, resolved: ResolvedBackbone, quick_gelu: bool) -> 
             model = open_clip.create_model(f"local-dir:{tmp}", force_quick_gelu=quick_gelu)
             tokenizer = open_clip.get_tokenizer(spec.model if spec.config_path is None else f"local-dir:{tmp}")
         except Exception as exc:  # open_clip raises assorted errors for configs it cannot build
-            raise ModelLoadError(f"open_clip cannot build {resolved.label}: {type(exc).__name__}: {exc}") from None
+            raise ModelLoadError(f"open_clip cannot build {resolved.label}: {type(exc).__name__}: {exc}") from exc
     return model, tokenizer
 
 
@@ -241,7 +241,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], resolved: Res
     except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[-1] if lines else type(exc).__name__
-        raise ModelLoadError(f"weights {resolved.weights} do not fit {resolved.label}: {detail}") from None
+        raise ModelLoadError(f"weights {resolved.weights} do not fit {resolved.label}: {detail}") from exc
     if missing or unexpected:
         raise ModelLoadError(
             f"weights {resolved.weights} do not fit {resolved.label}: {len(missing)} missing key(s)"

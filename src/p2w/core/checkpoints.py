@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2w.errors import ModelLoadError, ModelUnavailableError
+from p2w.errors import ModelLoadError, ModelUnavailableError, summary
 
 if TYPE_CHECKING:
     import torch
@@ -36,10 +36,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelLoadError(f"{path} holds more than tensors and is refused (weights_only=True): {first}") from None
+        first = summary(exc)
+        raise ModelLoadError(f"{path} holds more than tensors and is refused (weights_only=True): {first}") from exc
     except Exception as exc:  # corrupt files raise a variety of errors
-        raise ModelLoadError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
     return tensors_of(obj, path)
 
 
@@ -64,7 +64,7 @@ def _sniff(path: Path) -> str:
         with path.open("rb") as f:
             head = f.read(9)
     except OSError as exc:
-        raise ModelUnavailableError(f"cannot open weights file {path}: {exc.strerror or exc}") from None
+        raise ModelUnavailableError(f"cannot open weights file {path}: {exc.strerror or exc}") from exc
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"  # 8-byte little-endian header length, then the JSON header
     if head[:2] == b"PK" and zipfile.is_zipfile(path):

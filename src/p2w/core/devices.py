@@ -43,8 +43,8 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         return torch.device("mps") if mps_available() else torch.device("cpu")
     try:
         device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda":
         _check_cuda(device)
     elif device.type == "mps" and not mps_available():

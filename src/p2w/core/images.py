@@ -54,18 +54,18 @@ def open_image(source: ImageLike, draft: int | None = None) -> Image.Image:
                 im.seek(0)  # first frame of animations
                 im.load()
                 return _rgb(ImageOps.exif_transpose(im))
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path} is a directory, not an image") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image Pillow can read") from None
+    except FileNotFoundError as exc:
+        raise ImageError(f"image not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"{path} is a directory, not an image") from exc
+    except PermissionError as exc:
+        raise ImageError(f"{path}: permission denied") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path} is not an image Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path} is too large to decode safely ({str(exc).split(',')[0]})") from None
+        raise ImageError(f"{path} is too large to decode safely ({str(exc).split(',')[0]})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path} cannot be decoded ({exc})") from None
+        raise ImageError(f"{path} cannot be decoded ({exc})") from exc
 
 
 def _reduce(im: Image.Image, path: Path, draft: int | None) -> None:

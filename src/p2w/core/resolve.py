@@ -80,10 +80,10 @@ def read_model_config(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read an open_clip model-config JSON (plain, or ``{"model_cfg": ..., "preprocess_cfg": ...}`` as on the Hub)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelUnavailableError(f"model config file not found: {path}") from None
+    except FileNotFoundError as exc:
+        raise ModelUnavailableError(f"model config file not found: {path}") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read model config {path}: {exc}") from None
+        raise ModelLoadError(f"cannot read model config {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelLoadError(f"model config {path} must hold a JSON object")
     cfg = data.get("model_cfg", data)

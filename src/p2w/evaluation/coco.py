@@ -103,18 +103,18 @@ def read_reference_csv(path: Path) -> list[Query]:
             for r in rows
         ]
     except (OSError, KeyError, ValueError, AttributeError) as exc:
-        raise P2WError(f"cannot read {path} (the reference's id,query_regions,query_class,classes): {exc}") from None
+        raise P2WError(f"cannot read {path} (the reference's id,query_regions,query_class,classes): {exc}") from exc
 
 
 def ann_mask(ann: dict[str, Any], h: int, w: int) -> np.ndarray:
     """The object's mask ``(h, w)`` uint8, as pycocotools' ``COCO.annToMask``."""
     try:
         from pycocotools import mask as mask_utils
-    except ImportError:
+    except ImportError as exc:
         raise P2WError(
             "p2w eval coco makes its query masks with pycocotools: pip install 'p2w[coco]' "
             f"(or use the reference's prepared {CSV} and val2017_masked/)"
-        ) from None
+        ) from exc
     segm = ann["segmentation"]
     if isinstance(segm, list):
         rle = mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
@@ -154,7 +154,7 @@ def region_image(query: Query, data: Path) -> Any:
         with Image.open(source) as im:
             return im.crop(query.box)
     except OSError as exc:
-        raise ImageError(f"cannot read the masked image of {query.file}: {exc}") from None
+        raise ImageError(f"cannot read the masked image of {query.file}: {exc}") from exc
 
 
 def region_transform(engine: Engine) -> Any:

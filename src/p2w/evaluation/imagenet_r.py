@@ -33,7 +33,7 @@ def read_list(path: Path) -> list[tuple[str, int]]:
         rows = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [(r[0], int(r[1])) for r in rows]
     except (OSError, ValueError, IndexError) as exc:
-        raise P2WError(f"cannot read {path}: {exc}") from None
+        raise P2WError(f"cannot read {path}: {exc}") from exc
 
 
 def plain_layout(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from p2w.errors import MapperError
+from p2w.errors import MapperError, summary
 
 
 class Mapper(nn.Module):
@@ -56,10 +56,10 @@ def from_state_dict(state: dict[str, torch.Tensor], source: Path) -> Mapper:
     try:
         first, out = state["layers.0.0.weight"], state["fc_out.weight"]
     except KeyError as exc:
-        raise MapperError(f"{source} is not a Pic2Word mapper: no {exc.args[0]} tensor") from None
+        raise MapperError(f"{source} is not a Pic2Word mapper: no {exc.args[0]} tensor") from exc
     mapper = Mapper(embed_dim=first.shape[1], token_width=out.shape[0], hidden_dim=out.shape[1], n_layer=n_layer)
     try:
         mapper.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as exc:
-        raise MapperError(f"{source} is not a Pic2Word mapper: {str(exc).splitlines()[0]}") from None
+        raise MapperError(f"{source} is not a Pic2Word mapper: {summary(exc)}") from exc
     return mapper.eval()

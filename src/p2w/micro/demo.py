@@ -81,7 +81,7 @@ def gallery_items() -> tuple[Any, Any, Any]:
         with np.load(path) as data:
             return data["images"], data["labels"], data["rows"]
     except (OSError, KeyError, ValueError) as exc:
-        raise P2WError(f"the demo gallery {path} is missing or damaged ({exc}); reinstall p2w") from None
+        raise P2WError(f"the demo gallery {path} is missing or damaged ({exc}); reinstall p2w") from exc
 
 
 def image_name(label: int, colour: int, row: int) -> str:
@@ -126,7 +126,7 @@ def run(
     try:
         paths = write_gallery(gallery)
     except OSError as exc:
-        raise P2WError(f"cannot write the demo gallery into {gallery}: {exc.strerror or exc}; pass --out DIR") from None
+        raise P2WError(f"cannot write the demo gallery into {gallery}: {exc.strerror or exc}; pass --out DIR") from exc
     loaded: list[Any] = []  # the engine, once: indexing loads it only if something needs embedding
 
     def engine_once() -> Any:
@@ -153,7 +153,7 @@ def run(
     try:
         out.sheet = contact_sheet(out, folder / "contact-sheet.png")
     except OSError as exc:
-        raise P2WError(f"cannot write the contact sheet into {folder}: {exc.strerror or exc}") from None
+        raise P2WError(f"cannot write the contact sheet into {folder}: {exc.strerror or exc}") from exc
     return out
 
 

@@ -105,7 +105,7 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
-        raise P2WError(f"cannot read {path}: {exc}") from None
+        raise P2WError(f"cannot read {path}: {exc}") from exc
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise P2WError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]

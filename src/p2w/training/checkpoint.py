@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from p2w.atomic import atomic_path
-from p2w.errors import P2WError
+from p2w.errors import P2WError, summary
 from p2w.training.config import RUN_FIELDS
 from p2w.training.state import Run
 
@@ -41,7 +41,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign files raise many types
-        raise P2WError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise P2WError(f"cannot read checkpoint {path}: {summary(exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise P2WError(f"{path} is not a p2w training checkpoint")
     return state

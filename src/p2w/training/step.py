@@ -12,6 +12,7 @@ from torch import nn
 
 from p2w.core.backbone import Backbone
 from p2w.core.compose import TRAIN_PROMPT, prompt_ids
+from p2w.errors import summary
 from p2w.mappers.network import Mapper
 from p2w.training.distributed import Dist, global_loss
 
@@ -76,7 +77,7 @@ class TrainStep:
             self.encode = torch.cuda.make_graphed_callables(self.encode, (sample,))
             self.graphed = True
         except Exception as exc:  # capture can fail on unusual models or drivers; eager still works
-            log.warning("CUDA graph capture failed, training without it: %s", str(exc).splitlines()[0])
+            log.warning("CUDA graph capture failed, training without it: %s", summary(exc))
 
     def __call__(self, feats: torch.Tensor, lr: float) -> torch.Tensor:
         """One step on image features ``(batch, embed_dim)`` at learning rate ``lr``; returns the loss (no sync)."""
