@@ -100,3 +100,27 @@ def test_readme_main_job_is_the_offline_demo():
     first = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)[0].strip()
     assert first.split("&&")[-1].strip() == "p2w demo"
     assert "pip install" in first.split("&&")[0]
+
+
+def _module_names() -> set[str]:
+    """Every module under src/p2w as a dotted name (a package by its own name, not ``__init__``)."""
+    src = ROOT / "src"
+    names = set()
+    for path in (src / "p2w").rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_architecture_md_lists_every_module():
+    """docs/architecture.md's module table: every module under src/p2w, one row each, and no module that is gone."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Modules\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(p2w[\w.]*)` \|", section, flags=re.M)
+    modules = _module_names()
+    assert not modules - set(rows), f"add to docs/architecture.md's module table: {sorted(modules - set(rows))}"
+    assert not set(rows) - modules, (
+        f"docs/architecture.md names modules that do not exist: {sorted(set(rows) - modules)}"
+    )
+    assert len(rows) == len(set(rows)), "a module has two rows in docs/architecture.md"
+    assert {"p2w.engine", "p2w.core.walk", "p2w.cli.root"} <= modules  # the walk found the tree
