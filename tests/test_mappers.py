@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -156,6 +157,28 @@ def test_list_default_remove_round_trip(served, tiny, p2w_home, images):
     assert [m["name"] for m in listing()] == ["one"]
     missing = runner.invoke(app, ["mapper", "remove", "two"])
     assert missing.exit_code == 1 and "registered: one" in missing.stderr
+
+
+def test_load_resolves_the_default_mapper_in_the_library(served, tiny, p2w_home, images):
+    """`p2w.load(mapper="default")` (the default) finds what `p2w mapper default` set, as the CLI does."""
+    import p2w
+    from p2w.errors import MapperError
+
+    bare = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), device="cpu")  # none set up: no mapper
+    assert bare.mapper is None
+    with pytest.raises(MapperError, match="has no default; run: p2w mapper import"):
+        bare.encode_query(str(images[0]), "in red")
+    url, _ = served
+    download(f"{url}/pic2word_model.pt", name="mine", model=str(tiny.config), pretrained=str(tiny.weights))
+    assert runner.invoke(app, ["mapper", "default", "mine"]).exit_code == 0
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), device="cpu")
+    assert engine.mapper_file is not None and engine.mapper_file.path.stem == "mine"
+    cli = runner.invoke(app, ["embed", "query", str(images[0]), "in red", *backbone(tiny), "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    np.testing.assert_allclose(
+        json.loads(cli.stdout)[0]["vector"], engine.encode_query(str(images[0]), "in red"), atol=1e-6
+    )
+    assert p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=None, device="cpu").mapper is None
 
 
 def test_default_backbone_without_mapper_names_the_download(images):
