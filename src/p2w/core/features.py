@@ -8,8 +8,15 @@ A moved or copied file costs nothing; a re-run reads no image.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
+import signal
 import sqlite3
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,18 +200,53 @@ class FileDataset(torch.utils.data.Dataset[Any]):
             return i, None, f"{self.paths[i]} cannot be decoded ({type(exc).__name__}: {exc})"
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _worker_init(parent: int, _worker_id: int) -> None:
+    """A DataLoader worker's start: it stops with its parent process (``kill -9``, OOM), not seconds later.
+
+    On Linux the kernel kills it when the parent thread that started it ends (``PR_SET_PDEATHSIG``); on other POSIX
+    systems a thread notices it was re-parented. (Torch's own check runs every 5 s.) No-op on Windows.
+    """
+    if os.name != "posix":
+        return
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="p2w-parent-watch").start()
+    if os.getppid() != parent:  # the parent died before this worker got here
+        os._exit(1)
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, every: float = 0.1) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
 def iter_encoded(
     backbone: Backbone, dataset: torch.utils.data.Dataset[Any], batch_size: int = 64, workers: int = 4
 ) -> Iterator[list[tuple[Any, torch.Tensor | None, str]]]:
     """Batches of (key, features (embed_dim,) float32 on CPU, "") or (key, None, reason), as the items decode.
 
     Decoding and preprocessing run in ``workers`` processes, overlapped with the model; pinned memory on CUDA.
-    Items are ``(key, pixels_or_None, reason)`` or ``(row, view, pixels_or_None, reason)`` (keyed by (row, view)).
+    The workers stop as soon as this process dies. Items are ``(key, pixels_or_None, reason)`` or
+    ``(row, view, pixels_or_None, reason)`` (keyed by (row, view)).
     """
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
         collate_fn=_collate,
         pin_memory=backbone.placement.device.type == "cuda",
         persistent_workers=False,
