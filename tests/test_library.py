@@ -23,8 +23,9 @@ import p2w
 from p2w.cli import app
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, catalog_for, writer_lock
+from p2w.library.catalog import Catalog, catalog_for
 from p2w.library.index import index
+from p2w.library.lock import writer_lock
 from p2w.library.search import open_catalog, search
 from p2w.library.status import status
 from p2w.spec import BackboneSpec
@@ -183,7 +184,7 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_a_second_writer_is_refused(lib, spec):
-    with writer_lock(catalog_for(spec)), pytest.raises(P2WError, match="another p2w process"):
+    with writer_lock(catalog_for(spec)), pytest.raises(P2WError, match="is updating the catalog"):
         index([lib], spec, never, workers=0)
 
 
@@ -207,6 +208,30 @@ def test_errors_before_any_model(tmp_path, spec, tiny):
     assert result.exit_code == 1 and "p2w index DIR" in result.stderr
     result = runner.invoke(app, ["index", str(tmp_path / "nope"), *backbone])
     assert result.exit_code == 1 and result.stderr.startswith("error: not found")
+
+
+def test_a_model_that_cannot_load_leaves_no_catalog(lib, p2w_home):
+    offline = ["--model", "ViT-B-32", "--pretrained", "openai", "--workers", "0"]  # tests set HF_HUB_OFFLINE=1
+    result = runner.invoke(app, ["index", str(lib), *offline])
+    error = result.stderr.strip()
+    assert result.exit_code == 1 and error.startswith("error: cannot download") and "\n" not in error
+    shown = runner.invoke(app, ["status", "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout) == []
+    assert not catalog_for(BackboneSpec("ViT-B-32", "openai")).exists()
+    assert not (p2w_home / "catalogs").exists()
+
+
+def test_a_failed_run_never_removes_photos(lib, spec):
+    def broken():  # type: ignore[no-untyped-def]
+        raise P2WError("no model here")
+
+    with pytest.raises(P2WError, match="no model here"):
+        index([lib], spec, broken, workers=0)
+    assert not catalog_for(spec).exists()
+    index([lib / "2024"], spec, engine_factory(spec), workers=0)
+    with pytest.raises(P2WError, match="no model here"):
+        index([lib], spec, broken, workers=0)  # new photos, no model: what was catalogued stays
+    assert open_catalog(spec).count() == 6
 
 
 def test_cli_json_schemas(lib, tiny, images):
@@ -269,6 +294,71 @@ def test_kill_9_then_resume(tmp_path, tiny, spec, kill_after):
     paths = [r[0] for r in con.execute("SELECT path FROM files")]
     assert len(paths) == len(set(paths)) == 30
     con.close()
+
+
+def _children(pid: int) -> set[int]:
+    """Pids of the processes whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _files(db: Path) -> list[tuple[str, str, bytes]]:
+    con = sqlite3.connect(db)
+    try:
+        return sorted(con.execute("SELECT path, hash, vec FROM files"))
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_with_workers_alive_then_restart_at_once(tmp_path, tiny, spec):
+    folder = tmp_path / "many"
+    make_photos(folder, 150)
+    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "p2w", "index", str(folder), *backbone, "--workers", "2", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = catalog_for(spec, p2w.Settings.from_env(env)) / "catalog.sqlite"
+    workers: set[int] = set()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if db.is_file() and _count(db) >= 4 and len(workers := _children(proc.pid)) >= 2:
+            proc.send_signal(signal.SIGKILL)  # mid-index, its DataLoader workers alive
+            break
+        time.sleep(0.005)
+    killed = time.monotonic()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    restart = subprocess.Popen([*cmd, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while any(_running(w) for w in workers) and time.monotonic() - killed < 10:
+        time.sleep(0.01)
+    lived = time.monotonic() - killed
+    out, err = restart.communicate(timeout=120)
+    assert restart.returncode == 0, err  # not refused by a lock the dead run's workers kept
+    assert lived < 1.0, f"{len(workers)} workers outlived their killed parent by {lived:.1f} s"
+    report = json.loads(out)
+    assert report["total"] == 150 and report["added"] == 150 - report["unchanged"] and report["unchanged"] >= 4
+    clean = index([folder], spec, engine_factory(spec), p2w.Settings.from_env({"P2W_HOME": str(tmp_path)}), workers=0)
+    resumed, fresh = _files(db), _files(clean.catalog / "catalog.sqlite")
+    assert [r[:2] for r in resumed] == [r[:2] for r in fresh] and len({r[0] for r in resumed}) == 150
+    for (_, _, a), (_, _, b) in zip(resumed, fresh, strict=True):
+        np.testing.assert_allclose(np.frombuffer(a, np.float32), np.frombuffer(b, np.float32), atol=1e-5)
 
 
 def _count(db: Path) -> int:

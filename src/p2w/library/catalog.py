@@ -7,7 +7,6 @@ One catalog per backbone, so vectors of different models never mix. The hnswlib 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import time
@@ -243,25 +242,21 @@ def _marks(ids: Sequence[int]) -> str:
     return ",".join("?" * len(ids)) or "NULL"
 
 
-@contextlib.contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock for changing a catalog; a second writer fails at once with a clear message."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "lock"
-    with path.open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise P2WError(
-                f"another p2w process (pid {holder}) is updating the catalog in {folder}; wait for it to finish"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def discard_empty(folder: Path) -> bool:
+    """Remove the catalog in ``folder`` if it holds no photo (a first run that failed before any was added).
+
+    Call it holding the writer lock, with the catalog closed. A catalog with photos is never touched.
+    """
+    db = folder / "catalog.sqlite"
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            if con.execute("SELECT count(*) FROM files").fetchone()[0] != 0:
+                return False
+        for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "catalog.sqlite-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+    except (sqlite3.Error, OSError):  # unreadable, or still open elsewhere (Windows): leave it
+        return False
+    return True

@@ -16,7 +16,8 @@ from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, catalog_for, writer_lock
+from p2w.library.catalog import Catalog, catalog_for, discard_empty
+from p2w.library.lock import writer_lock
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
@@ -86,7 +87,8 @@ def index(
     """Bring the catalog of ``spec`` up to date with ``roots``; the model is loaded only if something needs embedding.
 
     Each batch of new vectors is committed as it is made, so an interruption (Ctrl-C, ``kill -9``) loses at most
-    the batch in flight; the next run resumes. A second writer on the same catalog is refused.
+    the batch in flight; the next run resumes. A second writer on the same catalog is refused. A first run that
+    fails or is interrupted before adding a photo (e.g. the model cannot load) leaves no catalog behind.
     """
     start = time.perf_counter()
     for root in roots:
@@ -94,8 +96,11 @@ def index(
             raise P2WError(f"not found: {root}")
     folder = catalog_for(spec, settings)
     report = IndexReport(folder, spec.id)
-    with writer_lock(folder):
+    made = [] if folder.parent.is_dir() else [folder.parent]  # P2W_HOME/catalogs, made by this run
+    with writer_lock(folder) as lock:
+        fresh = not (folder / "catalog.sqlite").is_file()
         catalog = Catalog(folder, spec.id, create=True)
+        done = False
         try:
             base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
             plan = _plan(
@@ -103,9 +108,12 @@ def index(
             )
             _apply(catalog, plan, report, load_engine, batch_size, workers, progress)
             _finish_ann(catalog, base)
+            done = not report.interrupted
         finally:
             report.total = catalog.count()
             catalog.close()
+            if fresh and not done and report.total == 0 and discard_empty(folder):
+                lock.discard(*made)  # the lock file, the catalog folder, and the catalogs folder if this run made it
     report.skipped = plan.skipped
     report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - start
