@@ -124,3 +124,44 @@ def test_architecture_md_lists_every_module():
     )
     assert len(rows) == len(set(rows)), "a module has two rows in docs/architecture.md"
     assert {"p2w.engine", "p2w.core.walk", "p2w.cli.root"} <= modules  # the walk found the tree
+
+
+def _resolves(name: str) -> bool:
+    """Whether a dotted name such as ``p2w.library.search.open_catalog`` is a module or an attribute of one."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_python_api_names_exist():
+    """Every ``p2w.`` name docs/python-api.md mentions is a module or an attribute of one (no stale import path)."""
+    doc = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\bp2w(?:\.[A-Za-z_]\w*)+", doc)) | {
+        f"{module}.{name.strip()}"
+        for module, names in re.findall(r"^from (p2w[\w.]*) import ([\w, ]+)$", doc, flags=re.M)
+        for name in names.split(",")
+    }
+    assert len(names) > 20
+    missing = sorted(name for name in names if not _resolves(name))
+    assert not missing, f"docs/python-api.md names what does not exist: {missing}"
+
+
+def test_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The blocks of docs/python-api.md marked `<!-- run -->` run, in order and in one namespace, offline."""
+    doc = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^<!-- run -->\n```python\n(.*?)^```$", doc, flags=re.S | re.M)
+    assert len(blocks) >= 3
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "python_api_md"}
+    for i, code in enumerate(blocks, 1):
+        exec(compile(code, f"docs/python-api.md, run block {i}", "exec"), namespace)
