@@ -105,6 +105,47 @@ def test_moves_copies_edits_and_deletions(lib, spec):
     assert ann.live == 12 and set(ann.index.get_ids_list()) >= set(catalog.ids())
 
 
+def test_catalog_keeps_the_features_norm_and_old_catalogs_migrate(lib, spec, tmp_path):
+    """vec * norm gives back the image tower's features (a mapper reads them unnormalised), also for moved copies;
+    a schema-1 catalog (no norm column) is upgraded in place, its rows without a norm."""
+    import torch
+
+    from p2w.library.catalog import SCHEMA_VERSION, Catalog
+
+    index([lib], spec, engine_factory(spec), workers=0)
+    shutil.copy(sorted((lib / "2024").glob("*.jpg"))[0], lib / "copy.jpg")
+    index([lib], spec, never, workers=0)  # the copy reuses the stored vector and norm
+    catalog = open_catalog(spec)
+    rows = catalog.rows_for(catalog.ids())
+    norms, vectors = catalog.norms_for(list(rows)), catalog.vectors_for(list(rows))
+    assert set(norms) == set(rows)
+    engine = p2w.load(model=spec.model, pretrained=spec.pretrained, device="cpu")
+    copy = next((i, r) for i, r in rows.items() if r.path.endswith("copy.jpg"))
+    for i, row in [*list(rows.items())[:3], copy]:
+        feats = engine.image_features([engine.open_query_image(row.path)])[0]
+        rebuilt = torch.from_numpy(np.frombuffer(vectors[i], dtype=np.float32) * np.float32(norms[i]))
+        torch.testing.assert_close(rebuilt, feats, rtol=1e-5, atol=1e-6)
+    catalog.close()
+    old = tmp_path / "old"
+    old.mkdir()
+    con = sqlite3.connect(old / "catalog.sqlite")
+    con.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+        "CREATE TABLE files (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE NOT NULL, size INTEGER,"
+        " mtime_ns INTEGER, hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL);"
+        "CREATE TABLE skipped (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);"
+        "INSERT INTO meta VALUES ('schema', '1'), ('backbone', 'b/x'), ('dim', '4'), ('generation', '1');"
+        "INSERT INTO files (path, size, mtime_ns, hash, vec)"
+        " VALUES ('/p.jpg', 1, 1, 'h', x'0000803f000000000000000000000000');"
+    )
+    con.commit()
+    con.close()
+    migrated = Catalog(old, "b/x")
+    assert int(migrated.meta()["schema"]) == SCHEMA_VERSION == 2
+    assert migrated.count() == 1 and migrated.norms_for(migrated.ids()) == {}
+    migrated.close()
+
+
 def test_search_matches_exact_and_skips_deleted_files(lib, spec):
     index([lib], spec, engine_factory(spec), workers=0)
     engine = p2w.load(model=spec.model, pretrained=spec.pretrained, device="cpu")

@@ -122,7 +122,7 @@ def search_command(
         finally:
             catalog.close()
         if as_json:
-            typer.echo(json.dumps([{"rank": h.rank, "score": h.score, "path": h.path} for h in hits]))
+            typer.echo(json.dumps([h.to_json() for h in hits]))
         elif paths_only:
             for h in hits:
                 typer.echo(h.path)

@@ -18,17 +18,20 @@ from p2w.errors import P2WError
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec, safe_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# vec: the unit vector (float32 bytes); norm: the image features' length before normalising (NULL in catalogs made
+# before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
-    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL);
+    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL);
 CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
 CREATE TABLE IF NOT EXISTS skipped (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
 """
 # stepwise migrations: MIGRATIONS[v] upgrades a catalog of schema v to v + 1
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {1: "ALTER TABLE files ADD COLUMN norm REAL;"}
+Stored = tuple[bytes, float | None]  # a unit vector's float32 bytes and the features' norm (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,9 @@ class Catalog:
         if version > SCHEMA_VERSION:
             raise P2WError(f"catalog {self.folder} was written by a newer p2w (schema {version}); upgrade p2w")
         while version < SCHEMA_VERSION:
-            with self.transaction():
-                self.con.executescript(MIGRATIONS[version])
+            with self.transaction() as con:  # executescript would commit first: one statement at a time
+                for statement in filter(None, (s.strip() for s in MIGRATIONS[version].split(";"))):
+                    con.execute(statement)
                 version += 1
                 self._set_meta(schema=version)
 
@@ -134,17 +138,17 @@ class Catalog:
                 out[r[1]] = Row(*r)
         return out
 
-    def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, bytes]:
-        """A stored vector for each known content hash (copies and moves reuse it)."""
-        out: dict[str, bytes] = {}
+    def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, Stored]:
+        """A stored vector (and norm) for each known content hash (copies and moves reuse it)."""
+        out: dict[str, Stored] = {}
         for h in set(hashes):
-            hit = self.con.execute("SELECT vec FROM files WHERE hash = ? LIMIT 1", (h,)).fetchone()
+            hit = self.con.execute("SELECT vec, norm FROM files WHERE hash = ? LIMIT 1", (h,)).fetchone()
             if hit:
-                out[h] = hit[0]
+                out[h] = (hit[0], hit[1])
         return out
 
-    def put(self, rows: Sequence[tuple[str, int, int, str, bytes]], dim: int) -> None:
-        """Insert or replace (path, size, mtime_ns, hash, vector bytes) rows in one transaction.
+    def put(self, rows: Sequence[tuple[str, int, int, str, bytes, float | None]], dim: int) -> None:
+        """Insert or replace (path, size, mtime_ns, hash, vector bytes, norm) rows in one transaction.
 
         A replaced path gets a new id, so the ANN sees a removal and an addition.
         """
@@ -154,7 +158,7 @@ class Catalog:
             con.executemany("DELETE FROM files WHERE path = ?", [(r[0],) for r in rows])
             now = time.time()
             con.executemany(
-                "INSERT INTO files (path, size, mtime_ns, hash, vec, added) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (path, size, mtime_ns, hash, vec, norm, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(*r, now) for r in rows],
             )
             con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
@@ -202,6 +206,14 @@ class Catalog:
             for part in _parts(ids)
             for r in self.con.execute(f"SELECT id, vec FROM files WHERE id IN ({_marks(part)})", part)
         }
+
+    def norms_for(self, ids: Sequence[int]) -> dict[int, float]:
+        """The features' norm of each id that has one (catalogs made before schema 2 have none)."""
+        out: dict[int, float] = {}
+        for part in _parts(ids):
+            sql = f"SELECT id, norm FROM files WHERE norm IS NOT NULL AND id IN ({_marks(part)})"
+            out.update((int(i), float(n)) for i, n in self.con.execute(sql, part))
+        return out
 
     def ids_under(self, folder: str) -> list[int]:
         """Ids of files under a folder (``--in DIR``)."""

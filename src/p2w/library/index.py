@@ -16,7 +16,7 @@ from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, catalog_for, discard_empty
+from p2w.library.catalog import Catalog, Stored, catalog_for, discard_empty
 from p2w.library.lock import writer_lock
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
@@ -65,7 +65,7 @@ class _Plan:
     """What an index run has to do, found without decoding any image."""
 
     embed: list[tuple[Found, str | None]] = field(default_factory=list)  # (file, content hash if known)
-    reuse: list[tuple[Found, str, bytes, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
+    reuse: list[tuple[Found, str, Stored, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
     touch: list[tuple[str, int, int]] = field(default_factory=list)
     remove: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of files gone from disk
     replaced: set[str] = field(default_factory=set)  # paths whose content changed
@@ -175,7 +175,8 @@ def _apply(
     if plan.touch:
         catalog.touch(plan.touch)
     if plan.reuse:
-        catalog.put([(f.path, f.size, f.mtime_ns, h, v) for f, h, v, _ in plan.reuse], len(plan.reuse[0][2]) // 4)
+        rows = [(f.path, f.size, f.mtime_ns, h, *stored) for f, h, stored, _ in plan.reuse]
+        catalog.put(rows, len(plan.reuse[0][2][0]) // 4)
         report.moved = sum(1 for *_, move in plan.reuse if move)
         report.updated += sum(1 for f, *_ in plan.reuse if f.path in plan.replaced)
         report.added += len(plan.reuse) - report.moved - report.updated
@@ -214,8 +215,9 @@ def _embed(
                 skips.append((f.path, f.size, f.mtime_ns, why))
                 plan.skipped.append((f.path, why))
                 continue
-            vec = (feat / feat.norm().clamp_min(1e-12)).numpy().astype(np.float32)
-            rows.append((f.path, f.size, f.mtime_ns, digest or "", vec.tobytes()))
+            norm = feat.norm().clamp_min(1e-12)
+            vec = (feat / norm).numpy().astype(np.float32)
+            rows.append((f.path, f.size, f.mtime_ns, digest or "", vec.tobytes(), float(norm)))
         catalog.put(rows, bb.embed_dim)
         if skips:
             catalog.skip(skips)

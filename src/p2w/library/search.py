@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,13 +18,18 @@ from p2w.spec import BackboneSpec
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: its rank (1 = best), cosine score, the file and its catalog id."""
 
     rank: int
     score: float
     path: str
     size: int
     mtime: float
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``p2w search --json`` form: ``{"rank", "score", "path"}``."""
+        return {"rank": self.rank, "score": self.score, "path": self.path}
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:
@@ -36,10 +42,16 @@ def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalo
 
 
 def search(
-    catalog: Catalog, query: np.ndarray, k: int = 10, within: Path | None = None, ef: int | None = None
+    catalog: Catalog,
+    query: np.ndarray,
+    k: int = 10,
+    within: Path | None = None,
+    ef: int | None = None,
+    ann: ann_mod.Ann | None = None,
 ) -> list[Hit]:
     """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within`` (exact).
-    ``ef`` widens the approximate search (default ``p2w.ann.default_ef(dim)``).
+    ``ef`` widens the approximate search (default ``p2w.ann.default_ef(dim)``); ``ann``: an index already loaded
+    (a resident server's), else the saved one is loaded.
 
     Files deleted since they were indexed are left out of the results.
     """
@@ -48,14 +60,14 @@ def search(
     if within is not None:
         ids, scores = _exact_within(catalog, query, os.path.abspath(within.expanduser()), 2 * k + 8)
     else:
-        ids, scores = ann_mod.load(catalog).query(query, 2 * k + 8, ef=ef)
+        ids, scores = (ann or ann_mod.load(catalog)).query(query, 2 * k + 8, ef=ef)
     rows = catalog.rows_for([int(i) for i in ids])
     hits: list[Hit] = []
     for i, score in zip(ids, scores, strict=True):
         row = rows.get(int(i))
         if row is None or not os.path.exists(row.path):
             continue
-        hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9))
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9, int(i)))
         if len(hits) == k:
             break
     return hits
