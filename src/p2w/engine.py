@@ -97,6 +97,21 @@ class Engine:
 
         return self._batched(run, len(texts), batch_size, normalize)
 
+    def encode_query_features(
+        self,
+        image_features: torch.Tensor | None,
+        text: str | None = None,
+        mode: str | None = None,
+        prompt: str | None = None,
+    ) -> np.ndarray:
+        """One unit query vector ``(embed_dim,)`` from image features already computed (unnormalised
+        ``(embed_dim,)``, e.g. an uploaded image's or a catalogued photo's), so a refined query skips the image tower;
+        the same vector as ``encode_query`` on that image."""
+        qp = plan(mode, image_features is not None, bool(text), prompt)
+        filled = fill(qp.template, text, qp.mode) if qp.needs_text_tower else ""
+        feats = None if image_features is None or qp.mode == "text" else image_features.reshape(1, -1)
+        return self._batched(lambda i, j: self.compose(qp, feats, [filled]), 1, 1, normalize=True)[0]
+
     # ---- torch level (used by training and evaluation) ---------------------------------------------------------
     def pixels(self, images: Sequence[ImageLike | None]) -> torch.Tensor:
         """Preprocessed batch ``(batch, 3, H, W)`` float32 on the CPU."""

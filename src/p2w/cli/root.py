@@ -130,10 +130,18 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def load_engine(model: str | None, pretrained: str | None, device: str | None, precision: str, **kw: Any) -> Any:
+def load_engine(
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    precision: str,
+    mapper: str | None = None,
+    **kw: Any,
+) -> Any:
+    """``p2w.load`` with the command's options; no mapper unless the command names one (or ``"default"``)."""
     import p2w
 
-    return p2w.load(model=model, pretrained=pretrained, device=device, precision=precision, **kw)
+    return p2w.load(model=model, pretrained=pretrained, device=device, precision=precision, mapper=mapper, **kw)
 
 
 def chosen_mapper(mapper: str | None, model: str | None, pretrained: str | None, download: bool) -> str:

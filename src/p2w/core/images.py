@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ def looks_like_image_path(value: str) -> bool:
     return Path(value).suffix.lower() in IMAGE_SUFFIXES
 
 
-def open_image(source: ImageLike, draft: int | None = None) -> Image.Image:
+def open_image(source: ImageLike, draft: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open a path (or take a PIL image) and apply EXIF orientation; raise ``ImageError`` with a reason.
 
     8-bit modes (RGB, RGBA, L, LA, P) are returned as stored: open_clip's transform converts them to RGB *after*
@@ -42,43 +43,60 @@ def open_image(source: ImageLike, draft: int | None = None) -> Image.Image:
 
     ``draft``: let JPEGs decode at a reduced scale (1/2, 1/4, 1/8) that keeps the shorter side >= ``draft`` pixels;
     much faster for photos larger than the model's input, and how JPEGs over the pixel limit are read at all.
+    ``max_pixels``: larger images (after draft reduction) are refused before they are decoded (default
+    ``MAX_PIXELS``).
     """
     if isinstance(source, Image.Image):
         return _rgb(ImageOps.exif_transpose(source))
     path = Path(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _reduce(im, path, draft)
-                im.seek(0)  # first frame of animations
-                im.load()
-                return _rgb(ImageOps.exif_transpose(im))
+        return _decode(path, str(path), draft, max_pixels or MAX_PIXELS)
     except FileNotFoundError as exc:
         raise ImageError(f"image not found: {path}") from exc
     except IsADirectoryError as exc:
         raise ImageError(f"{path} is a directory, not an image") from exc
     except PermissionError as exc:
         raise ImageError(f"{path}: permission denied") from exc
+
+
+def decode_image(
+    data: bytes, name: str = "the upload", draft: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """``open_image`` for bytes in memory (an upload), e.g. ``decode_image(body, "query.jpg", draft=224)``: the same
+    pixels as opening the same bytes from a file."""
+    return _decode(io.BytesIO(data), name, draft, max_pixels or MAX_PIXELS)
+
+
+def _decode(source: Path | io.BytesIO, name: str, draft: int | None, max_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                _reduce(im, name, draft, max_pixels)
+                im.seek(0)  # first frame of animations
+                im.load()
+                return _rgb(ImageOps.exif_transpose(im))
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path} is not an image Pillow can read") from exc
+        raise ImageError(f"{name} is not an image Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path} is too large to decode safely ({str(exc).split(',')[0]})") from exc
+        raise ImageError(f"{name} is too large to decode safely ({str(exc).split(',')[0]})") from exc
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path} cannot be decoded ({exc})") from exc
+        raise ImageError(f"{name} cannot be decoded ({exc})") from exc
 
 
-def _reduce(im: Image.Image, path: Path, draft: int | None) -> None:
+def _reduce(im: Image.Image, name: str, draft: int | None, max_pixels: int) -> None:
     """Use JPEG draft mode where allowed, then refuse what would still be over the pixel limit."""
-    if im.format == "JPEG" and (draft or im.width * im.height > MAX_PIXELS):
+    if im.format == "JPEG" and (draft or im.width * im.height > max_pixels):
         short = min(im.size)
         scale = 1
-        while scale < 8 and (short // (scale * 2) >= (draft or 0) or im.width * im.height / scale**2 > MAX_PIXELS):
+        while scale < 8 and (short // (scale * 2) >= (draft or 0) or im.width * im.height / scale**2 > max_pixels):
             scale *= 2
         if scale > 1:
             im.draft("RGB", (im.width // scale, im.height // scale))
-    if im.width * im.height > MAX_PIXELS:
-        raise ImageError(f"{path}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}")
+    if im.width * im.height > max_pixels:
+        raise ImageError(f"{name}: {im.width}x{im.height} pixels is over the limit of {max_pixels}")
 
 
 LATE_CONVERSION = frozenset({"RGB", "RGBA", "L", "LA", "P"})

@@ -15,6 +15,7 @@ from p2w.core.compose import MODES, QueryPlan, fill
 from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.engine import Engine
 from p2w.errors import P2WError
+from p2w.mappers.registry import mapper_label
 
 Progress = Callable[[int, int], None]
 
@@ -64,7 +65,7 @@ def image_features(
     engine: Engine,
     paths: Sequence[Path | None],
     home: Path,
-    workers: int = 4,
+    workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
@@ -116,8 +117,8 @@ def in_order(ok: Sequence[int], tops: Sequence[list[str]], n: int) -> list[list[
 
 
 def mapper_name(engine: Engine) -> str | None:
-    """The mapper's file stem, for the result record."""
-    return engine.mapper_file.path.stem if engine.mapper_file else None
+    """The mapper's name (``mappers.registry.mapper_label``), for the result record."""
+    return mapper_label(engine.mapper_file.path) if engine.mapper_file else None
 
 
 def modes_of(mode: str) -> list[str]:

@@ -158,6 +158,13 @@ def known_for(backbone: str) -> KnownMapper | None:
     return next((m for m in KNOWN.values() if m.backbone == backbone), None)
 
 
+def mapper_label(path: Path) -> str:
+    """How a mapper file is called: its registered name (the file's stem), or its backbone's name when it is the
+    mapper shipped with a builtin backbone."""
+    shipped = {p.resolve(): model for model, p in builtin_mappers().items()}
+    return shipped.get(path.resolve(), path.stem)
+
+
 def builtin_mapper_for(backbone: str) -> str | None:
     """The mapper file shipped with a builtin backbone (e.g. ``p2w-micro-fashion/builtin-...``), if any."""
     for model, path in builtin_mappers().items():

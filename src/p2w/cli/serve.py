@@ -1,0 +1,84 @@
+"""``p2w serve``: the resident engine with a web page, and what warm ``p2w search`` talks to."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from p2w.cli.root import (
+    DeviceOpt,
+    DownloadOpt,
+    ForceMapperOpt,
+    MapperOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    app,
+    err_console,
+    load_engine,
+    user_errors,
+)
+from p2w.settings import Settings
+
+if TYPE_CHECKING:
+    from p2w.serve.run import Address
+
+
+@app.command("serve")
+def serve_command(
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    mapper: MapperOpt = None,
+    force_mapper: ForceMapperOpt = False,
+    download: DownloadOpt = False,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on; anything but loopback lets others reach it")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="port; 0 picks a free one")] = 0,
+    open_browser: Annotated[bool, typer.Option("--open", help="open the page in a browser")] = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+) -> None:
+    """Serve a web page for composed search (and warm p2w search), e.g. p2w serve --open. The first line printed is
+    the address to open, with its access token; Ctrl-C stops."""
+    with user_errors():
+        from p2w.serve.run import serve
+
+        if not _loopback(host):
+            err_console.print(
+                f"warning: listening on {host}: anyone who can reach this machine and has the token can search and "
+                "see your photos"
+            )
+        engine = load_engine(
+            model,
+            pretrained,
+            device,
+            precision,
+            mapper=mapper or "default",
+            force_mapper=force_mapper,
+            download=download,
+        )
+        if engine.mapper is None:
+            err_console.print(f"note: {engine.missing_mapper}; image, text and average modes still work")
+
+        def ready(address: Address) -> None:
+            url = address.url
+            typer.echo(url)  # the first line on stdout, for scripts
+            err_console.print(f"p2w serve: {engine.backbone.id}; Ctrl-C stops")
+            if open_browser:
+                import webbrowser
+
+                webbrowser.open(url)
+
+        serve(engine, Settings.from_env(), host=host, port=port, on_ready=ready)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

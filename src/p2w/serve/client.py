@@ -1,0 +1,48 @@
+"""The warm ``p2w search``'s client: one composed query sent to a running ``p2w serve`` on loopback. Stdlib only."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from p2w.errors import P2WError
+from p2w.serve.discovery import ServerRecord
+
+
+class Unreachable(Exception):
+    """The server did not answer (refused, timed out): the caller falls back to an in-process search."""
+
+
+def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeout: float = 60.0) -> Any:
+    """POST ``body`` to ``record.url + path`` with the token; the JSON answer, or ``P2WError`` with the server's
+    one-line error, or ``Unreachable``."""
+    request = urllib.request.Request(
+        record.url + path,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {record.token}", "Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error")
+        except (ValueError, AttributeError):
+            message = None
+        if message:
+            raise P2WError(message) from exc
+        raise Unreachable(f"HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise Unreachable(str(exc)) from exc
+
+
+def search(record: ServerRecord, query: dict[str, Any], image: bytes | None = None) -> list[dict[str, Any]]:
+    """The hits (``{"rank", "score", "path", "size", "mtime", "id"}``) of ``query`` (the fields of
+    ``p2w.serve.service.Query``), the image's bytes uploaded first when there is one."""
+    if image is not None:
+        query = {**query, "upload": call(record, "/api/upload", image, "application/octet-stream")["upload"]}
+    answer = call(record, "/api/search", json.dumps(query).encode(), "application/json")
+    return list(answer["results"])

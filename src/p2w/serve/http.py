@@ -1,0 +1,230 @@
+"""The HTTP face of ``p2w serve``: a Starlette app over ``Service``. The server can read the user's photos, so every
+request is treated as possibly hostile (the Jupyter model):
+
+- a token is required for the page, its assets and the API: ``?token=`` once (it becomes an HttpOnly, SameSite=
+  Strict cookie, and the browser is sent to the bare URL), or ``Authorization: Bearer TOKEN`` (``p2w search``);
+- the Host header must name the bound address (no DNS rebinding); no CORS headers are ever sent;
+- a state-changing request (POST) from a browser must come from the page's own origin;
+- uploads are read with a byte limit before anything is decoded; files are served by catalog id only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from p2w.errors import P2WError
+from p2w.serve.service import Query, ServeError, Service, TooLarge
+
+log = logging.getLogger(__name__)
+COOKIE = "p2w_token"
+ASSETS = ("app.js", "style.css")
+T = TypeVar("T")
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """Host headers this server answers to: its loopback names, or the bound address and this machine's names."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if _is_wildcard(host):
+        names |= {socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(f"[{host}]" if ":" in host else host)
+    return {f"{n}:{port}".lower() for n in names}
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class Guard:
+    """ASGI middleware: Host check, token check, same-origin POSTs, security headers on every answer."""
+
+    def __init__(self, app: ASGIApp, token: str, hosts: set[str], wildcard: bool) -> None:
+        self.app, self.token, self.hosts, self.wildcard = app, token, hosts, wildcard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            await _error(refusal[0], refusal[1])(scope, receive, send)
+            return
+        if request.method == "GET" and request.url.path == "/" and "token" in request.query_params:
+            response = RedirectResponse("/", status_code=303)  # the token leaves the address bar and history
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            await _secured(response)(scope, receive, send)
+            return
+
+        async def send_secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_header_list()]
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+    def _refusal(self, request: Request) -> tuple[int, str] | None:
+        host = (request.headers.get("host") or "").lower()
+        if host not in self.hosts and not (self.wildcard and _is_ip_host(host)):
+            return 421, "unexpected Host header: open the address p2w serve printed"
+        bearer = request.headers.get("authorization", "")
+        given = bearer.removeprefix("Bearer ").strip() if bearer.startswith("Bearer ") else None
+        via_cookie = given is None
+        if given is None:
+            first_visit = request.query_params.get("token") if request.url.path == "/" else None
+            given = request.cookies.get(COOKIE) or first_visit
+        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return 403, "a valid token is required: open the address (with ?token=...) that p2w serve printed"
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("origin")
+            if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+                return 403, "cross-site requests are refused"
+            if origin is not None and f"{origin.split('://', 1)[-1].lower()}" != host:
+                return 403, "requests from another origin are refused"
+            if via_cookie and origin is None:
+                return 403, "a browser request without an Origin is refused"
+        return None
+
+
+def _is_ip_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_list() -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
+
+
+def _secured(response: Response) -> Response:
+    response.headers.update(HEADERS)
+    return response
+
+
+def _error(status: int, message: str) -> Response:
+    return _secured(JSONResponse({"error": message}, status_code=status))
+
+
+def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
+    """The ASGI app of ``service``, e.g. ``uvicorn.run(create_app(service, token, "127.0.0.1", 8765))``."""
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")  # the engine's one thread
+
+    async def on_worker(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
+
+    def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except ServeError as exc:
+                return _error(exc.status, str(exc))
+            except P2WError as exc:  # a query the library refuses (prompt, mode, mapper): the user's to fix
+                return _error(400, str(exc))
+            except Exception:  # never a traceback to the client; the server keeps serving
+                log.exception("request %s %s failed", request.method, request.url.path)
+                return _error(500, "internal error; see the server's log")
+
+        return wrapped
+
+    async def page(request: Request) -> Response:
+        return _asset("index.html", "text/html; charset=utf-8")
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ASSETS:
+            return _error(404, "no such file")
+        return _asset(name, "text/javascript" if name.endswith(".js") else "text/css")
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(await on_worker(service.status))
+
+    async def upload(request: Request) -> Response:
+        body = await _read_limited(request, service.limits.upload_bytes)
+        return JSONResponse(await on_worker(service.upload, body))
+
+    async def search(request: Request) -> Response:
+        raw = await _read_limited(request, 64 << 10)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ServeError("the search request must be JSON") from exc
+        query = Query.from_json(data, service.limits)
+        return JSONResponse(await on_worker(service.search, query))
+
+    async def thumb(request: Request) -> Response:
+        path = await on_worker(service.thumbnail, int(request.path_params["photo"]))
+        return FileResponse(path, media_type="image/jpeg")
+
+    async def photo(request: Request) -> Response:
+        path = await on_worker(service.original, int(request.path_params["photo"]))
+        return FileResponse(path, filename=path.name, content_disposition_type="inline")
+
+    routes = [
+        Route("/", endpoint(page)),
+        Route("/assets/{name}", endpoint(asset)),
+        Route("/api/status", endpoint(status)),
+        Route("/api/upload", endpoint(upload), methods=["POST"]),
+        Route("/api/search", endpoint(search), methods=["POST"]),
+        Route("/api/thumb/{photo:int}", endpoint(thumb)),
+        Route("/api/photo/{photo:int}", endpoint(photo)),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        worker.shutdown(wait=False)
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host))
+    return app
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never read whole first)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the request is {declared} bytes, over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"the request is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _asset(name: str, media_type: str) -> Response:
+    data = resources.files("p2w.serve").joinpath("assets").joinpath(name).read_bytes()
+    return Response(data, media_type=media_type)

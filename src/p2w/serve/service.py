@@ -1,0 +1,263 @@
+"""The resident engine behind ``p2w serve``: one loaded model and mapper, the catalog of its backbone and the ANN
+index held in memory, uploads kept as image features, thumbnails made once.
+
+Every method runs on one thread (``p2w.serve.http`` sends them all to a single worker): the engine and the SQLite
+connection are never shared between threads. Input is treated as hostile: uploads are limited in bytes and pixels,
+originals are served only for photos in the catalog, by id, when the file on disk is still the one catalogued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2w.atomic import atomic_path
+from p2w.core.compose import DEFAULT_TEMPLATE, MODES
+from p2w.core.images import decode_image, open_image
+from p2w.engine import Engine
+from p2w.errors import ImageError, P2WError
+from p2w.library import ann as ann_mod
+from p2w.library.catalog import Catalog, Row, catalog_dir
+from p2w.library.search import search
+from p2w.mappers.registry import mapper_label
+from p2w.settings import Settings
+
+log = logging.getLogger(__name__)
+THUMB = 320  # longest side of a thumbnail, in pixels
+
+
+class ServeError(P2WError):
+    """A request the server refuses; ``status`` is the HTTP status it answers with."""
+
+    status = 400
+
+
+class NotFound(ServeError):
+    """No such photo (or not one the server may show)."""
+
+    status = 404
+
+
+class TooLarge(ServeError):
+    """An upload over the byte or pixel limit."""
+
+    status = 413
+
+
+class Unsupported(ServeError):
+    """An upload that is not an image p2w can read."""
+
+    status = 415
+
+
+class Unavailable(ServeError):
+    """What the request needs is not set up yet (no catalog, no mapper)."""
+
+    status = 409
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    upload_bytes: int = 32 << 20  # 32 MiB
+    upload_pixels: int = 50_000_000  # 50 megapixels, after JPEG draft reduction
+    k: int = 200  # results per search
+    uploads_kept: int = 64  # uploads whose features are kept (least recently used dropped)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A composed search: a reference (an upload, a catalog photo, or none), words, mode and template."""
+
+    text: str | None = None
+    mode: str | None = None
+    prompt: str | None = None
+    photo: int | None = None  # a catalog photo id as the reference image
+    upload: str | None = None  # an upload id (``Service.upload``) as the reference image
+    k: int = 24
+    within: str | None = None  # only photos under this folder (absolute path)
+    ef: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, limits: Limits) -> Query:
+        """A query from a request's JSON object; wrong types or values are a ``ServeError`` (400)."""
+        if not isinstance(data, dict):
+            raise ServeError("the search request must be a JSON object")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ServeError(f"unknown search fields: {', '.join(unknown)}")
+        for key in ("text", "mode", "prompt", "upload", "within"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ServeError(f"{key} must be a string")
+        for key in ("photo", "k", "ef"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ServeError(f"{key} must be an integer")
+        q = cls(**{k: v for k, v in data.items() if v is not None and v != ""})
+        if not 1 <= q.k <= limits.k:
+            raise ServeError(f"k must be between 1 and {limits.k}")
+        if q.ef is not None and not 1 <= q.ef <= 10_000:
+            raise ServeError("ef must be between 1 and 10000")
+        if q.photo is not None and q.upload is not None:
+            raise ServeError("give one reference image: photo or upload, not both")
+        if q.within is not None and not os.path.isabs(q.within):
+            raise ServeError("within must be an absolute folder path")
+        return q
+
+
+class Service:
+    """The engine, catalog and index of one backbone, e.g. ``Service(p2w.load(...), Settings.from_env())``."""
+
+    def __init__(self, engine: Engine, settings: Settings, limits: Limits | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.limits = limits or Limits()
+        self.backbone = engine.backbone.id
+        self.folder = catalog_dir(settings.home, self.backbone)
+        self.thumbs = settings.home / "thumbnails"
+        self._catalog: Catalog | None = None
+        self._ann: ann_mod.Ann | None = None
+        self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()  # id -> features (embed_dim,)
+
+    # ---- what the page asks first ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Backbone, mapper, catalog size and what is missing, for the page's header and messages."""
+        mapper = mapper_label(self.engine.mapper_file.path) if self.engine.mapper_file else None
+        out: dict[str, Any] = {
+            "backbone": self.backbone,
+            "mapper": mapper,
+            "modes": list(MODES),
+            "prompt": DEFAULT_TEMPLATE,
+            "photos": 0,
+            "message": None,
+            "max_upload_bytes": self.limits.upload_bytes,
+        }
+        if mapper is None:
+            out["message"] = f"no mapper for {self.backbone}: {self.engine.missing_mapper}"
+        try:
+            out["photos"] = self._open().count()
+        except Unavailable as exc:
+            out["message"] = str(exc)
+        return out
+
+    # ---- uploads -------------------------------------------------------------------------------------------------
+    def upload(self, data: bytes) -> dict[str, Any]:
+        """Decode an uploaded image (limits first) and keep its features; returns ``{"upload": id, ...}``."""
+        if len(data) > self.limits.upload_bytes:
+            raise TooLarge(f"the upload is {len(data)} bytes, over the limit of {self.limits.upload_bytes}")
+        if not data:
+            raise Unsupported("the upload is empty; send an image file")
+        key = hashlib.sha256(data).hexdigest()[:32]
+        if key not in self._uploads:
+            try:
+                image = decode_image(data, "the upload", self.engine.backbone.draft_size, self.limits.upload_pixels)
+            except ImageError as exc:
+                raise (TooLarge if "limit" in str(exc) or "too large" in str(exc) else Unsupported)(str(exc)) from exc
+            self._uploads[key] = self.engine.image_features([image])[0].float().cpu()
+            while len(self._uploads) > self.limits.uploads_kept:
+                self._uploads.popitem(last=False)
+        self._uploads.move_to_end(key)
+        return {"upload": key}
+
+    # ---- search ----------------------------------------------------------------------------------------------------
+    def search(self, q: Query) -> dict[str, Any]:
+        """The hits of ``q``: ``{"results": [{"rank", "score", "path", "size", "mtime", "id"}, ...]}``."""
+        catalog = self._open()
+        ann = self._current_ann(catalog)
+        features = self._reference(catalog, q)
+        vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
+        within = Path(q.within) if q.within else None
+        hits = search(catalog, vector, k=q.k, within=within, ef=q.ef, ann=ann)
+        return {"results": [{**h.to_json(), "size": h.size, "mtime": h.mtime, "id": h.id} for h in hits]}
+
+    def _reference(self, catalog: Catalog, q: Query) -> torch.Tensor | None:
+        """Unnormalised image features of the query's reference image, or None."""
+        if q.upload is not None:
+            if q.upload not in self._uploads:
+                raise NotFound("that upload is no longer held by the server; upload the image again")
+            self._uploads.move_to_end(q.upload)
+            return self._uploads[q.upload]
+        if q.photo is None:
+            return None
+        row = self._servable(catalog, q.photo)
+        norm = catalog.norms_for([row.id]).get(row.id)
+        if norm is not None:  # the catalog's own vector and norm: no image tower
+            unit = np.frombuffer(catalog.vectors_for([row.id])[row.id], dtype=np.float32)
+            return torch.from_numpy(unit * np.float32(norm))
+        image = open_image(row.path, draft=self.engine.backbone.draft_size)
+        return self.engine.image_features([image])[0].float().cpu()
+
+    # ---- files ---------------------------------------------------------------------------------------------------
+    def original(self, photo: int) -> Path:
+        """The file of catalog photo ``photo``, if it is still the file that was catalogued."""
+        return Path(self._servable(self._open(), photo).path)
+
+    def thumbnail(self, photo: int) -> Path:
+        """A JPEG thumbnail of catalog photo ``photo``, made once and kept by content hash."""
+        row = self._servable(self._open(), photo)
+        path = self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg"
+        if not path.is_file():
+            make_thumbnail(Path(row.path), path)
+        return path
+
+    def _servable(self, catalog: Catalog, photo: int) -> Row:
+        """The catalog row of ``photo`` when its file is a regular file (not a symlink) of the catalogued size and
+        modification time; anything else is "not found"."""
+        row = catalog.rows_for([photo]).get(photo)
+        if row is None:
+            raise NotFound(f"no photo {photo} in the catalog")
+        try:
+            st = os.lstat(row.path)
+        except OSError as exc:
+            raise NotFound(f"photo {photo} is gone from disk") from exc
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again")
+        return row
+
+    # ---- the catalog and its index ---------------------------------------------------------------------------------
+    def _open(self) -> Catalog:
+        if self._catalog is None:
+            try:
+                self._catalog = Catalog(self.folder, self.backbone)
+            except P2WError as exc:
+                raise Unavailable(f"no catalog for {self.backbone} yet; build one with: p2w index DIR") from exc
+        if self._catalog.count() == 0:
+            raise Unavailable(f"the catalog of {self.backbone} is empty; add photos with: p2w index DIR")
+        return self._catalog
+
+    def _current_ann(self, catalog: Catalog) -> ann_mod.Ann:
+        """The held index; reloaded once ``p2w index`` has committed a newer one (while it runs, the held one keeps
+        answering, so searches never wait for indexing)."""
+        generation = catalog.generation
+        stale = self._ann is None or self._ann.generation != generation
+        if stale and (self._ann is None or ann_mod.is_current(self.folder, generation)):
+            self._ann = ann_mod.load(catalog, save_rebuilt=False)
+        assert self._ann is not None
+        return self._ann
+
+    def close(self) -> None:
+        """Close the catalog."""
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+
+def make_thumbnail(source: Path, target: Path) -> None:
+    """Write a JPEG of ``source`` no larger than ``THUMB`` pixels a side to ``target`` (atomically)."""
+    from p2w.core.images import to_rgb
+
+    image = to_rgb(open_image(source, draft=THUMB))
+    image.thumbnail((THUMB, THUMB))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        image.save(tmp, format="JPEG", quality=85)
