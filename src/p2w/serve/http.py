@@ -204,7 +204,8 @@ def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        worker.shutdown(wait=False)
+        await on_worker(service.close)  # the catalog's connection belongs to the worker thread
+        worker.shutdown(wait=True)
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host))

@@ -83,8 +83,9 @@ def serve(
         if on_ready is not None:
             on_ready(address)
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the Ctrl-C it caught: done
+        log.debug("p2w serve stopped by Ctrl-C")
     finally:
         discovery.remove(settings, record)
-        service.close()
         with contextlib.suppress(OSError):
             sock.close()
