@@ -33,3 +33,66 @@ def test_status_and_a_composed_search(catalog, tiny, p2w_home):
         photo = answer["results"][0]["id"]
         status, refined = server.json("/api/search", {"photo": photo, "text": "in blue", "k": 5})
         assert status == 200 and [h["rank"] for h in refined["results"]] == [1, 2, 3, 4, 5]
+
+
+def _search(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["-v", "search", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_warm_search_prints_what_the_in_process_search_prints(catalog, tiny, p2w_home):
+    """Same results, same order, same JSON and table, through the server or not; the warm path loads no model."""
+    query = sorted((catalog / "2024").glob("*.jpg"))[3]
+    cases = [
+        [str(query), "in red", "--json", "--mapper", str(tiny.mapper)],
+        [str(query), "--json"],
+        ["a red photo", "--json", "-k", "7"],
+        [str(query), "brighter", "--mode", "average", "--in", str(catalog / "2025")],
+        [str(query), "in red", "--paths", "--mapper", str(tiny.mapper), "--prompt", "a * that is {text}"],
+    ]
+    cold = [_search(*c, *backbone_args(tiny), "--no-server") for c in cases]
+    with running_server(p2w_home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]):
+        warm = [_search(*c, *backbone_args(tiny)) for c in cases]
+        other = _search(str(query), "in red", *backbone_args(tiny), "--mapper", str(tiny.config))  # not a mapper
+    for c, (code, out, err), (wcode, wout, werr) in zip(cases, cold, warm, strict=True):
+        assert code == wcode == 0, (c, err, werr)
+        assert "searched through p2w serve" in werr and "searched through p2w serve" not in err
+        assert wout == out, c
+    assert other[0] == 1 and "searched through p2w serve" not in other[2]  # another mapper: searched here
+
+
+def test_warm_search_imports_no_torch(catalog, tiny, p2w_home):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom p2w.cli import app\n"
+        f"try:\n    app(args={['search', 'a red photo', *backbone_args(tiny)]!r}, prog_name='p2w')\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    with running_server(p2w_home, backbone_args(tiny)):
+        env = {**__import__("os").environ, "P2W_HOME": str(p2w_home)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout + done.stderr
+
+
+def test_stale_records_are_ignored_and_removed(catalog, tiny, p2w_home):
+    import json
+    import os
+    import socket
+
+    from p2w.serve import discovery
+    from p2w.settings import Settings
+
+    settings = Settings.from_env()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    for pid in (dead, os.getpid()):  # a dead process, and a live one whose port refuses
+        record = discovery.ServerRecord(f"http://127.0.0.1:{port}", "t", pid, tiny.backbone_id, None, "0")
+        path = discovery.write(settings, record)
+        code, out, err = _search("a red photo", "--json", *backbone_args(tiny))
+        assert code == 0 and len(json.loads(out)) == 10, err
+        assert "searched through p2w serve" not in err
+        assert not path.exists()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +32,10 @@ from p2w.cli.root import (
 )
 from p2w.errors import P2WError
 from p2w.settings import Settings
+
+if TYPE_CHECKING:
+    from p2w.library.catalog import Hit
+    from p2w.spec import BackboneSpec
 
 
 @app.command("index")
@@ -101,12 +109,15 @@ def search_command(
     precision: PrecisionOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}")] = False,
     paths_only: Annotated[bool, typer.Option("--paths", help="one path per line (for xargs)")] = False,
+    no_server: Annotated[
+        bool, typer.Option("--no-server", help="search in this process even when p2w serve runs for this model")
+    ] = False,
 ) -> None:
-    """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME"""
+    """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME. A running p2w serve of the same
+    model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import split_query_args
         from p2w.core.compose import plan
-        from p2w.library.search import open_catalog, search
 
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
@@ -114,13 +125,13 @@ def search_command(
             mapper = chosen_mapper(mapper, model, pretrained, download)
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
-        catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
-        try:
-            engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
-            query = engine.encode_query(engine.open_query_image(img), txt, mode=qp.mode, prompt=qp.template)
-            hits = search(catalog, query, k=k, within=within, ef=ef)
-        finally:
-            catalog.close()
+        ask = _Ask(img, txt, qp.mode, qp.template, k, within, ef)
+        hits = None
+        if not (no_server or force_mapper or device or precision != "auto"):
+            hits = _warm(settings, spec.id, mapper if qp.needs_mapper else None, ask)
+        if hits is None:
+            load = partial(load_engine, model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+            hits = _in_process(spec, settings, load, ask)
         if as_json:
             typer.echo(json.dumps([h.to_json() for h in hits]))
         elif paths_only:
@@ -130,6 +141,44 @@ def search_command(
             from p2w.cli.render import hits_table
 
             out_console().print(hits_table(hits))
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One search as the command line gave it, the mode and template already chosen."""
+
+    image: str | None
+    text: str | None
+    mode: str
+    prompt: str
+    k: int
+    within: Path | None
+    ef: int | None
+
+
+def _warm(settings: Settings, backbone: str, mapper: str | None, ask: _Ask) -> list[Hit] | None:
+    """The hits from a running ``p2w serve`` of this backbone (and, for pic2word, mapper), or None."""
+    from p2w.mappers.registry import mapper_path
+    from p2w.serve.client import warm_search
+
+    query = {"text": ask.text, "mode": ask.mode, "prompt": ask.prompt, "k": ask.k, "ef": ask.ef}
+    if ask.within is not None:
+        query["within"] = os.path.abspath(ask.within.expanduser())
+    mapper_file = mapper_path(mapper, settings.mappers_dir) if mapper else None
+    return warm_search(settings, backbone, mapper_file, query, Path(ask.image) if ask.image else None)
+
+
+def _in_process(spec: BackboneSpec, settings: Settings, load: Callable[[], Any], ask: _Ask) -> list[Hit]:
+    """Load the model here and search the catalog (the cold path)."""
+    from p2w.library.search import open_catalog, search
+
+    catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
+    try:
+        engine = load()
+        query = engine.encode_query(engine.open_query_image(ask.image), ask.text, mode=ask.mode, prompt=ask.prompt)
+        return search(catalog, query, k=ask.k, within=ask.within, ef=ask.ef)
+    finally:
+        catalog.close()
 
 
 @app.command("status")

@@ -11,8 +11,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from p2w.evaluation.common import EvalResult
+    from p2w.library.catalog import Hit
     from p2w.library.index import IndexReport
-    from p2w.library.search import Hit
     from p2w.library.status import CatalogInfo
     from p2w.mappers.registry import Registered
     from p2w.micro.demo import DemoQuery

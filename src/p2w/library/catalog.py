@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from p2w.errors import P2WError
 from p2w.settings import Settings
@@ -43,6 +44,22 @@ class Row:
     size: int
     mtime_ns: int
     hash: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: its rank (1 = best), cosine score, the file and its catalog id."""
+
+    rank: int
+    score: float
+    path: str
+    size: int
+    mtime: float
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``p2w search --json`` form: ``{"rank", "score", "path"}``."""
+        return {"rank": self.rank, "score": self.score, "path": self.path}
 
 
 def catalog_dir(home: Path, backbone_id: str) -> Path:

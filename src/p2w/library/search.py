@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, catalog_for
+from p2w.library.catalog import Catalog, Hit, catalog_for
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: its rank (1 = best), cosine score, the file and its catalog id."""
-
-    rank: int
-    score: float
-    path: str
-    size: int
-    mtime: float
-    id: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``p2w search --json`` form: ``{"rank", "score", "path"}``."""
-        return {"rank": self.rank, "score": self.score, "path": self.path}
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Literal, overload
 
 from p2w.errors import MapperError
-from p2w.mappers.download import download as fetch
 from p2w.mappers.registry import (
     builtin_mapper_for,
     default_for,
@@ -57,6 +56,8 @@ def default_mapper(
             raise MapperError(missing_mapper_hint(backbone))
         return None
     if not registry_file(settings.mappers_dir, known.name).is_file():
+        from p2w.mappers.download import download as fetch  # torch, and only when a download is asked for
+
         if notify:
             notify(f"downloading the mapper {known.name} for {backbone} (--download)")
         fetch(known.name, settings)

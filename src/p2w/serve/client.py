@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from p2w.errors import P2WError
+from p2w.library.catalog import Hit
+from p2w.serve import discovery
 from p2w.serve.discovery import ServerRecord
+from p2w.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Unreachable(Exception):
@@ -46,3 +53,31 @@ def search(record: ServerRecord, query: dict[str, Any], image: bytes | None = No
         query = {**query, "upload": call(record, "/api/upload", image, "application/octet-stream")["upload"]}
     answer = call(record, "/api/search", json.dumps(query).encode(), "application/json")
     return list(answer["results"])
+
+
+def warm_search(
+    settings: Settings,
+    backbone: str,
+    mapper: Path | None,
+    query: dict[str, Any],
+    image: Path | None = None,
+) -> list[Hit] | None:
+    """``query`` answered by the running ``p2w serve`` of ``backbone`` — the hits an in-process search would give —
+    or None when there is no such server, it holds another mapper than ``mapper`` (a resolved file, for pic2word
+    queries), or it does not answer (its stale record is then removed)."""
+    record = discovery.find(settings, backbone)
+    if record is None:
+        return None
+    if mapper is not None and (record.mapper is None or Path(record.mapper) != mapper.resolve()):
+        log.debug("the server at %s holds mapper %s, not %s", record.url, record.mapper, mapper)
+        return None
+    if image is not None and not image.is_file():
+        return None  # the in-process search names the problem
+    try:
+        rows = search(record, query, image.read_bytes() if image is not None else None)
+    except Unreachable as exc:
+        log.info("p2w serve at %s did not answer (%s); searching in this process", record.url, exc)
+        discovery.forget(settings, record)
+        return None
+    log.info("searched through p2w serve at %s", record.url)
+    return [Hit(r["rank"], r["score"], r["path"], r["size"], r["mtime"], r["id"]) for r in rows]
