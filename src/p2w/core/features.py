@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from p2w.core.backbone import Backbone
+from p2w.core.devices import default_workers
 from p2w.core.images import open_image
 from p2w.digest import sha256_many
 from p2w.errors import ImageError
@@ -118,8 +119,9 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def hash_files(paths: Sequence[Path], cache: FeatureCache | None, workers: int = 4) -> ImageSet:
-    """Content hashes of ``paths`` (unchanged files from the cache, others read in threads); unreadable ones skipped."""
+def hash_files(paths: Sequence[Path], cache: FeatureCache | None, workers: int | None = None) -> ImageSet:
+    """Content hashes of ``paths`` (unchanged files from the cache, others read in ``workers`` threads; None: the
+    digest module's default, since these are I/O threads, not decoders); unreadable ones skipped."""
     stats: dict[str, tuple[int, int]] = {}
     skipped = []
     for p in paths:
@@ -130,7 +132,7 @@ def hash_files(paths: Sequence[Path], cache: FeatureCache | None, workers: int =
             skipped.append((str(p), exc.strerror or str(exc)))
     known = cache.known_hashes(stats) if cache else {}
     todo = [p for p in stats if p not in known]
-    fresh = sha256_many(todo, workers)
+    fresh = sha256_many(todo) if workers is None else sha256_many(todo, workers)
     if cache:
         cache.add_hashes([(p, *stats[p], d) for p, d in fresh.items() if d])
     digests = {**known, **fresh}
@@ -234,14 +236,17 @@ def _watch_parent(parent: int, every: float = 0.1) -> None:
 
 
 def iter_encoded(
-    backbone: Backbone, dataset: torch.utils.data.Dataset[Any], batch_size: int = 64, workers: int = 4
+    backbone: Backbone, dataset: torch.utils.data.Dataset[Any], batch_size: int = 64, workers: int | None = None
 ) -> Iterator[list[tuple[Any, torch.Tensor | None, str]]]:
     """Batches of (key, features (embed_dim,) float32 on CPU, "") or (key, None, reason), as the items decode.
 
-    Decoding and preprocessing run in ``workers`` processes, overlapped with the model; pinned memory on CUDA.
+    Decoding and preprocessing run in ``workers`` processes, overlapped with the model (None: ``default_workers`` of
+    the model's device; 0: in this process); pinned memory on CUDA.
     The workers stop as soon as this process dies. Items are ``(key, pixels_or_None, reason)`` or
     ``(row, view, pixels_or_None, reason)`` (keyed by (row, view)).
     """
+    if workers is None:  # the one place where the default number of decoders is chosen
+        workers = default_workers(backbone.placement.device)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -266,7 +271,7 @@ def encode_views(
     backbone: Backbone,
     dataset: ViewDataset,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[tuple[int, int], torch.Tensor], list[tuple[int, str]]]:
     """Encode every item of ``dataset``: {(row, view): features (embed_dim,) float32 on CPU}, and failures."""
@@ -291,7 +296,7 @@ def fill_cache(
     views: Views,
     cache: FeatureCache,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     progress: Progress | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> dict[int, str]:

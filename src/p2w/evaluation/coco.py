@@ -192,7 +192,7 @@ def evaluate(
     mode: str = "pic2word",
     split: str = "val",
     strict: bool = False,
-    workers: int = 4,
+    workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
     seed: int = 0,

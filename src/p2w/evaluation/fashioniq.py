@@ -53,7 +53,7 @@ def evaluate(
     categories: Sequence[str] | None = None,
     caption_order: str = "pic2word",
     strict: bool = False,
-    workers: int = 4,
+    workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
 ) -> list[EvalResult]:

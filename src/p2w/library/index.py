@@ -81,7 +81,7 @@ def index(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> IndexReport:
     """Bring the catalog of ``spec`` up to date with ``roots``; the model is loaded only if something needs embedding.
@@ -121,7 +121,12 @@ def index(
 
 
 def _plan(
-    catalog: Catalog, roots: list[str], exclude: Sequence[str], hidden: bool, workers: int, progress: Progress | None
+    catalog: Catalog,
+    roots: list[str],
+    exclude: Sequence[str],
+    hidden: bool,
+    workers: int | None,
+    progress: Progress | None,
 ) -> _Plan:
     known = catalog.rows_under(roots)
     skipped = catalog.skipped_under(roots)
@@ -140,9 +145,9 @@ def _plan(
             plan.skipped.append((f.path, old_skip[2]))
             continue
         fresh.append(f)
-    hashes = sha256_many(
-        [f.path for f in fresh], workers, (lambda d, t: progress("hashing", d, t)) if progress else None
-    )
+    paths, hashing = [f.path for f in fresh], (lambda d, t: progress("hashing", d, t)) if progress else None
+    # I/O threads, not decoders: None leaves their number to the digest module
+    hashes = sha256_many(paths, progress=hashing) if workers is None else sha256_many(paths, workers, hashing)
     by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)
     removed_hashes = {h for _, h in plan.remove}
     for f in fresh:
@@ -168,7 +173,7 @@ def _apply(
     report: IndexReport,
     load_engine: Callable[[], Any],
     batch_size: int,
-    workers: int,
+    workers: int | None,
     progress: Progress | None,
 ) -> None:
     """Write the plan: touches and reused vectors first, new embeddings batch by batch, removals last."""
@@ -196,7 +201,7 @@ def _embed(
     plan: _Plan,
     load_engine: Callable[[], Any],
     batch_size: int,
-    workers: int,
+    workers: int | None,
     progress: Progress | None,
     report: IndexReport,
 ) -> None:

@@ -49,7 +49,7 @@ class TrainConfig:
     val_fraction: float = 0.02
     augment_views: int = 1  # 0: no augmentation; K: K cached random crops per image
     seed: int = 0
-    workers: int = 4
+    workers: int | None = None  # decoding processes; None: p2w.core.devices.default_workers of the device
     cache: bool = True  # False: encode images at every step, as the reference does
     cuda_graphs: bool = True  # capture the text tower's forward/backward on CUDA
     max_steps: int | None = None

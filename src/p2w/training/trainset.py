@@ -65,7 +65,7 @@ def load_features(
     d: Dist,
     views: int = 1,
     cache: bool = True,
-    workers: int = 4,
+    workers: int | None = None,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[FeatureSource, ImageSet]:
@@ -118,7 +118,7 @@ def _cached(
     views: Views,
     cache: FeatureCache,
     batch_size: int,
-    workers: int,
+    workers: int | None,
     d: Dist,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[FeatureSource, ImageSet]:
