@@ -423,3 +423,46 @@ def test_file_overwritten_with_known_content_is_an_update(lib, spec):
     catalog = open_catalog(spec)
     hashes = dict(catalog.con.execute("SELECT path, hash FROM files").fetchall())
     assert hashes[str(a)] == hashes[str(b)]
+
+
+def test_search_sheet_draws_the_query_and_its_results(lib, tiny, tmp_path):
+    from PIL import Image as PILImage
+
+    args = ["--model", str(tiny.config), "--pretrained", str(tiny.weights)]
+    assert runner.invoke(app, ["index", str(lib), *args, "--workers", "0"]).exit_code == 0
+    query = sorted((lib / "2024").glob("*.jpg"))[0]
+    sheet = tmp_path / ("a long folder name " * 4).strip() / "sheet.png"
+    sheet.parent.mkdir()
+    search = ["search", str(query), "--mode", "image", "-k", "10", *args, "--no-server", "--sheet", str(sheet)]
+    result = runner.invoke(app, search)
+    assert result.exit_code == 0, result.stderr
+    assert f"contact sheet: {sheet}" in result.stderr.splitlines()
+    with PILImage.open(sheet) as im:  # a query row and two rows of results (8 + 2), 128-pixel cells
+        assert im.height == 6 + 3 * (128 + 6 + 14) and im.width == 150 + 8 * (128 + 6) + 6
+    again = runner.invoke(app, search)
+    assert again.exit_code == 1 and "exists; pass --force" in again.stderr
+    assert runner.invoke(app, [*search, "--force"]).exit_code == 0
+    wrong = runner.invoke(app, [*search[:-1], str(tmp_path / "sheet.jpg")])
+    assert wrong.exit_code == 1 and "must end in .png" in wrong.stderr
+
+
+def test_preview_notes_a_terminal_without_images_and_draws_where_one_has_them(lib, tiny, monkeypatch):
+    import io
+
+    from rich.console import Console
+    from textual_image import renderable
+
+    from p2w.cli.render import NO_PREVIEW, preview
+
+    args = ["--model", str(tiny.config), "--pretrained", str(tiny.weights)]
+    assert runner.invoke(app, ["index", str(lib), *args, "--workers", "0"]).exit_code == 0
+    result = runner.invoke(app, ["search", "a photo", *args, "--preview", "-k", "3"])
+    assert result.exit_code == 0 and NO_PREVIEW in result.stderr.splitlines()  # not a terminal here
+    catalog = open_catalog(BackboneSpec(str(tiny.config), str(tiny.weights)))
+    hits = search(catalog, np.frombuffer(next(iter(catalog.vectors_for(catalog.ids()[:1]).values())), np.float32), k=2)
+    catalog.close()
+    monkeypatch.setattr(renderable, "Image", renderable.SixelImage)  # as detected in a sixel terminal
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    assert preview(hits, console)
+    out = console.file.getvalue()
+    assert out.count("\x1bP") == 2 and all(h.path in out for h in hits)  # one sixel image and one caption each

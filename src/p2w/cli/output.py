@@ -26,12 +26,12 @@ def split_query_args(first: str | None, second: str | None) -> tuple[str | None,
     return None, first
 
 
-def check_output(path: Path | None, overwrite: bool) -> None:
+def check_output(path: Path | None, overwrite: bool, suffix: str = ".npy") -> None:
     """Refuse early an output that would be lost or clobbered: wrong suffix, missing folder, existing file."""
     if path is None:
         return
-    if path.suffix != ".npy":
-        raise P2WError(f"output {path} must end in .npy")
+    if path.suffix.lower() != suffix:
+        raise P2WError(f"output {path} must end in {suffix}")
     if not path.parent.is_dir():
         raise P2WError(f"folder {path.parent} does not exist")
     if path.exists() and not overwrite:

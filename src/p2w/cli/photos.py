@@ -109,6 +109,13 @@ def search_command(
     precision: PrecisionOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="JSON list of {rank, score, path}")] = False,
     paths_only: Annotated[bool, typer.Option("--paths", help="one path per line (for xargs)")] = False,
+    sheet: Annotated[
+        Path | None, typer.Option("--sheet", help="also draw the query and its results into this PNG file")
+    ] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="show thumbnails in the terminal (kitty graphics protocol or sixel)")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --sheet file")] = False,
     no_server: Annotated[
         bool, typer.Option("--no-server", help="search in this process even when p2w serve runs for this model")
     ] = False,
@@ -116,9 +123,10 @@ def search_command(
     """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME. A running p2w serve of the same
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
-        from p2w.cli.output import split_query_args
+        from p2w.cli.output import check_output, split_query_args
         from p2w.core.compose import plan
 
+        check_output(sheet, overwrite=force, suffix=".png")
         img, txt = split_query_args(image, text)
         qp = plan(mode, img is not None, bool(txt), prompt)
         if qp.needs_mapper:
@@ -138,9 +146,19 @@ def search_command(
             for h in hits:
                 typer.echo(h.path)
         else:
-            from p2w.cli.render import hits_table
+            from p2w.cli.render import NO_PREVIEW, hits_table
+            from p2w.cli.render import preview as show
 
-            out_console().print(hits_table(hits))
+            console = out_console()
+            console.print(hits_table(hits))
+            if preview and not show(hits, console):
+                err_console.print(NO_PREVIEW)
+        if sheet is not None:
+            from p2w.library.sheet import search_sheet
+
+            words = f"{qp.mode}: {txt}" if txt else qp.mode
+            drawn = search_sheet(hits, sheet, Path(img) if img else None, words)
+            err_console.print(f"contact sheet: {drawn}")
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,29 @@ def hits_table(hits: list[Hit]) -> Table:
     return table
 
 
+NO_PREVIEW = (
+    "--preview: this terminal shows no inline images (that needs the kitty graphics protocol or sixel: kitty, "
+    "WezTerm, iTerm2, foot, ...); try --sheet FILE.png"
+)
+
+
+def preview(hits: list[Hit], console: Console, width: int = 24) -> bool:
+    """Thumbnails of ``hits`` inline, each with its rank, score and path, where the terminal shows images (kitty's
+    graphics protocol or sixel, detected by textual-image); False (nothing printed) where it does not."""
+    from p2w.errors import P2WError
+
+    try:
+        from textual_image import renderable
+    except ImportError as exc:
+        raise P2WError("--preview needs textual-image: pip install 'p2w[preview]'") from exc
+    if renderable.Image not in (renderable.SixelImage, renderable.TGPImage):
+        return False
+    for h in hits:
+        console.print(renderable.Image(h.path, width=width))
+        console.print(f"{h.rank}. {h.score:.3f}  {h.path}", markup=False, highlight=False, soft_wrap=True)
+    return True
+
+
 def status_table(infos: list[CatalogInfo]) -> Table:
     """One row per catalog."""
     table = Table(title="p2w catalogs")

@@ -164,37 +164,13 @@ def _right(q: DemoQuery, qrow: int, hit: Path) -> bool:
 
 def contact_sheet(run: DemoRun, path: Path, scale: int = 3) -> Path:
     """A PNG: per query, its image and words, then one row of top results per mode; right answers framed green."""
-    from PIL import Image, ImageDraw
+    from p2w.library.sheet import SheetRow, Tile
+    from p2w.library.sheet import contact_sheet as draw
 
-    from p2w.atomic import atomic_path
-
-    cell, pad, label_w, text_h = mw.SIZE * scale, 6, 150, 14
-    cols = 1 + SHOW
-    rows = sum(1 + len(r) for r in run.results)
-    sheet = Image.new("RGB", (label_w + cols * (cell + pad) + pad, rows * (cell + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    y = pad
+    rows: list[SheetRow] = []
     for q, qpath, results in zip(QUERIES, run.query_paths, run.results, strict=True):
-        draw.text((pad, y + 2), "query", fill=(0, 0, 0))
-        draw.text((pad, y + 2 + text_h), q.describe(), fill=(0, 0, 0))
-        sheet.paste(_tile(qpath, cell), (label_w, y))
-        y += cell + pad
+        rows.append(SheetRow(["query", q.describe()], [Tile(qpath)]))
         for result in results:
-            draw.text((pad, y + cell // 2 - 6), result.mode, fill=(60, 60, 60))
-            for j, (hit, right) in enumerate(zip(result.paths, result.right, strict=True)):
-                x = label_w + (j + 1) * (cell + pad)
-                sheet.paste(_tile(hit, cell), (x, y))
-                if right:
-                    draw.rectangle((x - 3, y - 3, x + cell + 2, y + cell + 2), outline=(0, 170, 0), width=3)
-            y += cell + pad
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-    return path
-
-
-def _tile(path: Path, cell: int) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            tiles = [Tile(hit, framed=right) for hit, right in zip(result.paths, result.right, strict=True)]
+            rows.append(SheetRow([result.mode], [None, *tiles]))  # results start under the query's column
+    return draw(rows, path, cell=mw.SIZE * scale)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2w.atomic import atomic_path
 from p2w.core.compose import DEFAULT_TEMPLATE, MODES
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
@@ -28,11 +27,11 @@ from p2w.errors import ImageError, P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Row, catalog_dir
 from p2w.library.search import search
+from p2w.library.sheet import THUMB, thumbnail
 from p2w.mappers.registry import mapper_label
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)
-THUMB = 320  # longest side of a thumbnail, in pixels
 
 
 class ServeError(P2WError):
@@ -205,10 +204,7 @@ class Service:
     def thumbnail(self, photo: int) -> Path:
         """A JPEG thumbnail of catalog photo ``photo``, made once and kept by content hash."""
         row = self._servable(self._open(), photo)
-        path = self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg"
-        if not path.is_file():
-            make_thumbnail(Path(row.path), path)
-        return path
+        return thumbnail(Path(row.path), self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg")
 
     def _servable(self, catalog: Catalog, photo: int) -> Row:
         """The catalog row of ``photo`` when its file is a regular file (not a symlink) of the catalogued size and
@@ -250,14 +246,3 @@ class Service:
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
-
-
-def make_thumbnail(source: Path, target: Path) -> None:
-    """Write a JPEG of ``source`` no larger than ``THUMB`` pixels a side to ``target`` (atomically)."""
-    from p2w.core.images import to_rgb
-
-    image = to_rgb(open_image(source, draft=THUMB))
-    image.thumbnail((THUMB, THUMB))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        image.save(tmp, format="JPEG", quality=85)
