@@ -39,6 +39,7 @@ DOC = ROOT / "docs" / "cli.md"
 WIDTH = 100
 PROG = "p2w"
 REGENERATE = "python tools/cli_docs.py"
+DOC_CPUS = 8  # help texts that state this machine's defaults (--workers) are shown as on an 8-core machine
 
 # markers stand alone on their lines (a marker quoted in the prose is not one)
 BLOCK = re.compile(r"^<!-- p2w-help: (?P<name>[^>]*?) -->\n(?P<body>.*?)^<!-- /p2w-help -->$", re.S | re.M)
@@ -56,8 +57,20 @@ def root_command() -> Any:
     Typed ``Any``: recent Typer versions carry their own copy of click, older ones use click itself, so groups are
     told apart by what they do (``list_commands``), not by their class."""
     from p2w.cli import app
+    from p2w.core.devices import workers_help
 
-    return typer.main.get_command(app)
+    root = typer.main.get_command(app)
+    for cmd in _all(root):
+        for param in cmd.params:
+            if "--workers" in getattr(param, "opts", ()):
+                param.help = workers_help(cpus=DOC_CPUS)  # the same on every machine that renders the docs
+    return root
+
+
+def _all(cmd: Any) -> Iterator[Any]:
+    yield cmd
+    for sub in getattr(cmd, "commands", {}).values():
+        yield from _all(sub)
 
 
 def commands(cmd: Any = None, path: tuple[str, ...] = (PROG,)) -> dict[str, Any]:

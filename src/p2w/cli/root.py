@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from p2w.core.devices import workers_help
 from p2w.errors import P2WError
 from p2w.settings import Settings
 
@@ -25,10 +26,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" must not be read as markup (and vanish)
 )
 
-embed_app = typer.Typer(help="Print embeddings of images or composed queries.", no_args_is_help=True)
-mapper_app = typer.Typer(help="Manage Pic2Word mappers.", no_args_is_help=True)
+embed_app = typer.Typer(
+    help="Print embeddings of images or composed queries.", no_args_is_help=True, rich_markup_mode=None
+)
+mapper_app = typer.Typer(help="Manage Pic2Word mappers.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(embed_app, name="embed")
 app.add_typer(mapper_app, name="mapper")
 
@@ -54,7 +58,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing o
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
 ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="image decoding processes")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help=workers_help())]
 # every command takes the four common options, so a script can pass the same ones to all; these load no model
 UnusedModelOpt = Annotated[
     str | None, typer.Option("--model", help="accepted for uniformity; the mapper's name says its backbone")
