@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from p2w.atomic import atomic_path
+from p2w.progress import Progress
 
 log = logging.getLogger(__name__)
 _DIGESTS: dict[str, str] = {}  # this process's hashes, by (path, size, mtime)
@@ -34,16 +34,14 @@ def sha256_or_none(path: str | Path) -> str | None:
         return None
 
 
-def sha256_many(
-    paths: list[str], workers: int = 4, progress: Callable[[int, int], None] | None = None
-) -> dict[str, str | None]:
+def sha256_many(paths: list[str], workers: int = 4, progress: Progress | None = None) -> dict[str, str | None]:
     """``sha256_or_none`` of many files, read in ``workers`` threads (hashlib releases the GIL)."""
     out: dict[str, str | None] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for i, (p, d) in enumerate(zip(paths, pool.map(sha256_or_none, paths), strict=True), 1):
             out[p] = d
             if progress and (i % 200 == 0 or i == len(paths)):
-                progress(i, len(paths))
+                progress("hashing", i, len(paths))
     return out
 
 

@@ -32,6 +32,7 @@ class TrainProgress:
             TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(),
             console=console,
+            disable=not console.is_terminal,  # a log or a pipe gets no bars (and no stray blank line)
             transient=True,
         )
         self.tasks: dict[str, TaskID] = {}
@@ -52,7 +53,7 @@ class TrainProgress:
         """A line for each stage."""
         self.console.print(text)
 
-    def features(self, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int) -> None:
         """Progress of the one-off feature pass."""
         self.bar.update(self._task("features", "features", total), completed=done)
 
@@ -84,6 +85,7 @@ class LibraryProgress:
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=console,
+            disable=not console.is_terminal,  # a log or a pipe gets no bars (and no stray blank line)
             transient=True,
         )
         self.tasks: dict[str, TaskID] = {}
@@ -235,6 +237,7 @@ class DownloadProgress:
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             console=console,
+            disable=not console.is_terminal,  # a log or a pipe gets no bars (and no stray blank line)
             transient=True,
         )
         self.task: TaskID | None = None
@@ -246,7 +249,7 @@ class DownloadProgress:
         if self.task is not None:
             self.bar.stop()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if self.task is None:
             self.bar.start()
             self.task = self.bar.add_task("download", total=total or None)

@@ -9,14 +9,14 @@ import logging
 import os
 import socket
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
 from p2w.errors import P2WError, summary
+from p2w.progress import Progress
 
 log = logging.getLogger(__name__)
-Bytes = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 
 
 def offline_reason(url: str, hub: bool = True) -> str | None:
@@ -84,7 +84,7 @@ def hub_file(repo_id: str, filenames: Sequence[str], what: str, remedy: str, err
 
 
 def url_file(
-    url: str, folder: Path, what: str, remedy: str, error: type[P2WError], progress: Bytes | None = None
+    url: str, folder: Path, what: str, remedy: str, error: type[P2WError], progress: Progress | None = None
 ) -> Path:
     """``url`` downloaded into ``folder`` via a ``.part`` file, resuming one left by an interrupted run."""
     reason = offline_reason(url, hub=False)
@@ -106,7 +106,7 @@ def url_file(
                     out.write(block)
                     done += len(block)
                     if progress:
-                        progress(done, total)
+                        progress("downloading", done, total)
     except OSError as exc:  # URLError and HTTPError are OSErrors
         raise error(f"downloading {what} ({url}) failed ({exc}); run the command again to resume, or {remedy}") from exc
     final = folder / name

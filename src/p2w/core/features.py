@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,10 @@ from p2w.core.devices import default_workers
 from p2w.core.images import open_image
 from p2w.digest import sha256_many
 from p2w.errors import ImageError
+from p2w.progress import Progress
 from p2w.spec import safe_name
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass(frozen=True)
@@ -286,7 +285,7 @@ def encode_views(
                 out[key] = feat
         done += len(batch)
         if progress:
-            progress(done, len(dataset))
+            progress("features", done, len(dataset))
     return out, failed
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,7 @@ from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.mappers.registry import mapper_label
-
-Progress = Callable[[int, int], None]
+from p2w.progress import Progress
 
 
 @dataclass

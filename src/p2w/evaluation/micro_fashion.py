@@ -14,7 +14,6 @@ Baselines use the same filled prompt, as in the other benchmarks (``text`` reads
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
 from p2w.evaluation.common import EvalResult, l2n, mapper_name, modes_of, query_vectors
 from p2w.micro import world as mw
+from p2w.progress import Progress
 
-Progress = Callable[[int, int], None]
 TASKS = {"class-change": "a * {text}", "colour-change": "a photo of * , in {text}."}
 PER_CLASS = 100
 TOP = 50
@@ -81,7 +80,7 @@ def gallery_features(
         images = [Image.fromarray(a, "RGB") for a in rgb[i : i + batch_size]]
         out.append(engine.image_features(images).cpu().numpy())
         if progress:
-            progress(min(i + batch_size, len(rgb)), len(rgb))
+            progress("features", min(i + batch_size, len(rgb)), len(rgb))
     return np.concatenate(out).astype(np.float32)
 
 

@@ -18,13 +18,11 @@ from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Stored, catalog_for, discard_empty
 from p2w.library.lock import writer_lock
+from p2w.progress import Progress
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
 log = logging.getLogger(__name__)
-
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
@@ -145,7 +143,7 @@ def _plan(
             plan.skipped.append((f.path, old_skip[2]))
             continue
         fresh.append(f)
-    paths, hashing = [f.path for f in fresh], (lambda d, t: progress("hashing", d, t)) if progress else None
+    paths, hashing = [f.path for f in fresh], progress
     # I/O threads, not decoders: None leaves their number to the digest module
     hashes = sha256_many(paths, progress=hashing) if workers is None else sha256_many(paths, workers, hashing)
     by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)

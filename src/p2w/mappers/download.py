@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from p2w.core.download import Bytes, hub_file, url_file
+from p2w.core.download import hub_file, url_file
 from p2w.core.resolve import mapper_dims
 from p2w.digest import sha256_file
 from p2w.errors import MapperError
 from p2w.mappers.files import import_mapper
 from p2w.mappers.registry import KNOWN, free_name
+from p2w.progress import Progress
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def download(
     pretrained: str | None = None,
     keep_source: bool = False,
     overwrite: bool = False,
-    progress: Bytes | None = None,
+    progress: Progress | None = None,
 ) -> Downloaded:
     """Fetch a mapper (registry name, ``hf://owner/repo/file``, ``http(s)://`` URL or local file) and register it."""
     settings = settings or Settings.from_env()
@@ -81,7 +82,7 @@ def download(
     return Downloaded(name, stored, spec.id, digest, url, kept)
 
 
-def _fetch(url: str, settings: Settings, progress: Bytes | None) -> tuple[Path, bool]:
+def _fetch(url: str, settings: Settings, progress: Progress | None) -> tuple[Path, bool]:
     """A local path for ``url`` and whether p2w downloaded it into its own folder (so may delete it)."""
     parsed = urlparse(url)
     if parsed.scheme == "hf":

@@ -109,7 +109,7 @@ class Callbacks(Protocol):
     """Progress reports; every method is optional to implement (see ``NoCallbacks``)."""
 
     def stage(self, text: str) -> None: ...
-    def features(self, done: int, total: int) -> None: ...
+    def progress(self, stage: str, done: int, total: int) -> None: ...
     def step(self, step: int, total: int, loss: float, lr: float, samples_per_s: float) -> None: ...
     def epoch(self, summary: EpochSummary) -> None: ...
 
@@ -120,7 +120,7 @@ class NoCallbacks:
     def stage(self, text: str) -> None:
         """Ignore."""
 
-    def features(self, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int) -> None:
         """Ignore."""
 
     def step(self, step: int, total: int, loss: float, lr: float, samples_per_s: float) -> None:

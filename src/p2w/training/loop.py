@@ -94,7 +94,7 @@ def _prepare(
         cache=cfg.cache,
         workers=cfg.workers,
         batch_size=cfg.batch_size,
-        progress=cb.features,
+        progress=cb.progress,
     )
     if len(images.hashes) < 2:
         raise P2WError(f"{cfg.data} has {len(images.hashes)} readable image(s); training needs at least 2")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +15,7 @@ from p2w.core.features import FeatureCache, ImageSet, Views, fill_cache, hash_fi
 from p2w.core.images import open_image
 from p2w.errors import ImageError
 from p2w.mappers.network import Mapper
+from p2w.progress import Progress
 from p2w.training.distributed import Dist
 from p2w.training.objective import photo_of_star_features
 
@@ -67,7 +68,7 @@ def load_features(
     cache: bool = True,
     workers: int | None = None,
     batch_size: int = 128,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[FeatureSource, ImageSet]:
     """Hash the files, encode what the cache in ``home`` lacks (split over ranks; ``cache=False``: encode at every
     step instead), and return the readable, distinct images. ``views``: cached random crops per image (0: none)."""
@@ -120,7 +121,7 @@ def _cached(
     batch_size: int,
     workers: int | None,
     d: Dist,
-    progress: Callable[[int, int], None] | None,
+    progress: Progress | None,
 ) -> tuple[FeatureSource, ImageSet]:
     reasons = fill_cache(backbone, images, views, cache, batch_size, workers, progress, (d.rank, d.world))
     d.barrier()
