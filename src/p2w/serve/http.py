@@ -5,7 +5,8 @@ request is treated as possibly hostile (the Jupyter model):
   Strict cookie, and the browser is sent to the bare URL), or ``Authorization: Bearer TOKEN`` (``p2w search``);
 - the Host header must name the bound address (no DNS rebinding); no CORS headers are ever sent;
 - a state-changing request (POST) from a browser must come from the page's own origin;
-- uploads are read with a byte limit before anything is decoded; files are served by catalog id only.
+- uploads are read with a byte limit before anything is decoded (the rest of an oversized body is read and dropped,
+  within a bound, so that even a ``Connection: close`` client reads the 413); files are served by catalog id only.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from p2w.errors import P2WError
-from p2w.serve.service import Query, ServeError, Service, TooLarge
+from p2w.serve.service import NotFound, Query, ServeError, Service, TooLarge
 
 log = logging.getLogger(__name__)
 COOKIE = "p2w_token"
 ASSETS = ("app.js", "style.css")
+DRAIN = 256 << 20  # the most of an oversized body read (and dropped) before the 413; beyond it the connection drops
 T = TypeVar("T")
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -178,17 +180,19 @@ def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
         raw = await _read_limited(request, 64 << 10)
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the decoder
             raise ServeError("the search request must be JSON") from exc
         query = Query.from_json(data, service.limits)
+        if query.photo is not None:
+            _photo_id(query.photo)
         return JSONResponse(await on_worker(service.search, query))
 
     async def thumb(request: Request) -> Response:
-        path = await on_worker(service.thumbnail, int(request.path_params["photo"]))
+        path = await on_worker(service.thumbnail, _photo_id(request.path_params["photo"]))
         return FileResponse(path, media_type="image/jpeg")
 
     async def photo(request: Request) -> Response:
-        path = await on_worker(service.original, int(request.path_params["photo"]))
+        path = await on_worker(service.original, _photo_id(request.path_params["photo"]))
         return FileResponse(path, filename=path.name, content_disposition_type="inline")
 
     routes = [
@@ -212,18 +216,39 @@ def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
     return app
 
 
+def _photo_id(photo: int) -> int:
+    """A catalog id as asked for; one past SQLite's 64-bit integers is simply not in the catalog."""
+    if not 0 <= photo < 1 << 63:
+        raise NotFound(f"no photo {photo} in the catalog")
+    return photo
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never read whole first)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        if "100-continue" not in request.headers.get("expect", "").lower():  # else the body is never sent
+            await _drain(request)
         raise TooLarge(f"the request is {declared} bytes, over the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
+            await _drain(request)
             raise TooLarge(f"the request is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop the rest of an oversized body (up to ``DRAIN`` bytes): answering while the client still sends
+    makes the closing server reset the connection, and the client would see that instead of the 413."""
+    size = 0
+    with contextlib.suppress(ClientDisconnect):  # the client went away: nothing to answer
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN:
+                break
 
 
 def _asset(name: str, media_type: str) -> Response:
