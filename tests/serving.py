@@ -111,5 +111,9 @@ def running_server(home: Path, args: list[str], timeout: float = 120.0) -> Itera
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else proc.returncode
+    errors = proc.stderr.read() if proc.stderr else ""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    assert proc.returncode == 0, errors
     assert not list((home / "servers").glob("*.json")), "the discovery record outlived the server"
