@@ -113,6 +113,25 @@ def test_missing_image_is_one_line_error(tmp_path):
     assert err.strip() == f"error: image not found: {tmp_path / 'nope.jpg'}"
 
 
+def test_embed_query_with_two_images(tiny, images):
+    """`p2w embed query A B --prompt "... * ... *"`: the i-th '*' takes the i-th image, as the Python API does."""
+    import p2w
+
+    args = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--mapper", str(tiny.mapper)]
+    prompt = "a * wearing the hat of *"
+    code, out, err = run("embed", "query", str(images[0]), str(images[1]), "--prompt", prompt, *args)
+    assert code == 0, err
+    record = json.loads(out)[0]
+    assert record["input"]["image"] == [str(images[0]), str(images[1])] and record["prompt"] == prompt
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+    expected = engine.encode_query([str(images[0]), str(images[1])], None, prompt=prompt)
+    np.testing.assert_allclose(record["vector"], expected, atol=1e-6)
+    code, _, err = run("embed", "query", str(images[0]), str(images[1]), "in red", *args)
+    assert code == 1 and "2 query images need a --prompt" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("embed", "query", str(images[0]), "missing.jpg", "in red", *args)
+    assert code == 1 and "image not found: missing.jpg" in err
+
+
 def test_single_argument_that_looks_like_a_missing_image(tmp_path):
     code, _, err = run("embed", "query", str(tmp_path / "shirt.jpg"))
     assert code == 1 and "image not found" in err

@@ -118,3 +118,76 @@ def test_empty_inputs_give_empty_arrays_of_the_right_width(tiny_engine):
 def test_mismatched_lengths(tiny_engine, images):
     with pytest.raises(PromptError, match="one to one"):
         tiny_engine.encode_queries(images, ["in red"])
+
+
+def _by_hand(engine, prompt: str, tokens) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The text tower run step by step on ``prompt`` with its i-th '*' embedding replaced by ``tokens[i]``: an
+    independent computation of a composed query (open_clip's own modules, no p2w encoding code)."""
+    import torch
+
+    model = engine.backbone.model
+    ids = engine.backbone.tokenize([prompt])  # (1, ctx)
+    with torch.no_grad():
+        x = model.token_embedding(ids).clone()
+        stars = (ids[0] == engine.backbone.star_id).nonzero()[:, 0].tolist()
+        assert len(stars) == len(tokens)
+        for pos, tok in zip(stars, tokens, strict=True):
+            x[0, pos] = tok
+        x = x + model.positional_embedding
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        x = x[0, ids[0].argmax()] @ model.text_projection
+    out = x.numpy()
+    return out / np.linalg.norm(out)
+
+
+def test_several_images_fill_the_stars_in_order(tiny_engine, images):
+    """The i-th '*' takes the i-th image's token (the reference's tuple path), equal to a by-hand computation."""
+    import torch
+
+    e = tiny_engine
+    prompt = "a * wearing the hat of *"
+    feats = torch.from_numpy(e.encode_images(images[:2], normalize=False))
+    with torch.no_grad():
+        tokens = e.mapper(feats)  # (2, token_width)
+    ab = e.encode_query(images[:2], None, prompt=prompt)
+    ba = e.encode_query([images[1], images[0]], None, prompt=prompt)
+    np.testing.assert_allclose(ab, _by_hand(e, prompt, tokens), atol=1e-5)
+    np.testing.assert_allclose(ba, _by_hand(e, prompt, tokens.flip(0)), atol=1e-5)
+    assert np.abs(ab - ba).max() > 1e-4  # order matters
+    with_text = e.encode_query(images[:2], "in red", prompt="a * and a * , {text}")
+    np.testing.assert_allclose(with_text, _by_hand(e, "a * and a * , in red", tokens), atol=1e-5)
+    # a batch of two-image queries equals its single queries; from features equals from images
+    batch = e.encode_queries([images[:2], images[2:4]], [None, None], prompt=prompt)
+    np.testing.assert_allclose(batch[0], ab, atol=1e-5)
+    np.testing.assert_allclose(e.encode_query_features(feats, None, prompt=prompt), ab, atol=1e-5)
+    # one image, one star: as before
+    np.testing.assert_allclose(e.encode_query([images[0]], "in red"), e.encode_query(images[0], "in red"), atol=0)
+
+
+def test_baselines_with_several_images(tiny_engine, images):
+    e = tiny_engine
+    a, b = e.encode_images(images[:2])
+    text = e.encode_query(None, "in red", mode="text", prompt="{text}")
+    avg = e.encode_query(images[:2], "in red", mode="average", prompt="{text}")
+    np.testing.assert_allclose(avg, (a + b + text) / np.linalg.norm(a + b + text), atol=1e-5)
+    img = e.encode_query(images[:2], None, mode="image")
+    np.testing.assert_allclose(img, (a + b) / np.linalg.norm(a + b), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("count", "prompt", "match"),
+    [
+        (2, None, "2 query images need a --prompt with one '\\*' each"),
+        (2, "a photo of * , {text}", "has 1 '\\*' but 2 images"),
+        (1, "a * and a *", "needs exactly one"),
+        (0, "a * and a *", "needs a query image"),
+    ],
+)
+def test_star_and_image_counts_must_agree(tiny_engine, images, count, prompt, match):
+    with pytest.raises(PromptError, match=match):
+        tiny_engine.encode_query(
+            images[:count] if count != 1 else images[0],
+            "in red" if prompt is None else None,
+            mode="pic2word",
+            prompt=prompt,
+        )

@@ -43,12 +43,15 @@ def _search(*args: str) -> tuple[int, str, str]:
 def test_warm_search_prints_what_the_in_process_search_prints(catalog, tiny, p2w_home):
     """Same results, same order, same JSON and table, through the server or not; the warm path loads no model."""
     query = sorted((catalog / "2024").glob("*.jpg"))[3]
+    other_image = sorted((catalog / "2025").glob("*.jpg"))[5]
     cases = [
         [str(query), "in red", "--json", "--mapper", str(tiny.mapper)],
         [str(query), "--json"],
         ["a red photo", "--json", "-k", "7"],
         [str(query), "brighter", "--mode", "average", "--in", str(catalog / "2025")],
         [str(query), "in red", "--paths", "--mapper", str(tiny.mapper), "--prompt", "a * that is {text}"],
+        [str(query), str(other_image), "--json", "--mapper", str(tiny.mapper), "--prompt", "a * wearing the hat of *"],
+        [str(query), str(other_image), "smaller", "--mode", "average", "--prompt", "{text}", "--json"],
     ]
     cold = [_search(*c, *backbone_args(tiny), "--no-server") for c in cases]
     with running_server(p2w_home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]):

@@ -21,6 +21,17 @@ from p2w.mappers.network import Mapper
 from p2w.mappers.registry import mapper_path, missing_mapper_hint
 from p2w.settings import Settings
 
+QueryImages = ImageLike | Sequence[ImageLike] | None  # one image, a list of images (``*`` by ``*``), or none
+
+
+def _as_list(images: QueryImages) -> list[ImageLike]:
+    """A query's images as a list: a list or tuple is several images, anything else one (or none)."""
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]  # type: ignore[list-item]
+
 
 class Engine:
     """Encodes images and queries into one embedding space, e.g. ``p2w.load(...).encode_query("a.jpg", "in red")``.
@@ -57,18 +68,18 @@ class Engine:
 
     def encode_query(
         self,
-        image: ImageLike | None = None,
+        image: QueryImages = None,
         text: str | None = None,
         mode: str | None = None,
         prompt: str | None = None,
         normalize: bool = True,
     ) -> np.ndarray:
-        """One query embedding ``(embed_dim,)``; see ``encode_queries``."""
+        """One query embedding ``(embed_dim,)``; ``image`` may be a list of images; see ``encode_queries``."""
         return self.encode_queries([image], [text], mode=mode, prompt=prompt, normalize=normalize)[0]
 
     def encode_queries(
         self,
-        images: Sequence[ImageLike | None],
+        images: Sequence[QueryImages],
         texts: Sequence[str | None],
         mode: str | None = None,
         prompt: str | None = None,
@@ -81,19 +92,25 @@ class Engine:
         with a literal ``*``) or ``average`` (``l2n(l2n(image) + l2n(text))``). ``prompt`` is the template, with ``*``
         and optionally ``{text}`` (default ``a photo of * , {text}``). With ``normalize=False`` the unnormalised
         output is returned (for ``average``: the sum before the final normalisation).
+
+        A query may have several images (a list): the i-th ``*`` of the template takes the i-th image's token;
+        ``average`` sums every image's unit vector with the text's, ``image`` the images' (every query of a batch
+        has the same number of images).
         """
         if len(images) != len(texts):
             raise PromptError(f"{len(images)} images but {len(texts)} texts; queries pair them one to one")
-        plans = {plan(mode, img is not None, bool(txt), prompt) for img, txt in zip(images, texts, strict=True)}
-        if len(plans) > 1:
-            raise PromptError("queries of one batch must all have an image, or all lack one")
+        rows = [_as_list(img) for img in images]
+        plans = {plan(mode, len(imgs), bool(txt), prompt) for imgs, txt in zip(rows, texts, strict=True)}
+        counts = {len(imgs) for imgs in rows}
+        if len(plans) > 1 or len(counts) > 1:
+            raise PromptError("queries of one batch must all have the same number of images")
         if not plans:
             return np.zeros((0, self.backbone.embed_dim), dtype=np.float32)
         qp = plans.pop()
         filled = [fill(qp.template, txt, qp.mode) if qp.needs_text_tower else "" for txt in texts]
 
         def run(i: int, j: int) -> torch.Tensor:
-            return self.query_features(qp, images[i:j], filled[i:j])
+            return self.query_features(qp, rows[i:j], filled[i:j])
 
         return self._batched(run, len(texts), batch_size, normalize)
 
@@ -105,11 +122,14 @@ class Engine:
         prompt: str | None = None,
     ) -> np.ndarray:
         """One unit query vector ``(embed_dim,)`` from image features already computed (unnormalised
-        ``(embed_dim,)``, e.g. an uploaded image's or a catalogued photo's), so a refined query skips the image tower;
-        the same vector as ``encode_query`` on that image."""
-        qp = plan(mode, image_features is not None, bool(text), prompt)
+        ``(embed_dim,)``, or ``(k, embed_dim)`` for k images, e.g. uploads or catalogued photos), so a refined query
+        skips the image tower; the same vector as ``encode_query`` on those images."""
+        count = 0 if image_features is None else (1 if image_features.dim() == 1 else int(image_features.shape[0]))
+        qp = plan(mode, count, bool(text), prompt)
         filled = fill(qp.template, text, qp.mode) if qp.needs_text_tower else ""
-        feats = None if image_features is None or qp.mode == "text" else image_features.reshape(1, -1)
+        feats = None
+        if image_features is not None and qp.mode != "text":
+            feats = image_features.reshape(1, -1) if count == 1 else image_features.reshape(1, count, -1)
         return self._batched(lambda i, j: self.compose(qp, feats, [filled]), 1, 1, normalize=True)[0]
 
     # ---- torch level (used by training and evaluation) ---------------------------------------------------------
@@ -122,28 +142,40 @@ class Engine:
         with torch.inference_mode():
             return self.backbone.encode_image(self.pixels(images))
 
-    def query_features(self, qp: QueryPlan, images: Sequence[ImageLike | None], prompts: Sequence[str]) -> torch.Tensor:
-        """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``."""
+    def query_features(
+        self, qp: QueryPlan, images: Sequence[Sequence[ImageLike]], prompts: Sequence[str]
+    ) -> torch.Tensor:
+        """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``; ``images[i]`` are row
+        i's images (all rows as many)."""
         with torch.inference_mode():
-            image = None if qp.mode == "text" else self.backbone.encode_image(self.pixels(images))
+            image = None
+            k = len(images[0]) if images else 0
+            if qp.mode != "text" and k:
+                # one batch per slot: a query's image is encoded in the same batch shape wherever it comes from (a
+                # file here, an upload to p2w serve), so its features, and the query, are the same to the bit
+                slots = [self.backbone.encode_image(self.pixels([row[j] for row in images])) for j in range(k)]
+                image = slots[0] if k == 1 else torch.stack(slots, dim=1)  # (batch, dim) or (batch, k, dim)
             return self.compose(qp, image, prompts)
 
     def compose(self, qp: QueryPlan, image: torch.Tensor | None, prompts: Sequence[str]) -> torch.Tensor:
         """Unnormalised query features ``(batch, embed_dim)`` from (unnormalised) image features ``(batch, embed_dim)``
-        already computed, e.g. cached by an evaluation, and filled prompts."""
+        (or ``(batch, k, embed_dim)`` for k images a query) already computed, e.g. cached by an evaluation, and
+        filled prompts."""
         bb = self.backbone
         with torch.inference_mode():
             if qp.mode == "text":
                 return bb.encode_text(prompt_ids(bb, prompts, need_star=False))
             assert image is not None, f"mode {qp.mode} needs image features"
             image = image.to(bb.placement.device)
+            several = image.dim() == 3
             if qp.mode == "image":
-                return image
+                return F.normalize(image, dim=-1).sum(dim=1) if several else image
             if qp.mode == "pic2word":
-                tokens = self._require_mapper()(image)  # (batch, token_width)
-                return bb.encode_text(prompt_ids(bb, prompts, need_star=True), tokens)
+                tokens = self._require_mapper()(image)  # (batch, token_width) or (batch, k, token_width)
+                return bb.encode_text(prompt_ids(bb, prompts, need_star=image.shape[1] if several else 1), tokens)
             text = bb.encode_text(prompt_ids(bb, prompts, need_star=False))
-            return F.normalize(image, dim=-1) + F.normalize(text, dim=-1)
+            unit = F.normalize(image, dim=-1)
+            return (unit.sum(dim=1) if several else unit) + F.normalize(text, dim=-1)
 
     def _require_mapper(self) -> Mapper:
         if self.mapper is None:

@@ -18,6 +18,7 @@ from p2w.cli.root import (
     OutOpt,
     PrecisionOpt,
     PretrainedOpt,
+    QueryArgs,
     RawOpt,
     chosen_mapper,
     embed_app,
@@ -62,8 +63,7 @@ def embed_image(
 
 @embed_app.command("query")
 def embed_query(
-    image: Annotated[str | None, typer.Argument(help="query image (optional)", show_default=False)] = None,
-    text: Annotated[str | None, typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    query: QueryArgs = None,
     mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
     prompt: Annotated[
         str | None,
@@ -87,11 +87,12 @@ def embed_query(
         from p2w.core.compose import plan
 
         check_output(output, overwrite=force)
-        img, txt = split_query_args(image, text)
-        qp = plan(mode, img is not None, bool(txt), prompt)
+        imgs, txt = split_query_args(query or [])
+        qp = plan(mode, len(imgs), bool(txt), prompt)
         if qp.needs_mapper:  # resolved before the model loads
             mapper = chosen_mapper(mapper, model, pretrained, download)
         engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
-        vectors = engine.encode_queries([img], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
-        record = {"input": {"image": img, "text": txt}, "mode": qp.mode, "prompt": qp.template}
+        vectors = engine.encode_queries([imgs], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
+        image = imgs[0] if len(imgs) == 1 else (imgs or None)  # one path as before; a list for several
+        record = {"input": {"image": image, "text": txt}, "mode": qp.mode, "prompt": qp.template}
         _emit([record], vectors, output, as_json, force)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,22 @@ from p2w.core.images import looks_like_image_path
 from p2w.errors import ImageError, P2WError
 
 
-def split_query_args(first: str | None, second: str | None) -> tuple[str | None, str | None]:
-    """``[IMAGE] [TEXT]`` -> (image, text): with one argument, an existing file is the image, else it is text."""
-    if second is not None:
-        if not Path(first or "").is_file():
-            raise ImageError(f"image not found: {first}")
-        return first, second
-    if first is None:
+def split_query_args(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``[IMAGE]... [TEXT]`` -> (images, text): existing files are the images, in order; one last argument that is
+    not a file is the text. An argument that ends like an image file but does not exist is an error, not text."""
+    if not args:
         raise P2WError("give a query IMAGE, a TEXT, or both")
-    if Path(first).is_file():
-        return first, None
-    if looks_like_image_path(first):
-        raise ImageError(f"image not found: {first} (to search for this text, add a word or use --mode text)")
-    return None, first
+    *head, last = args
+    text = None
+    if not Path(last).is_file():
+        if looks_like_image_path(last):
+            hint = " (to search for this text, add a word or use --mode text)" if not head else ""
+            raise ImageError(f"image not found: {last}{hint}")
+        text, args = last, head
+    for arg in args:
+        if not Path(arg).is_file():
+            raise ImageError(f"image not found: {arg}")
+    return list(args), text
 
 
 def check_output(path: Path | None, overwrite: bool, suffix: str = ".npy") -> None:

@@ -20,6 +20,7 @@ from p2w.cli.root import (
     ModelOpt,
     PrecisionOpt,
     PretrainedOpt,
+    QueryArgs,
     UnusedDeviceOpt,
     UnusedPrecisionOpt,
     WorkersOpt,
@@ -90,8 +91,7 @@ def index_command(
 
 @app.command("search")
 def search_command(
-    image: Annotated[str | None, typer.Argument(help="query image (optional)", show_default=False)] = None,
-    text: Annotated[str | None, typer.Argument(help="query text, e.g. 'with a red logo'", show_default=False)] = None,
+    query: QueryArgs = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
     mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="template with '*' and maybe {text}")] = None,
@@ -127,13 +127,13 @@ def search_command(
         from p2w.core.compose import plan
 
         check_output(sheet, overwrite=force, suffix=".png")
-        img, txt = split_query_args(image, text)
-        qp = plan(mode, img is not None, bool(txt), prompt)
+        imgs, txt = split_query_args(query or [])
+        qp = plan(mode, len(imgs), bool(txt), prompt)
         if qp.needs_mapper:
             mapper = chosen_mapper(mapper, model, pretrained, download)
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
-        ask = _Ask(img, txt, qp.mode, qp.template, k, within, ef)
+        ask = _Ask(tuple(imgs), txt, qp.mode, qp.template, k, within, ef)
         hits = None
         if not (no_server or force_mapper or device or precision != "auto"):
             hits = _warm(settings, spec.id, mapper if qp.needs_mapper else None, ask)
@@ -157,7 +157,7 @@ def search_command(
             from p2w.library.sheet import search_sheet
 
             words = f"{qp.mode}: {txt}" if txt else qp.mode
-            drawn = search_sheet(hits, sheet, Path(img) if img else None, words)
+            drawn = search_sheet(hits, sheet, [Path(i) for i in imgs], words)
             err_console.print(f"contact sheet: {drawn}")
 
 
@@ -165,7 +165,7 @@ def search_command(
 class _Ask:
     """One search as the command line gave it, the mode and template already chosen."""
 
-    image: str | None
+    images: tuple[str, ...]
     text: str | None
     mode: str
     prompt: str
@@ -183,7 +183,7 @@ def _warm(settings: Settings, backbone: str, mapper: str | None, ask: _Ask) -> l
     if ask.within is not None:
         query["within"] = os.path.abspath(ask.within.expanduser())
     mapper_file = mapper_path(mapper, settings.mappers_dir) if mapper else None
-    return warm_search(settings, backbone, mapper_file, query, Path(ask.image) if ask.image else None)
+    return warm_search(settings, backbone, mapper_file, query, [Path(i) for i in ask.images])
 
 
 def _in_process(spec: BackboneSpec, settings: Settings, load: Callable[[], Any], ask: _Ask) -> list[Hit]:
@@ -193,7 +193,8 @@ def _in_process(spec: BackboneSpec, settings: Settings, load: Callable[[], Any],
     catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
     try:
         engine = load()
-        query = engine.encode_query(engine.open_query_image(ask.image), ask.text, mode=ask.mode, prompt=ask.prompt)
+        images = [engine.open_query_image(i) for i in ask.images]
+        query = engine.encode_query(images, ask.text, mode=ask.mode, prompt=ask.prompt)
         return search(catalog, query, k=ask.k, within=ask.within, ef=ask.ef)
     finally:
         catalog.close()

@@ -58,6 +58,13 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing o
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
 ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
+QueryArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="query images (several: the i-th '*' of --prompt takes the i-th), then the text, e.g. shirt.jpg 'in red'",
+        show_default=False,
+    ),
+]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help=workers_help())]
 # every command takes the four common options, so a script can pass the same ones to all; these load no model
 UnusedModelOpt = Annotated[

@@ -28,12 +28,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TextPlan:
-    """A batch of token ids trimmed to the needed length, with its ``*`` and pooling positions ``(batch,)``."""
+    """A batch of token ids trimmed to the needed length, with where its ``*`` tokens are and where it pools.
+
+    Every ``*`` of the batch is one entry of ``star_rows``/``star_cols``; ``star_slot`` numbers the stars of each row
+    in reading order (0, 1, ...), so the i-th ``*`` of a row can take the row's i-th token.
+    """
 
     ids: torch.Tensor  # (batch, length) int64
     rows: torch.Tensor  # arange(batch)
-    star: torch.Tensor | None
-    pool: torch.Tensor
+    star_rows: torch.Tensor | None  # (stars,) the row of each '*'
+    star_cols: torch.Tensor | None  # (stars,) its position
+    star_slot: torch.Tensor | None  # (stars,) its rank among its row's stars
+    pool: torch.Tensor  # (batch,) the position pooled into the feature
 
 
 class Backbone:
@@ -113,8 +119,9 @@ class Backbone:
     def encode_text(self, ids: torch.Tensor, star_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids ``(batch, ctx)`` -> unnormalised features ``(batch, embed_dim)`` float32.
 
-        With ``star_tokens`` ``(batch, token_width)``, row i's token embedding at its own ``*`` is replaced by
-        ``star_tokens[i]``. Only the positions up to the last end-of-text token of the batch are encoded: with a
+        With ``star_tokens`` ``(batch, token_width)``, every ``*`` of row i takes ``star_tokens[i]`` (one token per
+        row); with ``(batch, k, token_width)``, the j-th ``*`` of row i takes ``star_tokens[i, j]`` (a row must then
+        have at most k stars). Only the positions up to the last end-of-text token of the batch are encoded: with a
         causal text tower, later positions cannot change the pooled feature.
         """
         return self.encode_planned(self.text_plan(ids, with_star=star_tokens is not None), star_tokens)
@@ -124,8 +131,12 @@ class Backbone:
         ids = ids.to(self.placement.device)
         ids = ids[:, : self._needed_length(ids)]  # (batch, length)
         rows = torch.arange(ids.shape[0], device=ids.device)
-        star = self.star_positions(ids) if with_star else None
-        return TextPlan(ids, rows, star, self._pool_positions(ids))
+        star_rows = star_cols = star_slot = None
+        if with_star:
+            hits = torch.eq(ids, self.star_id)  # (batch, length)
+            star_rows, star_cols = hits.nonzero(as_tuple=True)  # row-major: each row's stars in reading order
+            star_slot = (hits.cumsum(dim=1) - 1)[star_rows, star_cols]
+        return TextPlan(ids, rows, star_rows, star_cols, star_slot, self._pool_positions(ids))
 
     def encode_planned(self, plan: TextPlan, star_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """``encode_text`` for a prepared plan: no host synchronisation, so it can run inside a CUDA graph."""
@@ -133,8 +144,12 @@ class Backbone:
         with self.placement.autocast():
             x = src.token_embedding(ids)  # (batch, length, width)
             if star_tokens is not None:
-                assert plan.star is not None, "plan made without with_star"
-                x = x.index_put((plan.rows, plan.star), star_tokens.to(x.dtype))
+                assert plan.star_rows is not None and plan.star_cols is not None, "plan made without with_star"
+                if star_tokens.dim() == 3:  # (batch, k, width): the j-th star of a row takes its j-th token
+                    tokens = star_tokens[plan.star_rows, plan.star_slot]
+                else:  # (batch, width): every star of a row takes the row's token
+                    tokens = star_tokens[plan.star_rows]
+                x = x.index_put((plan.star_rows, plan.star_cols), tokens.to(x.dtype))
             cast_dtype = src.transformer.get_cast_dtype()
             x = x.to(cast_dtype) + src.positional_embedding[:length].to(cast_dtype)
             mask = src.attn_mask[:length, :length] if src.attn_mask is not None else None

@@ -45,12 +45,14 @@ class QueryPlan:
         return self.mode != "image"
 
 
-def plan(mode: str | None, has_image: bool, has_text: bool, prompt: str | None = None) -> QueryPlan:
+def plan(mode: str | None, has_image: bool | int, has_text: bool, prompt: str | None = None) -> QueryPlan:
     """Choose mode and template, e.g. ``plan(None, True, True)`` -> pic2word with ``a photo of * , {text}``.
 
     Without an explicit mode: image + text (or a prompt) -> pic2word; image alone -> image; text alone -> a plain
-    text query (TEXT as written, no template).
+    text query (TEXT as written, no template). ``has_image`` may count the query images: with several, the i-th
+    ``*`` of a pic2word template takes the i-th image, so the template needs one ``*`` per image.
     """
+    images = int(has_image)
     if mode is None:
         if has_image:
             mode = "pic2word" if (has_text or prompt) else "image"
@@ -62,9 +64,16 @@ def plan(mode: str | None, has_image: bool, has_text: bool, prompt: str | None =
         raise PromptError(f"mode {mode} needs a query image")
     if mode == "text" and not (has_text or prompt):
         raise PromptError("mode text needs TEXT or a --prompt")
+    if mode == "pic2word" and images > 1 and prompt is None:
+        raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
     template = prompt if prompt is not None else DEFAULT_TEMPLATE
     if mode == "pic2word" and "*" not in template:
         raise PromptError(f"pic2word prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
+    stars = template.count("*")
+    if mode == "pic2word" and images > 1 and stars != images:
+        raise PromptError(
+            f"prompt {template!r} has {stars} '*' but {images} images were given; the i-th '*' takes the i-th image"
+        )
     return QueryPlan(mode, template)
 
 
@@ -85,8 +94,9 @@ def fill(template: str, text: str | None, mode: str = "pic2word") -> str:
     return _STAR_RUN.sub(" * ", filled).strip()
 
 
-def prompt_ids(backbone: Backbone, prompts: Sequence[str], need_star: bool) -> torch.Tensor:
-    """Tokenize ``prompts`` ``(batch, ctx)``; with ``need_star``, each row must hold exactly one ``*`` token."""
+def prompt_ids(backbone: Backbone, prompts: Sequence[str], need_star: bool | int) -> torch.Tensor:
+    """Tokenize ``prompts`` ``(batch, ctx)``; with ``need_star`` (True, or a number of images), each row must hold
+    exactly that many ``*`` tokens."""
     ids = backbone.tokenize(prompts)
     limit = backbone.context_length - 2  # start and end tokens
     for prompt in prompts:
@@ -96,15 +106,16 @@ def prompt_ids(backbone: Backbone, prompts: Sequence[str], need_star: bool) -> t
     if need_star:
         counts = (ids == backbone.star_id).sum(dim=1).tolist()
         for prompt, count in zip(prompts, counts, strict=True):
-            _check_star(prompt, int(count))
+            _check_star(prompt, int(count), int(need_star))
     return ids
 
 
-def _check_star(prompt: str, count: int) -> None:
-    if count == 1:
+def _check_star(prompt: str, count: int, wanted: int = 1) -> None:
+    if count == wanted:
         return
-    if count > 1:
-        raise PromptError(f"prompt {prompt!r} has {count} '*' tokens; a pic2word prompt needs exactly one")
+    if count > wanted:
+        one = "exactly one" if wanted == 1 else f"one per image ({wanted})"
+        raise PromptError(f"prompt {prompt!r} has {count} '*' tokens; a pic2word prompt needs {one}")
     if "*" in prompt:
         raise PromptError(f"the '*' of prompt {prompt!r} was cut off: the prompt is too long; shorten TEXT")
     raise PromptError(f"prompt {prompt!r} has no '*' token where the image goes")

@@ -86,11 +86,11 @@ def thumbnail(source: Path, target: Path, size: int = THUMB) -> Path:
 
 
 def search_sheet(
-    hits: Sequence[Hit], path: Path, image: Path | None = None, words: str = "", per_row: int = 8, cell: int = 128
+    hits: Sequence[Hit], path: Path, images: Sequence[Path] = (), words: str = "", per_row: int = 8, cell: int = 128
 ) -> Path:
-    """A contact sheet of one search: the query (its image and words), then its results, ``per_row`` a row, each
+    """A contact sheet of one search: the query (its images and words), then its results, ``per_row`` a row, each
     captioned with its rank and score (``p2w search --sheet``)."""
-    rows = [SheetRow(["query", *([words] if words else [])], [Tile(image)] if image is not None else [])]
+    rows = [SheetRow(["query", *([words] if words else [])], [Tile(i) for i in images])]
     tiles = [Tile(Path(h.path), f"{h.rank}. {h.score:.3f}") for h in hits]
     for i in range(0, len(tiles), per_row):
         rows.append(SheetRow(["results"] if i == 0 else [], tiles[i : i + per_row]))

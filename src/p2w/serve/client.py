@@ -6,6 +6,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ log = logging.getLogger(__name__)
 
 class Unreachable(Exception):
     """The server did not answer (refused, timed out): the caller falls back to an in-process search."""
+
+
+class Refused(P2WError):
+    """The server answered with an error (``status``, and its one-line message)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeout: float = 60.0) -> Any:
@@ -40,17 +49,18 @@ def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeou
         except (ValueError, AttributeError):
             message = None
         if message:
-            raise P2WError(message) from exc
+            raise Refused(message, exc.code) from exc
         raise Unreachable(f"HTTP {exc.code}") from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise Unreachable(str(exc)) from exc
 
 
-def search(record: ServerRecord, query: dict[str, Any], image: bytes | None = None) -> list[dict[str, Any]]:
+def search(record: ServerRecord, query: dict[str, Any], images: Sequence[bytes] = ()) -> list[dict[str, Any]]:
     """The hits (``{"rank", "score", "path", "size", "mtime", "id"}``) of ``query`` (the fields of
-    ``p2w.serve.service.Query``), the image's bytes uploaded first when there is one."""
-    if image is not None:
-        query = {**query, "upload": call(record, "/api/upload", image, "application/octet-stream")["upload"]}
+    ``p2w.serve.service.Query``), the images' bytes uploaded first (in order: the i-th ``*`` takes the i-th)."""
+    if images:
+        uploads = [call(record, "/api/upload", data, "application/octet-stream")["upload"] for data in images]
+        query = {**query, "images": [{"upload": u} for u in uploads]}
     answer = call(record, "/api/search", json.dumps(query).encode(), "application/json")
     return list(answer["results"])
 
@@ -60,7 +70,7 @@ def warm_search(
     backbone: str,
     mapper: Path | None,
     query: dict[str, Any],
-    image: Path | None = None,
+    images: Sequence[Path] = (),
 ) -> list[Hit] | None:
     """``query`` answered by the running ``p2w serve`` of ``backbone`` — the hits an in-process search would give —
     or None when there is no such server, it holds another mapper than ``mapper`` (a resolved file, for pic2word
@@ -71,10 +81,15 @@ def warm_search(
     if mapper is not None and (record.mapper is None or Path(record.mapper) != mapper.resolve()):
         log.debug("the server at %s holds mapper %s, not %s", record.url, record.mapper, mapper)
         return None
-    if image is not None and not image.is_file():
+    if not all(i.is_file() for i in images):
         return None  # the in-process search names the problem
     try:
-        rows = search(record, query, image.read_bytes() if image is not None else None)
+        rows = search(record, query, [i.read_bytes() for i in images])
+    except Refused as exc:
+        if exc.status != 413:  # the server's limits are not this process's: search here instead
+            raise
+        log.info("p2w serve at %s refused the image (%s); searching in this process", record.url, exc)
+        return None
     except Unreachable as exc:
         log.info("p2w serve at %s did not answer (%s); searching in this process", record.url, exc)
         discovery.forget(settings, record)

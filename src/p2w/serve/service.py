@@ -72,17 +72,19 @@ class Limits:
     upload_pixels: int = 50_000_000  # 50 megapixels, after JPEG draft reduction
     k: int = 200  # results per search
     uploads_kept: int = 64  # uploads whose features are kept (least recently used dropped)
+    images: int = 8  # reference images of one query
 
 
 @dataclass(frozen=True)
 class Query:
-    """A composed search: a reference (an upload, a catalog photo, or none), words, mode and template."""
+    """A composed search: reference images (uploads, catalog photos, or none), words, mode and template."""
 
     text: str | None = None
     mode: str | None = None
     prompt: str | None = None
     photo: int | None = None  # a catalog photo id as the reference image
     upload: str | None = None  # an upload id (``Service.upload``) as the reference image
+    images: tuple[Reference, ...] = ()  # several references, in order: the i-th '*' of the prompt takes the i-th
     k: int = 24
     within: str | None = None  # only photos under this folder (absolute path)
     ef: int | None = None
@@ -102,16 +104,45 @@ class Query:
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ServeError(f"{key} must be an integer")
+        data = {**data, "images": _references(data.get("images"), limits)}
         q = cls(**{k: v for k, v in data.items() if v is not None and v != ""})
         if not 1 <= q.k <= limits.k:
             raise ServeError(f"k must be between 1 and {limits.k}")
         if q.ef is not None and not 1 <= q.ef <= 10_000:
             raise ServeError("ef must be between 1 and 10000")
-        if q.photo is not None and q.upload is not None:
-            raise ServeError("give one reference image: photo or upload, not both")
+        if sum((q.photo is not None, q.upload is not None, bool(q.images))) > 1:
+            raise ServeError("give the reference images one way: photo, upload, or images")
         if q.within is not None and not os.path.isabs(q.within):
             raise ServeError("within must be an absolute folder path")
         return q
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference image of a query: an upload id or a catalog photo id."""
+
+    upload: str | None = None
+    photo: int | None = None
+
+
+def _references(value: Any, limits: Limits) -> tuple[Reference, ...]:
+    """``[{"upload": ID} | {"photo": N}, ...]`` checked; anything else is a ``ServeError``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > limits.images:
+        raise ServeError(f"images must be a list of at most {limits.images} references")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ServeError('each of images is {"upload": ID} or {"photo": N}')
+        ((key, ref),) = item.items()
+        if key == "upload" and isinstance(ref, str):
+            out.append(Reference(upload=ref))
+        elif key == "photo" and isinstance(ref, int) and not isinstance(ref, bool):
+            out.append(Reference(photo=ref))
+        else:
+            raise ServeError('each of images is {"upload": ID} or {"photo": N}')
+    return tuple(out)
 
 
 class Service:
@@ -180,15 +211,22 @@ class Service:
         return {"results": [{**h.to_json(), "size": h.size, "mtime": h.mtime, "id": h.id} for h in hits]}
 
     def _reference(self, catalog: Catalog, q: Query) -> torch.Tensor | None:
-        """Unnormalised image features of the query's reference image, or None."""
-        if q.upload is not None:
-            if q.upload not in self._uploads:
-                raise NotFound("that upload is no longer held by the server; upload the image again")
-            self._uploads.move_to_end(q.upload)
-            return self._uploads[q.upload]
-        if q.photo is None:
+        """Unnormalised image features of the query's reference images: ``(embed_dim,)`` for one, ``(k, embed_dim)``
+        for several, None for none."""
+        refs = q.images or ((Reference(q.upload, q.photo),) if q.upload is not None or q.photo is not None else ())
+        if not refs:
             return None
-        row = self._servable(catalog, q.photo)
+        features = [self._features(catalog, ref) for ref in refs]
+        return features[0] if len(features) == 1 else torch.stack(features)
+
+    def _features(self, catalog: Catalog, ref: Reference) -> torch.Tensor:
+        if ref.upload is not None:
+            if ref.upload not in self._uploads:
+                raise NotFound("that upload is no longer held by the server; upload the image again")
+            self._uploads.move_to_end(ref.upload)
+            return self._uploads[ref.upload]
+        assert ref.photo is not None
+        row = self._servable(catalog, ref.photo)
         norm = catalog.norms_for([row.id]).get(row.id)
         if norm is not None:  # the catalog's own vector and norm: no image tower
             unit = np.frombuffer(catalog.vectors_for([row.id])[row.id], dtype=np.float32)
