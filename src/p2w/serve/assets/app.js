@@ -1,14 +1,27 @@
 // The p2w page: pick a reference image (file, drop, paste, or a result), type words, see results, refine.
 // No framework, no CDN: everything is served by `p2w serve` itself. The token lives in an HttpOnly cookie.
+// The page's CSP allows no inline script or style: all styling is by class in style.css, all wiring here.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { ref: null, status: null, busy: false };
+const JSON_POST = { method: "POST", headers: { "Content-Type": "application/json" } };
+// ref: the reference image ({kind: "upload"|"photo", id, src, label}); notice: what the server says is missing
+// (no catalog, no mapper), shown whenever no error of the last action is; again: a search asked for while one ran.
+const state = { ref: null, status: null, notice: "", busy: false, again: null };
 
 function showMessage(text) {
   const box = $("message");
-  box.textContent = text || "";
-  box.hidden = !text;
+  const shown = text || state.notice;
+  box.textContent = shown;
+  box.hidden = !shown;
+  box.classList.toggle("notice", !text);
+}
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
 }
 
 async function api(path, options = {}) {
@@ -16,9 +29,13 @@ async function api(path, options = {}) {
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (!response.ok) {
-    throw new Error((body && body.error) || `the server answered ${response.status}`);
+    throw new ApiError((body && body.error) || `the server answered ${response.status}`, response.status);
   }
   return body;
+}
+
+function hasMapper() {
+  return !state.status || Boolean(state.status.mapper);
 }
 
 async function loadStatus() {
@@ -26,55 +43,73 @@ async function loadStatus() {
     const s = await api("/api/status");
     state.status = s;
     const mapper = s.mapper ? `mapper ${s.mapper}` : "no mapper";
-    $("about").textContent = `${s.backbone} · ${mapper} · ${s.photos} photos`;
+    const photos = `${s.photos} photo${s.photos === 1 ? "" : "s"}`;
+    $("about").textContent = `${s.backbone} · ${mapper} · ${photos}`;
     if (!$("prompt").value) $("prompt").placeholder = s.prompt;
-    showMessage(s.message);
+    const notes = [];
+    // Without a mapper the server's message is the mapper's (unless the catalog's took its place): say it for a page.
+    if (s.message && (s.photos === 0 || s.mapper)) notes.push(s.message);
+    if (!s.mapper) {
+      notes.push(`no mapper for ${s.backbone}, so pic2word is off (restart with p2w serve --mapper NAME|FILE); ` +
+                 "the image, text and average modes work");
+      $("mode").querySelector("option[value=pic2word]").disabled = true;
+      $("compare").disabled = true;
+      $("compare").checked = false;
+    }
+    state.notice = notes.join(". ");
+    showMessage("");
   } catch (e) {
-    showMessage(e.message);
+    showMessage(`cannot reach p2w serve: ${e.message}`);
   }
 }
 
 function setReference(ref) {
+  if (state.ref && state.ref.src.startsWith("blob:")) URL.revokeObjectURL(state.ref.src);
   state.ref = ref;
   const img = $("ref-image");
   if (ref) {
     img.src = ref.src;
     img.alt = ref.label;
-    img.hidden = false;
-    $("drop").classList.add("has-image");
     $("ref-label").textContent = ref.label;
-    $("clear-ref").hidden = false;
   } else {
     img.removeAttribute("src");
-    img.hidden = true;
-    $("drop").classList.remove("has-image");
+    img.alt = "";
     $("ref-label").textContent = "";
-    $("clear-ref").hidden = true;
   }
+  img.hidden = !ref;
+  $("clear-ref").hidden = !ref;
+  $("drop").classList.toggle("has-image", Boolean(ref));
 }
 
 async function uploadFile(file) {
-  if (!file) return;
-  if (state.status && file.size > state.status.max_upload_bytes) {
-    showMessage(`${file.name} is ${file.size} bytes, over the server's limit of ${state.status.max_upload_bytes}`);
+  $("file").value = ""; // the same file can be chosen again
+  if (!file) {
+    showMessage("drop or paste an image file (a photo from your computer, or a result below)");
     return;
   }
-  showMessage("");
+  const name = file.name || "the pasted image";
+  if (state.status && file.size > state.status.max_upload_bytes) {
+    showMessage(`cannot use ${name}: it is ${file.size} bytes, over the server's limit of ` +
+                `${state.status.max_upload_bytes}`);
+    return;
+  }
   try {
     const answer = await api("/api/upload", {
       method: "POST",
       headers: { "Content-Type": "application/octet-stream" },
       body: file,
     });
+    showMessage("");
     setReference({ kind: "upload", id: answer.upload, src: URL.createObjectURL(file), label: file.name || "pasted image" });
     await search();
   } catch (e) {
-    showMessage(`cannot use ${file.name || "that image"}: ${e.message}`);
+    const hint = e.status === 415 ? "; choose a photo (JPEG, PNG, WebP, ...)" : "";
+    showMessage(`cannot use ${name}: ${e.message}${hint}`);
   }
 }
 
-function queryBody(mode) {
-  const body = { text: $("text").value.trim() || null, mode: mode || null, k: Number($("k").value) || 24 };
+function queryBody() {
+  const body = { text: $("text").value.trim() || null, mode: $("mode").value || null, k: clampK() };
   const prompt = $("prompt").value.trim();
   const within = $("within").value.trim();
   if (prompt) body.prompt = prompt;
@@ -84,35 +119,71 @@ function queryBody(mode) {
   return body;
 }
 
-async function search(event) {
+function clampK() {
+  const k = Math.round(Number($("k").value) || 24);
+  return Math.min(200, Math.max(1, k));
+}
+
+// The mode the server will use (p2w.core.compose.plan): explicit, else by what the query has. Without a mapper,
+// "auto" with an image and words asks for the average instead of a pic2word query that cannot run.
+function resolvedMode(body) {
+  if (body.mode) return body.mode;
+  const image = Boolean(body.upload) || body.photo != null;
+  if (!image) return "text";
+  if (!(body.text || body.prompt)) return "image";
+  return hasMapper() ? "pic2word" : "average";
+}
+
+// Search now, or right after the search in flight (the latest request wins). `quiet`: asked for by a change of
+// mode, baseline or reference, so a query with nothing in it just clears the results instead of complaining.
+async function search(event, quiet = false) {
   if (event) event.preventDefault();
-  if (state.busy) return;
-  const body = queryBody($("mode").value);
-  if (!body.text && !body.upload && body.photo == null && !body.prompt) {
-    showMessage("give a reference image, some words, or both");
+  if (state.busy) {
+    state.again = { quiet: quiet && (!state.again || state.again.quiet) };
     return;
   }
+  const body = queryBody();
+  if (!body.text && !body.upload && body.photo == null && !body.prompt) {
+    render([]);
+    showMessage(quiet ? "" : "give a reference image, some words, or both");
+    return;
+  }
+  const mode = resolvedMode(body);
+  if (!body.mode && mode === "average") body.mode = mode; // no mapper: the average, not a pic2word refusal
+  const results = $("results");
+  const focusInResults = results.contains(document.activeElement);
   state.busy = true;
+  results.setAttribute("aria-busy", "true");
   $("search").disabled = true;
   try {
     const columns = [];
-    const main = await api("/api/search", { method: "POST", headers: { "Content-Type": "application/json" },
-                                             body: JSON.stringify(body) });
-    columns.push({ title: body.mode || (body.upload || body.photo != null ? (body.text ? "pic2word" : "image") : "text"),
-                   results: main.results });
-    if ($("compare").checked && (body.upload || body.photo != null)) {
-      const average = await api("/api/search", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                  body: JSON.stringify({ ...body, mode: "average" }) });
-      columns[0].title = body.mode || "pic2word";
-      columns.push({ title: "average (baseline)", results: average.results });
+    const main = await api("/api/search", { ...JSON_POST, body: JSON.stringify(body) });
+    columns.push({ title: mode, results: main.results });
+    if ($("compare").checked && mode !== "average") {
+      if (mode !== "text" && (body.text || body.prompt)) {
+        const average = await api("/api/search", { ...JSON_POST, body: JSON.stringify({ ...body, mode: "average" }) });
+        columns.push({ title: "average (baseline)", results: average.results });
+      } else {
+        columns[0].note = "the average baseline needs a reference image and words";
+      }
     }
-    showMessage(state.status && state.status.message && !main.results.length ? state.status.message : "");
+    showMessage("");
     render(columns);
+    if (focusInResults) { // a result picked with the keyboard: keep the focus among the results
+      const first = results.querySelector(".pick");
+      if (first) first.focus();
+    }
   } catch (e) {
     showMessage(e.message);
   } finally {
     state.busy = false;
+    results.setAttribute("aria-busy", "false");
     $("search").disabled = false;
+    if (state.again) {
+      const again = state.again;
+      state.again = null;
+      search(null, again.quiet);
+    }
   }
 }
 
@@ -126,12 +197,18 @@ function render(columns) {
     const h2 = document.createElement("h2");
     h2.textContent = column.title;
     section.append(h2);
+    if (column.note) {
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = column.note;
+      section.append(note);
+    }
     const grid = document.createElement("div");
     grid.className = "grid";
     if (!column.results.length) {
       const p = document.createElement("p");
       p.className = "empty";
-      p.textContent = "no results";
+      p.textContent = $("within").value.trim() ? "no results under that folder" : "no results";
       grid.append(p);
     }
     for (const hit of column.results) grid.append(card(hit));
@@ -142,11 +219,12 @@ function render(columns) {
 
 function card(hit) {
   const item = document.createElement("div");
-  item.className = "hit card";
+  item.className = "hit";
   const pick = document.createElement("button");
   pick.type = "button";
   pick.className = "pick";
   pick.title = "use as the reference image";
+  pick.setAttribute("aria-label", `use ${hit.path} as the reference image`);
   pick.dataset.photo = String(hit.id);
   const img = document.createElement("img");
   img.loading = "lazy";
@@ -160,10 +238,22 @@ function card(hit) {
   });
   const score = document.createElement("span");
   score.className = "score";
+  score.title = "rank and cosine similarity";
   score.textContent = `${hit.rank}. ${hit.score.toFixed(3)}`;
+  // The path: the file's name on its own line, its folder below (cut at the left when long); all of it on hover.
   const path = document.createElement("span");
   path.className = "path";
-  path.textContent = hit.path;
+  path.title = hit.path;
+  const cut = Math.max(hit.path.lastIndexOf("/"), hit.path.lastIndexOf("\\")) + 1;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = hit.path.slice(cut);
+  const folder = document.createElement("span");
+  folder.className = "folder";
+  const inner = document.createElement("bdi");
+  inner.textContent = hit.path.slice(0, cut);
+  folder.append(inner);
+  path.append(folder, name);
   const open = document.createElement("a");
   open.href = `/api/photo/${hit.id}`;
   open.target = "_blank";
@@ -173,28 +263,62 @@ function card(hit) {
   return item;
 }
 
+// A result's thumbnail dragged onto the drop zone is that catalog photo (same origin, /api/thumb/ID).
+function droppedPhoto(data) {
+  const uri = (data.getData("text/uri-list") || "").split("\n").find((line) => line && !line.startsWith("#"));
+  if (!uri) return null;
+  try {
+    const url = new URL(uri.trim(), location.href);
+    const match = url.origin === location.origin && /^\/api\/(?:thumb|photo)\/(\d+)$/.exec(url.pathname);
+    return match ? Number(match[1]) : null;
+  } catch (e) {
+    return null;
+  }
+}
+
 function wire() {
   const drop = $("drop");
-  $("query").addEventListener("submit", search);
-  $("file").addEventListener("change", (e) => uploadFile(e.target.files[0]));
+  $("query").addEventListener("submit", (e) => search(e));
+  $("file").addEventListener("change", (e) => { if (e.target.files.length) uploadFile(e.target.files[0]); });
   drop.addEventListener("click", () => $("file").click());
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
   });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("dragleave", (e) => { if (!drop.contains(e.relatedTarget)) drop.classList.remove("over"); });
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    uploadFile(e.dataTransfer.files[0]);
+    if (e.dataTransfer.files.length) {
+      uploadFile(e.dataTransfer.files[0]);
+      return;
+    }
+    const photo = droppedPhoto(e.dataTransfer);
+    if (photo == null) {
+      uploadFile(null);
+      return;
+    }
+    const hit = document.querySelector(`#results .pick[data-photo="${photo}"]`);
+    const label = hit ? hit.closest(".hit").querySelector(".path").textContent : `photo ${photo}`;
+    showMessage("");
+    setReference({ kind: "photo", id: photo, src: `/api/thumb/${photo}`, label });
+    search();
   });
   document.addEventListener("paste", (e) => {
-    const item = [...(e.clipboardData ? e.clipboardData.items : [])].find((i) => i.type.startsWith("image/"));
-    if (item) uploadFile(item.getAsFile());
+    const files = e.clipboardData ? [...e.clipboardData.files] : [];
+    const file = files.find((f) => f.type.startsWith("image/"));
+    if (file) {
+      e.preventDefault();
+      uploadFile(file);
+    }
   });
-  $("clear-ref").addEventListener("click", () => { setReference(null); search(); });
-  $("mode").addEventListener("change", () => search());
-  $("compare").addEventListener("change", () => search());
+  $("clear-ref").addEventListener("click", () => {
+    setReference(null);
+    search(null, true);
+    $("drop").focus();
+  });
+  $("mode").addEventListener("change", () => search(null, true));
+  $("compare").addEventListener("change", () => search(null, true));
 }
 
 wire();
