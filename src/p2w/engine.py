@@ -17,7 +17,7 @@ from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError, PromptError
 from p2w.mappers.defaults import DEFAULT, default_mapper
 from p2w.mappers.files import MapperFile, check_fits, read_mapper
-from p2w.mappers.network import Mapper
+from p2w.mappers.network import Mapper, Phi, TokenMapper
 from p2w.mappers.registry import mapper_path, missing_mapper_hint
 from p2w.settings import Settings
 
@@ -39,7 +39,7 @@ class Engine:
     Every ``encode_*`` method returns float32 numpy arrays, L2-normalised unless ``normalize=False``.
     """
 
-    def __init__(self, backbone: Backbone, mapper: Mapper | None = None, mapper_file: MapperFile | None = None):
+    def __init__(self, backbone: Backbone, mapper: TokenMapper | None = None, mapper_file: MapperFile | None = None):
         self.backbone = backbone
         self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper is not None else None
         self.mapper_file = mapper_file
@@ -177,7 +177,7 @@ class Engine:
             unit = F.normalize(image, dim=-1)
             return (unit.sum(dim=1) if several else unit) + F.normalize(text, dim=-1)
 
-    def _require_mapper(self) -> Mapper:
+    def _require_mapper(self) -> TokenMapper:
         if self.mapper is None:
             raise MapperError(self.missing_mapper)
         return self.mapper
@@ -195,7 +195,7 @@ class Engine:
 def load(
     model: str | None = None,
     pretrained: str | None = None,
-    mapper: str | Path | Mapper | None = DEFAULT,
+    mapper: str | Path | TokenMapper | None = DEFAULT,
     device: str | None = None,
     precision: str | None = "auto",
     force_mapper: bool = False,
@@ -223,7 +223,7 @@ def load(
     if mapper_file is not None:
         check_fits(mapper_file, backbone.id, backbone.embed_dim, backbone.token_width, force=force_mapper)
         mapper = mapper_file.mapper
-    engine = Engine(backbone, mapper if isinstance(mapper, Mapper) else None, mapper_file)
+    engine = Engine(backbone, mapper if isinstance(mapper, (Mapper, Phi)) else None, mapper_file)
     if engine.mapper is None:
         engine.missing_mapper = missing_mapper_hint(backbone.id)
     return engine

@@ -13,7 +13,7 @@ import torch
 from p2w.atomic import atomic_path
 from p2w.core.checkpoints import read_state_dict, tensors_of
 from p2w.errors import MapperError, ModelLoadError, summary
-from p2w.mappers.network import Mapper, from_state_dict
+from p2w.mappers.network import Mapper, TokenMapper, from_state_dict
 from p2w.mappers.registry import MAPPER_FORMAT, free_name
 from p2w.version import __version__
 
@@ -27,7 +27,7 @@ FORMAT_VERSION = "1"
 class MapperFile:
     """A loaded mapper and what its file says about it."""
 
-    mapper: Mapper
+    mapper: TokenMapper
     path: Path
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -85,8 +85,9 @@ def check_fits(mf: MapperFile, backbone_id: str, embed_dim: int, token_width: in
         )
 
 
-def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str] | None = None) -> None:
-    """Write atomically (temp file + rename) as safetensors with metadata (format, backbone, dims, p2w version)."""
+def save_mapper(mapper: TokenMapper, path: Path, backbone: str, extra: dict[str, str] | None = None) -> None:
+    """Write atomically (temp file + rename) as safetensors with metadata (format, backbone, network, method, dims,
+    p2w version); ``extra`` adds entries (``method`` among them: ``pic2word`` unless given)."""
     from safetensors.torch import save_file
 
     metadata = {
@@ -96,7 +97,9 @@ def save_mapper(mapper: Mapper, path: Path, backbone: str, extra: dict[str, str]
         "embed_dim": str(mapper.embed_dim),
         "hidden_dim": str(mapper.hidden_dim),
         "token_width": str(mapper.token_width),
-        "n_layer": str(mapper.n_layer),
+        "network": mapper.network,
+        "method": "pic2word" if isinstance(mapper, Mapper) else "lincir",
+        **({"n_layer": str(mapper.n_layer)} if isinstance(mapper, Mapper) else {}),
         "p2w_version": __version__,
         **(extra or {}),
     }

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
 from p2w.core.compose import TRAIN_PROMPT, prompt_ids
-from p2w.mappers.network import Mapper
+from p2w.mappers.network import TokenMapper
 
 
 @dataclass
@@ -44,7 +44,7 @@ def photo_of_star_features(backbone: Backbone, tokens: torch.Tensor) -> torch.Te
 
 def pic2word_loss(
     backbone: Backbone,
-    mapper: Mapper,
+    mapper: TokenMapper,
     image_features: torch.Tensor,
     tokens: torch.Tensor | None = None,
     loss_fn: LossFn = contrastive_loss,

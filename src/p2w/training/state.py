@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from p2w.core.backbone import Backbone
-from p2w.mappers.network import Mapper
+from p2w.mappers.network import TokenMapper
 from p2w.training.config import TrainConfig
 from p2w.training.distributed import Dist
 from p2w.training.step import TrainStep
@@ -25,7 +25,7 @@ class Run:
     source: FeatureSource
     train_rows: torch.Tensor
     val_rows: torch.Tensor
-    mapper: Mapper
+    mapper: TokenMapper
     stepper: TrainStep
     d: Dist
     local_batch: int

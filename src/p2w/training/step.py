@@ -13,19 +13,19 @@ from torch import nn
 from p2w.core.backbone import Backbone
 from p2w.core.compose import TRAIN_PROMPT, prompt_ids
 from p2w.errors import summary
-from p2w.mappers.network import Mapper
+from p2w.mappers.network import TokenMapper
 from p2w.training.distributed import Dist, global_loss
 
 log = logging.getLogger(__name__)
 
 
-def adamw(mapper: Mapper, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def adamw(mapper: TokenMapper, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """The reference's optimiser: AdamW(betas 0.9/0.98, eps 1e-6), no decay on biases; fused on CUDA."""
     fused = next(mapper.parameters()).is_cuda
     return torch.optim.AdamW(_param_groups(mapper, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
 
 
-def _param_groups(mapper: Mapper, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(mapper: TokenMapper, weight_decay: float) -> list[dict[str, Any]]:
     """The reference's groups: no weight decay on biases (and norms, which the mapper has none of)."""
     decay = [p for n, p in mapper.named_parameters() if not n.endswith("bias")]
     no_decay = [p for n, p in mapper.named_parameters() if n.endswith("bias")]
@@ -50,7 +50,7 @@ class TrainStep:
     def __init__(
         self,
         backbone: Backbone,
-        mapper: Mapper,
+        mapper: TokenMapper,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         batch: int,

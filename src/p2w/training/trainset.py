@@ -14,7 +14,7 @@ from p2w.core.backbone import Backbone
 from p2w.core.features import FeatureCache, ImageSet, Views, fill_cache, hash_files, view_dataset
 from p2w.core.images import open_image
 from p2w.errors import ImageError
-from p2w.mappers.network import Mapper
+from p2w.mappers.network import TokenMapper
 from p2w.progress import Progress
 from p2w.training.distributed import Dist
 from p2w.training.objective import photo_of_star_features
@@ -161,7 +161,7 @@ def split_rows(hashes: Sequence[str], fraction: float, seed: int) -> tuple[torch
     return train, val
 
 
-def val_recall(backbone: Backbone, mapper: Mapper, feats: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+def val_recall(backbone: Backbone, mapper: TokenMapper, feats: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
     """Image -> "a photo of *" retrieval over the held-out set: recall@1 and @5 (fractions)."""
     feats = feats.to(backbone.placement.device)
     with torch.no_grad():
