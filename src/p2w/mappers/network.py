@@ -134,7 +134,7 @@ def _pic2word(state: dict[str, torch.Tensor], source: Path) -> TokenMapper:
         first, out = state["layers.0.0.weight"], state["fc_out.weight"]
     except KeyError as exc:
         raise MapperError(
-            f"{source} is neither a Pic2Word mapper nor a SEARLE/LinCIR phi: no {exc.args[0]} tensor"
+            f"{source} is not a Pic2Word mapper (nor a SEARLE/LinCIR phi): no {exc.args[0]} tensor"
         ) from exc
     mapper = Mapper(embed_dim=first.shape[1], token_width=out.shape[0], hidden_dim=out.shape[1], n_layer=n_layer)
     return _load(mapper, state, source)
