@@ -1,0 +1,310 @@
+"""The page of `p2w serve` in a real headless browser (selenium driving the system chromium) against a real server
+process over a small catalog: pick an image, type words, search, refine by clicking a result (with the mouse and the
+keyboard), compare with the average baseline, keep to a folder, take a dropped or pasted image, survive an unreadable
+upload, fit a phone's screen, and say plainly when there is no catalog or no mapper. Any JavaScript error, CSP
+violation or failed request the test did not ask for fails the test."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from p2w.cli import app
+from serving import Running, backbone_args, make_photos, running_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no headless browser: needs chromium and chromedriver on PATH (apt-get install chromium chromium-driver)",
+)
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver import ActionChains  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+WAIT = 20  # seconds any one thing on the page may take (a search on 2 busy CPU cores is well under one)
+
+# Collected in the page before its own script runs (CDP bypasses the page's CSP, as it should for a probe).
+PROBE = """
+window.__p2wErrors = [];
+window.addEventListener('error', (e) => window.__p2wErrors.push('error: ' + (e.message || e.target && e.target.src)),
+                        true);
+window.addEventListener('unhandledrejection', (e) => window.__p2wErrors.push('rejection: ' + e.reason));
+document.addEventListener('securitypolicyviolation',
+                          (e) => window.__p2wErrors.push('CSP: ' + e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+# The page's state, read in one go (no stale elements while the results are re-rendered).
+STATE = """
+if (!document.getElementById('results')) return {busy: true, columns: [], ref: '', message: '', about: '',
+                                                  page: document.body ? document.body.textContent : ''};
+const hits = [...document.querySelectorAll('#results .column')].map((c) => ({
+  title: c.querySelector('h2').textContent,
+  paths: [...c.querySelectorAll('.hit .path')].map((p) => p.textContent),
+  images: [...c.querySelectorAll('.hit img')].map((i) => i.complete && i.naturalWidth > 0),
+}));
+const message = document.getElementById('message');
+return {
+  busy: document.getElementById('results').getAttribute('aria-busy') === 'true',
+  columns: hits,
+  ref: document.getElementById('ref-label').textContent,
+  message: message.hidden ? '' : message.textContent,
+  about: document.getElementById('about').textContent,
+};
+"""
+
+
+@contextlib.contextmanager
+def served(home: Path, args: list[str]) -> Iterator[Running]:
+    """``running_server``, whose pipes are closed once the server has exited (no ResourceWarning mid-test)."""
+    proc = None
+    try:
+        with running_server(home, args) as running:
+            proc = running.proc
+            yield running
+    finally:
+        for pipe in (proc.stdout, proc.stderr) if proc is not None else ():
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Running]:
+    """A real `p2w serve` (tiny model and mapper) over 30 indexed photos, for the whole module."""
+    root = tmp_path_factory.mktemp("page")
+    home, photos = root / "home", root / "photos"
+    make_photos(photos / "2024", 15)
+    make_photos(photos / "2025", 15, seed=1)
+    result = CliRunner().invoke(
+        app, ["index", str(photos), *backbone_args(tiny), "--workers", "0"], env={"P2W_HOME": str(home)}
+    )
+    assert result.exit_code == 0, result.output
+    with served(home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def page(server: Running, driver: Any) -> Any:
+    """The page, opened with the token (which becomes a cookie), its status loaded; browser logs start empty."""
+    driver.set_window_size(1280, 900)
+    driver.delete_all_cookies()  # another server's cookie (same host, other port) would win over ?token=
+    driver.get_log("browser")  # what earlier tests left
+    driver.get(f"{server.url}/?token={server.token}")
+    until(driver, lambda d: "30 photos" in state(d)["about"])
+    assert driver.current_url == f"{server.url}/", "the token should leave the address bar"
+    yield driver
+    assert_no_errors(driver)
+
+
+# fetch(URL) -> [status, content type], with the page's cookie.
+FETCH = """
+const done = arguments[arguments.length - 1];
+fetch(arguments[0]).then((r) => done([r.status, r.headers.get('content-type')]), (e) => done([0, String(e)]));
+"""
+
+# Dispatch a drop on the drop zone (or a paste on the document) carrying a small PNG File named arguments[1].
+EVENT = """
+const [kind, name, done] = arguments;
+const canvas = document.createElement('canvas');
+canvas.width = 40; canvas.height = 30;
+const g = canvas.getContext('2d');
+g.fillStyle = kind === 'drop' ? '#2040c0' : '#20a040'; g.fillRect(0, 0, 40, 30);
+canvas.toBlob((blob) => {
+  const data = new DataTransfer();
+  data.items.add(new File([blob], name, { type: 'image/png' }));
+  if (kind === 'drop') {
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true,
+                                                                          cancelable: true }));
+  } else {
+    document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+  }
+  done(true);
+}, 'image/png');
+"""
+
+
+def state(driver: Any) -> dict[str, Any]:
+    return driver.execute_script(STATE)
+
+
+def assert_no_errors(driver: Any, allowed: tuple[str, ...] = ()) -> None:
+    """No SEVERE browser log entry (JavaScript errors, CSP violations, failed loads, a 404 favicon) and nothing in
+    the probe, except entries containing one of ``allowed``."""
+    severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    severe = [m for m in severe if not any(a in m for a in allowed)]
+    probe = driver.execute_script("return window.__p2wErrors || []")
+    assert not severe and not probe, f"browser errors: {severe} {probe}"
+
+
+def wait_results(driver: Any, titles: tuple[str, ...] = ("pic2word",)) -> dict[str, Any]:
+    """The state once a search is done and has rendered columns titled ``titles`` whose first thumbnails loaded."""
+
+    def ready(d: Any) -> dict[str, Any] | bool:
+        s = state(d)
+        cols = s["columns"]
+        if s["busy"] or tuple(c["title"] for c in cols) != titles:
+            return False
+        return s if all(c["paths"] and all(c["images"][:4]) for c in cols) else False
+
+    return until(driver, ready)
+
+
+def until(driver: Any, condition: Callable[[Any], Any]) -> Any:
+    """``condition(driver)`` once it is true (within ``WAIT``); else an error that shows the page's state."""
+    try:
+        return WebDriverWait(driver, WAIT).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"the page did not get there: {state(driver)}") from None
+
+
+def focused(driver: Any) -> str:
+    return driver.execute_script("const e = document.activeElement; return e.id || e.tagName.toLowerCase()")
+
+
+def outline(driver: Any) -> str:
+    return driver.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
+
+
+def reference_image(folder: Path) -> Path:
+    path = folder / "reference.png"
+    Image.new("RGB", (64, 48), (200, 30, 40)).save(path)
+    return path
+
+
+def test_search_refine_by_a_result_and_compare(page: Any, tmp_path: Path) -> None:
+    # Keyboard: the drop zone, then the words, mode, baseline, the folded options and Search, each visibly focused.
+    page.find_element(By.ID, "drop").send_keys(Keys.SHIFT)  # focus, without opening the file chooser
+    order = [focused(page)]
+    for _ in range(5):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        order.append(focused(page))
+        assert outline(page) == "solid", f"no visible focus on {order[-1]}"
+    assert order == ["drop", "text", "mode", "compare", "summary", "search"], order
+
+    page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
+    until(page, lambda d: state(d)["ref"] == "reference.png")
+    wait_results(page, ("image",))  # a reference alone searches at once, by the image
+    page.find_element(By.ID, "text").send_keys("in blue", Keys.ENTER)  # Enter searches
+    before = wait_results(page)["columns"][0]["paths"]
+    assert len(before) == 24 and all(p.endswith(".jpg") for p in before)
+
+    # A click on a result's thumbnail makes that photo the reference, and searches again.
+    picked = before[2]
+    page.find_elements(By.CSS_SELECTOR, "#results .hit .pick")[2].click()
+    until(page, lambda d: state(d)["ref"] == picked)
+    after = wait_results(page)["columns"][0]["paths"]
+    assert after != before, "a new reference should change the results"
+    assert page.find_element(By.ID, "ref-image").get_attribute("alt") == picked
+
+    # The same with the keyboard: a result is a button, Enter on it picks it; the focus stays among the results.
+    chosen = after[1]
+    page.find_elements(By.CSS_SELECTOR, "#results .hit .pick")[1].send_keys(Keys.ENTER)
+    until(page, lambda d: state(d)["ref"] == chosen)
+    wait_results(page)
+    assert focused(page) == "button" and outline(page) == "solid"
+
+    # Pic2Word next to the average baseline: two columns, side by side on a laptop screen.
+    page.find_element(By.ID, "compare").click()
+    both = wait_results(page, ("pic2word", "average (baseline)"))
+    assert all(len(c["paths"]) == 24 for c in both["columns"]) and not both["message"]
+    left, right = page.find_elements(By.CSS_SELECTOR, "#results .column")
+    assert left.rect["y"] == right.rect["y"] and left.rect["x"] < right.rect["x"]
+    href = page.find_element(By.CSS_SELECTOR, "#results .hit a").get_attribute("href")
+    assert page.execute_async_script(FETCH, href) == [200, "image/jpeg"], "open original"
+
+    # Only under this folder: every result is under it.
+    page.find_element(By.TAG_NAME, "summary").click()
+    folder = str(Path(chosen).parent.parent / "2025")
+    page.find_element(By.ID, "within").send_keys(folder, Keys.ENTER)
+    until(page, lambda d: all(p.startswith(folder) for p in state(d)["columns"][0]["paths"]))
+    within = wait_results(page, ("pic2word", "average (baseline)"))
+    assert all(len(c["paths"]) == 15 for c in within["columns"]), within
+
+
+def test_drop_and_paste_an_image(page: Any) -> None:
+    # What a drop of a file from the desktop and a paste of a copied image deliver to the page (a File).
+    page.execute_async_script(EVENT, "drop", "dropped.png")
+    until(page, lambda d: state(d)["ref"] == "dropped.png")
+    wait_results(page, ("image",))
+    page.find_element(By.ID, "text").send_keys("in blue")
+    page.execute_async_script(EVENT, "paste", "image.png")
+    until(page, lambda d: state(d)["ref"] == "image.png")
+    wait_results(page)
+
+
+def test_an_unreadable_upload_is_a_clear_message_and_the_page_keeps_working(page: Any, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.png"
+    fake.write_text("these are notes, not a picture\n")
+    page.find_element(By.ID, "file").send_keys(str(fake))
+    message = until(page, lambda d: state(d)["message"])
+    assert message.startswith("cannot use notes.png:") and "not an image" in message, message
+    assert state(page)["ref"] == "", "an unreadable upload must not become the reference"
+    # The one failed request the page was asked to make (the browser logs it); nothing else.
+    assert_no_errors(
+        page, allowed=("/api/upload - Failed to load resource: the server responded with a status of 415",)
+    )
+
+    page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
+    until(page, lambda d: state(d)["ref"] == "reference.png")
+    assert wait_results(page, ("image",))["message"] == ""
+
+
+def test_a_phone_sized_window(page: Any, tmp_path: Path) -> None:
+    page.set_window_size(390, 844)
+    page.find_element(By.ID, "compare").click()  # with nothing to search yet: no complaint
+    assert state(page)["message"] == ""
+    page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
+    wait_results(page, ("image",))
+    assert "needs a reference image and words" in page.find_element(By.CSS_SELECTOR, "#results .note").text
+    page.find_element(By.ID, "text").send_keys("in blue", Keys.ENTER)
+    wait_results(page, ("pic2word", "average (baseline)"))
+    width = page.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
+    left, right = page.find_elements(By.CSS_SELECTOR, "#results .column")
+    assert right.rect["y"] == left.rect["y"], "on a phone too, the two columns are side by side"
+    assert right.rect["x"] + right.rect["width"] <= width[1]
+    page.save_screenshot(str(tmp_path / "phone.png"))  # to look at: pytest --basetemp=DIR
+
+
+def test_no_catalog_and_no_mapper_are_said_plainly(driver: Any, tiny: Any, tmp_path: Path) -> None:
+    home = tmp_path / "empty-home"
+    with served(home, backbone_args(tiny)) as blank:  # no catalog, and no mapper for this model
+        driver.delete_all_cookies()  # the cookie of the other server (same host, other port) would win over ?token=
+        driver.get(f"{blank.url}/?token={blank.token}")
+        s = until(driver, lambda d: state(d)["message"] and state(d))
+        assert "p2w index DIR" in s["message"] and "no mapper" in s["message"], s
+        assert "no mapper" in s["about"] and "0 photos" in s["about"]
+        assert not driver.find_element(By.CSS_SELECTOR, "#mode option[value=pic2word]").is_enabled()
+        assert not driver.find_element(By.ID, "compare").is_enabled()
+        driver.find_element(By.ID, "text").send_keys("a red dress", Keys.ENTER)
+        until(driver, lambda d: not state(d)["busy"] and "p2w index DIR" in state(d)["message"])
+        assert_no_errors(
+            driver, allowed=("/api/search - Failed to load resource: the server responded with a status of 409",)
+        )
