@@ -6,7 +6,6 @@ violation or failed request the test did not ask for fails the test."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,20 +65,6 @@ return {
 """
 
 
-@contextlib.contextmanager
-def served(home: Path, args: list[str]) -> Iterator[Running]:
-    """``running_server``, whose pipes are closed once the server has exited (no ResourceWarning mid-test)."""
-    proc = None
-    try:
-        with running_server(home, args) as running:
-            proc = running.proc
-            yield running
-    finally:
-        for pipe in (proc.stdout, proc.stderr) if proc is not None else ():
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Running]:
     """A real `p2w serve` (tiny model and mapper) over 30 indexed photos, for the whole module."""
@@ -91,7 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Runn
         app, ["index", str(photos), *backbone_args(tiny), "--workers", "0"], env={"P2W_HOME": str(home)}
     )
     assert result.exit_code == 0, result.output
-    with served(home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]) as running:
+    with running_server(home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]) as running:
         yield running
 
 
@@ -295,7 +280,7 @@ def test_a_phone_sized_window(page: Any, tmp_path: Path) -> None:
 
 def test_no_catalog_and_no_mapper_are_said_plainly(driver: Any, tiny: Any, tmp_path: Path) -> None:
     home = tmp_path / "empty-home"
-    with served(home, backbone_args(tiny)) as blank:  # no catalog, and no mapper for this model
+    with running_server(home, backbone_args(tiny)) as blank:  # no catalog, and no mapper for this model
         driver.delete_all_cookies()  # the cookie of the other server (same host, other port) would win over ?token=
         driver.get(f"{blank.url}/?token={blank.token}")
         s = until(driver, lambda d: state(d)["message"] and state(d))
