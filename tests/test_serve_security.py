@@ -38,6 +38,13 @@ class Served:
     ids: dict[str, int]  # catalogued path -> id
 
     @property
+    def cookie(self) -> str:
+        """The token cookie's name: one per port."""
+        from p2w.serve.http import cookie_name
+
+        return cookie_name(int(self.server.url.rsplit(":", 1)[1]))
+
+    @property
     def hostport(self) -> str:
         return self.server.url.removeprefix("http://")
 
@@ -118,7 +125,12 @@ def test_every_page_and_api_needs_the_token(served, path):
     # naive: serves the page, the catalog's status and the photos to anyone who can reach the port
     path = path.format(id=_id(served, "2024/photo 000.jpg"))
     assert served.call(path).status == 200  # the control: with the token it answers
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer "}, {"Cookie": "p2w_token=x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer "},
+        {"Cookie": f"{served.cookie}=x"},
+    ):
         answer = served.call(path, headers=headers, token=False)
         assert answer.status == 403, (path, headers)
         assert "token" in answer.error()
@@ -129,7 +141,7 @@ def test_search_and_upload_need_the_token(served):
     body = json.dumps({"text": "a photo"}).encode()
     own = {"Content-Type": "application/json", "Origin": served.server.url}  # only the token is missing
     for path in ("/api/search", "/api/upload"):
-        for headers in ({}, {"Authorization": "Bearer " + served.server.token[:-1]}, {"Cookie": "p2w_token=x"}):
+        for headers in ({}, {"Authorization": "Bearer " + served.server.token[:-1]}, {"Cookie": f"{served.cookie}=x"}):
             answer = served.call(path, body, {**own, **headers}, token=False)
             assert answer.status == 403 and b"results" not in answer.body and "token" in answer.error()
 
@@ -149,10 +161,10 @@ def test_first_visit_sets_a_strict_httponly_cookie_and_drops_the_token_from_the_
     assert location in ("/", served.server.url + "/") and token not in location
     cookie = answer.headers["set-cookie"]
     parts = [p.strip().lower() for p in cookie.split(";")]
-    assert cookie.startswith(f"p2w_token={token}") and "httponly" in parts and "samesite=strict" in parts
+    assert cookie.startswith(f"{served.cookie}={token}") and "httponly" in parts and "samesite=strict" in parts
     # the cookie alone then opens the page, its assets and the API (GET)
     for path in ("/", "/assets/app.js", "/api/status"):
-        assert served.call(path, headers={"Cookie": f"p2w_token={token}"}, token=False).status == 200
+        assert served.call(path, headers={"Cookie": f"{served.cookie}={token}"}, token=False).status == 200
     # a wrong ?token= neither sets a cookie nor redirects
     wrong = served.raw("GET", "/?token=wrong", {"Host": served.hostport})
     assert wrong.status == 403 and "set-cookie" not in wrong.headers
@@ -208,7 +220,7 @@ def test_no_cors_headers_even_when_asked(served):
 
 def test_cross_origin_posts_are_refused(served):
     # naive: a cookie-authenticated POST from any page runs (CSRF); the control shows the cookie POST itself works
-    cookie = {"Cookie": f"p2w_token={served.server.token}", "Content-Type": "application/json"}
+    cookie = {"Cookie": f"{served.cookie}={served.server.token}", "Content-Type": "application/json"}
     body = json.dumps({"text": "a photo", "k": 3}).encode()
     own = served.server.url
     ok = served.call("/api/search", body, {**cookie, "Origin": own, "Sec-Fetch-Site": "same-origin"}, token=False)
@@ -505,3 +517,13 @@ def test_normal_searches_still_work_after_every_bad_request(served):
     within = str(served.photos / "2025")
     status, answer = served.server.json("/api/search", {"text": "a photo", "k": 30, "within": within})
     assert status == 200 and answer["results"] and all(h["path"].startswith(within) for h in answer["results"])
+
+
+def test_the_address_token_wins_over_a_stale_cookie(served):
+    """After a restart (a new token) the browser still holds the old cookie: the printed address must still work,
+    and a cookie of another port's server never counts."""
+    stale = {"Cookie": f"{served.cookie}=an-old-servers-token"}
+    first = served.raw("GET", f"/?token={served.server.token}", {"Host": served.hostport, **stale})  # not followed
+    assert first.status == 303 and served.server.token in first.headers.get("set-cookie", "")
+    other_port = {"Cookie": f"p2w_token_1={served.server.token}"}
+    assert served.call("/api/status", headers=other_port, token=False).status == 403

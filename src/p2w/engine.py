@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
-from p2w.core.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.compose import DEFAULT_TEMPLATE, MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
 from p2w.core.images import ImageLike, open_image
 from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError, PromptError
@@ -44,6 +44,12 @@ class Engine:
         self.mapper = mapper.to(backbone.placement.device).eval().requires_grad_(False) if mapper is not None else None
         self.mapper_file = mapper_file
         self.missing_mapper = MAPPER_NEEDED  # what a pic2word query without a mapper is told
+
+    @property
+    def default_prompt(self) -> str:
+        """The template of queries given no prompt: the mapper's method's (``a photo of * , {text}`` for Pic2Word's,
+        ``a photo of * that {text}`` for SEARLE's and LinCIR's), Pic2Word's without a mapper file."""
+        return self.mapper_file.method.prompt if self.mapper_file is not None else DEFAULT_TEMPLATE
 
     def open_query_image(self, image: ImageLike | None) -> ImageLike | None:
         """A query image opened as the catalog's images were (JPEG draft decoding at the model's input size), so a
@@ -100,7 +106,8 @@ class Engine:
         if len(images) != len(texts):
             raise PromptError(f"{len(images)} images but {len(texts)} texts; queries pair them one to one")
         rows = [_as_list(img) for img in images]
-        plans = {plan(mode, len(imgs), bool(txt), prompt) for imgs, txt in zip(rows, texts, strict=True)}
+        default = self.default_prompt
+        plans = {plan(mode, len(imgs), bool(txt), prompt, default) for imgs, txt in zip(rows, texts, strict=True)}
         counts = {len(imgs) for imgs in rows}
         if len(plans) > 1 or len(counts) > 1:
             raise PromptError("queries of one batch must all have the same number of images")
@@ -125,7 +132,7 @@ class Engine:
         ``(embed_dim,)``, or ``(k, embed_dim)`` for k images, e.g. uploads or catalogued photos), so a refined query
         skips the image tower; the same vector as ``encode_query`` on those images."""
         count = 0 if image_features is None else (1 if image_features.dim() == 1 else int(image_features.shape[0]))
-        qp = plan(mode, count, bool(text), prompt)
+        qp = plan(mode, count, bool(text), prompt, self.default_prompt)
         filled = fill(qp.template, text, qp.mode) if qp.needs_text_tower else ""
         feats = None
         if image_features is not None and qp.mode != "text":

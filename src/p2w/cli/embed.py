@@ -20,10 +20,10 @@ from p2w.cli.root import (
     PretrainedOpt,
     QueryArgs,
     RawOpt,
-    chosen_mapper,
     embed_app,
     err_console,
     load_engine,
+    query_plan,
     user_errors,
 )
 
@@ -84,13 +84,10 @@ def embed_query(
     """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
-        from p2w.core.compose import plan
 
         check_output(output, overwrite=force)
         imgs, txt = split_query_args(query or [])
-        qp = plan(mode, len(imgs), bool(txt), prompt)
-        if qp.needs_mapper:  # resolved before the model loads
-            mapper = chosen_mapper(mapper, model, pretrained, download)
+        qp, mapper = query_plan(mode, len(imgs), bool(txt), prompt, mapper, model, pretrained, download)
         engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
         vectors = engine.encode_queries([imgs], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
         image = imgs[0] if len(imgs) == 1 else (imgs or None)  # one path as before; a list for several

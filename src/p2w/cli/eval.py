@@ -61,6 +61,10 @@ def eval_command(
         str | None,
         typer.Option("--query-style", help="CIRCO: caption (relative caption; the default) or concept (concept first)"),
     ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help="FashionIQ, CIRR, CIRCO: the pic2word template [default: the mapper's method's]"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark numbers in the papers' protocols, e.g. p2w eval fashioniq --data fashion-iq/"""
@@ -87,6 +91,7 @@ def eval_command(
             submission=submission,
             gallery=gallery,
             query_style=query_style,
+            prompt=prompt,
         )
         if save_predictions is not None:
             from p2w.cli.output import write_json

@@ -25,10 +25,10 @@ from p2w.cli.root import (
     UnusedPrecisionOpt,
     WorkersOpt,
     app,
-    chosen_mapper,
     err_console,
     load_engine,
     out_console,
+    query_plan,
     user_errors,
 )
 from p2w.errors import P2WError
@@ -124,13 +124,10 @@ def search_command(
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
-        from p2w.core.compose import plan
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
-        qp = plan(mode, len(imgs), bool(txt), prompt)
-        if qp.needs_mapper:
-            mapper = chosen_mapper(mapper, model, pretrained, download)
+        qp, mapper = query_plan(mode, len(imgs), bool(txt), prompt, mapper, model, pretrained, download)
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
         ask = _Ask(tuple(imgs), txt, qp.mode, qp.template, k, within, ef)

@@ -259,11 +259,12 @@ class DownloadProgress:
 def mappers_table(rows: list[Registered]) -> Table:
     """The registered mappers."""
     table = Table(title="p2w mappers")
-    for column in ("name", "backbone", "dims", "size", "source", "default"):
+    for column in ("name", "method", "backbone", "dims", "size", "source", "default"):
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
             r.name,
+            r.method,
             r.backbone,
             f"{r.embed_dim} -> {r.token_width}",
             _size(r.size),

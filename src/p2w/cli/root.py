@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.markup import escape
 from p2w.core.devices import workers_help
 from p2w.errors import P2WError
 from p2w.settings import Settings
+
+if TYPE_CHECKING:
+    from p2w.core.compose import QueryPlan
 
 app = typer.Typer(
     name="p2w",
@@ -164,6 +167,28 @@ def chosen_mapper(mapper: str | None, model: str | None, pretrained: str | None,
     settings = Settings.from_env()
     spec = settings.backbone(model, pretrained)
     return default_mapper(spec.id, settings, download, notify=err_console.print)
+
+
+def query_plan(
+    mode: str | None,
+    images: int,
+    has_text: bool,
+    prompt: str | None,
+    mapper: str | None,
+    model: str | None,
+    pretrained: str | None,
+    download: bool,
+) -> tuple[QueryPlan, str | None]:
+    """The query's mode and template, and the mapper it needs (None when it needs none), resolved before any model
+    loads; with a mapper and no --prompt, the template is the mapper's method's."""
+    from p2w.core.compose import plan
+    from p2w.mappers.registry import default_prompt
+
+    qp = plan(mode, images, has_text, prompt)
+    if not qp.needs_mapper:
+        return qp, None
+    chosen = chosen_mapper(mapper, model, pretrained, download)
+    return plan(mode, images, has_text, prompt, default_prompt(chosen, Settings.from_env().mappers_dir)), chosen
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,12 +43,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return tensors_of(obj, path)
 
 
-def tensors_of(obj: Any, path: Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
-    """The tensor entries of a checkpoint object (``obj[key]`` when present), ``module.`` prefix removed."""
+def tensors_of(obj: Any, path: Path, key: str | tuple[str, ...] = "state_dict") -> dict[str, torch.Tensor]:
+    """The tensor entries of a checkpoint object (``obj[key]``, the first of several keys present, when there is one),
+    ``module.`` prefix removed."""
     import torch
 
-    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-        obj = obj[key]
+    for k in (key,) if isinstance(key, str) else key:
+        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
+            obj = obj[k]
+            break
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -45,12 +45,19 @@ class QueryPlan:
         return self.mode != "image"
 
 
-def plan(mode: str | None, has_image: bool | int, has_text: bool, prompt: str | None = None) -> QueryPlan:
+def plan(
+    mode: str | None,
+    has_image: bool | int,
+    has_text: bool,
+    prompt: str | None = None,
+    default: str = DEFAULT_TEMPLATE,
+) -> QueryPlan:
     """Choose mode and template, e.g. ``plan(None, True, True)`` -> pic2word with ``a photo of * , {text}``.
 
     Without an explicit mode: image + text (or a prompt) -> pic2word; image alone -> image; text alone -> a plain
     text query (TEXT as written, no template). ``has_image`` may count the query images: with several, the i-th
-    ``*`` of a pic2word template takes the i-th image, so the template needs one ``*`` per image.
+    ``*`` of a pic2word template takes the i-th image, so the template needs one ``*`` per image. ``default`` is the
+    template when no ``prompt`` is given (the mapper's method's, ``p2w.mappers.methods``).
     """
     images = int(has_image)
     if mode is None:
@@ -66,7 +73,7 @@ def plan(mode: str | None, has_image: bool | int, has_text: bool, prompt: str | 
         raise PromptError("mode text needs TEXT or a --prompt")
     if mode == "pic2word" and images > 1 and prompt is None:
         raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
-    template = prompt if prompt is not None else DEFAULT_TEMPLATE
+    template = prompt if prompt is not None else default
     if mode == "pic2word" and "*" not in template:
         raise PromptError(f"pic2word prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
     stars = template.count("*")

@@ -22,6 +22,7 @@ from p2w.evaluation.common import (
     modes_of,
     query_vectors,
     read_json,
+    template_for,
     unit_rows,
 )
 
@@ -55,6 +56,7 @@ def evaluate(
     workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
+    prompt: str | None = None,
     gallery: Path | None = None,
     query_style: str = "caption",
     submission: Path | None = None,
@@ -81,7 +83,13 @@ def evaluate(
     exclude = np.array([index[int(queries[n]["reference_img_id"])] for n in ok], dtype=np.int64)
     results = []
     for md in modes_of(mode):
-        q = query_vectors(engine, md, TEMPLATES[md], refs, [STYLES[query_style](queries[n]) for n in ok])
+        q = query_vectors(
+            engine,
+            md,
+            template_for(engine, "circo", md, TEMPLATES[md], prompt),
+            refs,
+            [STYLES[query_style](queries[n]) for n in ok],
+        )
         tops = m.top_names(q, g, [str(i) for i in ids], exclude) if ok else []
         preds = {"circo": in_order(ok, tops, len(queries))}
         result = EvalResult("circo", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)

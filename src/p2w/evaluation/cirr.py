@@ -22,6 +22,7 @@ from p2w.evaluation.common import (
     modes_of,
     query_vectors,
     read_json,
+    template_for,
     unit_rows,
 )
 
@@ -45,6 +46,7 @@ def evaluate(
     workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
+    prompt: str | None = None,
     submission: Path | None = None,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode; with ``split="test1"``, no metrics but the test-server files in ``submission``."""
@@ -66,7 +68,9 @@ def evaluate(
     subsets = [[index[x] for x in caps[i]["img_set"]["members"] if x in index] for i in ok]
     results = []
     for md in modes_of(mode):
-        q = query_vectors(engine, md, TEMPLATES[md], refs, [caps[i]["caption"] for i in ok])
+        q = query_vectors(
+            engine, md, template_for(engine, "cirr", md, TEMPLATES[md], prompt), refs, [caps[i]["caption"] for i in ok]
+        )
         # one (Q, G) score matrix: R@K, Recall_subset, the top 50 and the server's subset top 3 all rank from it
         scores = m.score_matrix(q, g, exclude) if ok else np.zeros((0, len(gallery)), dtype=np.float32)
         tops = m.top_of(scores, gallery)

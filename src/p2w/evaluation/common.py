@@ -98,6 +98,18 @@ def query_vectors(
     return l2n(np.concatenate(out)) if out else np.zeros((0, engine.backbone.embed_dim), dtype=np.float32)
 
 
+def template_for(engine: Engine, benchmark: str, mode: str, default: str, prompt: str | None = None) -> str:
+    """The template a benchmark's queries use in ``mode``: ``--prompt`` when given (pic2word mode), else, in pic2word
+    mode, the one the mapper's method is evaluated with on this benchmark (``p2w.mappers.methods``), else the
+    benchmark's own ``default``."""
+    if mode != "pic2word":
+        return default
+    if prompt is not None:
+        return prompt
+    method = engine.mapper_file.method if engine.mapper_file is not None else None
+    return method.eval_prompts.get(benchmark, default) if method is not None else default
+
+
 def check_missing(what: str, missing: dict[str, int], strict: bool) -> None:
     """With ``--strict``, any missing image or query is an error."""
     if strict and any(missing.values()):

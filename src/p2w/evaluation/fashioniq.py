@@ -22,6 +22,7 @@ from p2w.evaluation.common import (
     modes_of,
     query_vectors,
     read_json,
+    template_for,
     unit_rows,
 )
 
@@ -56,6 +57,7 @@ def evaluate(
     workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
+    prompt: str | None = None,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode, metrics grouped by category plus ``average``."""
     categories = list(categories or CATEGORIES)
@@ -88,7 +90,8 @@ def evaluate(
         refs = np.stack([vec[caps[i]["candidate"]] for i in ok]) if ok else None
         targets = np.array([index[caps[i]["target"]] for i in ok], dtype=np.int64)
         for md, result in results.items():
-            q = _queries(engine, md, refs, [caps[i]["captions"] for i in ok], caption_order)
+            template = template_for(engine, "fashioniq", md, TEMPLATE, prompt)
+            q = _queries(engine, md, template, refs, [caps[i]["captions"] for i in ok], caption_order)
             ranks = m.target_ranks(q, g, targets) if len(ok) else np.zeros(0, dtype=np.int64)
             result.metrics[c] = {k: 100 * v for k, v in m.recall_at(ranks).items()}
             result.missing.update(missing)
@@ -101,10 +104,12 @@ def evaluate(
     return list(results.values())
 
 
-def _queries(engine: Engine, mode: str, refs: np.ndarray | None, captions: list[list[str]], order: str) -> np.ndarray:
+def _queries(
+    engine: Engine, mode: str, template: str, refs: np.ndarray | None, captions: list[list[str]], order: str
+) -> np.ndarray:
     """Pic2Word's text is ``{cap2} and {cap1}``; ``both`` averages it with ``{cap1} and {cap2}``."""
     texts = [f"{c[1]} and {c[0]}" for c in captions]
-    q = query_vectors(engine, mode, TEMPLATE, refs, texts)
+    q = query_vectors(engine, mode, template, refs, texts)
     if order == "both" and mode != "image":
-        q = l2n(q + query_vectors(engine, mode, TEMPLATE, refs, [f"{c[0]} and {c[1]}" for c in captions]))
+        q = l2n(q + query_vectors(engine, mode, template, refs, [f"{c[0]} and {c[1]}" for c in captions]))
     return q

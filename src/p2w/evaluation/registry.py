@@ -69,20 +69,20 @@ BENCHMARKS = {
         Benchmark(
             "fashioniq",
             "fashioniq",
-            ("categories", "caption_order"),
+            ("categories", "caption_order", "prompt"),
             get_data="get the annotations from github.com/XiaoxiaoGuo/fashion-iq and the images as its README says",
         ),
         Benchmark(
             "cirr",
             "cirr",
-            ("submission",),
+            ("submission", "prompt"),
             get_data="get the annotations from github.com/Cuberick-Orion/CIRR and the NLVR2 images",
         ),
         Benchmark("imagenet-r", "imagenet_r", get_data="get ImageNet-R and ImageNet val (see docs/evaluation.md)"),
         Benchmark(
             "circo",
             "circo",
-            ("submission", "gallery", "query_style"),
+            ("submission", "gallery", "query_style", "prompt"),
             get_data="get the annotations from github.com/miccunifi/CIRCO and the COCO 2017 unlabeled images",
         ),
         Benchmark("coco", "coco", get_data="get COCO val2017 images and instances_val2017.json from cocodataset.org"),

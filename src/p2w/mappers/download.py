@@ -47,6 +47,7 @@ def download(
     keep_source: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    method_name: str | None = None,
 ) -> Downloaded:
     """Fetch a mapper (registry name, ``hf://owner/repo/file``, ``http(s)://`` URL or local file) and register it."""
     settings = settings or Settings.from_env()
@@ -71,6 +72,7 @@ def download(
             mapper_dims(spec),
             overwrite=overwrite,
             extra={"source": url, "source_sha256": digest},
+            method_name=method_name or (known.method if known else None),
         )
     except BaseException:
         if ours:

@@ -13,6 +13,7 @@ import torch
 from p2w.atomic import atomic_path
 from p2w.core.checkpoints import read_state_dict, tensors_of
 from p2w.errors import MapperError, ModelLoadError, summary
+from p2w.mappers.methods import Method, method, method_of
 from p2w.mappers.network import Mapper, TokenMapper, from_state_dict
 from p2w.mappers.registry import MAPPER_FORMAT, free_name
 from p2w.version import __version__
@@ -36,9 +37,19 @@ class MapperFile:
         """Backbone id the mapper was made for, when the file records one."""
         return self.metadata.get("backbone") or None
 
+    @property
+    def method(self) -> Method:
+        """The method the mapper belongs to (its default prompt, its provenance)."""
+        return method_of(self.metadata, self.mapper.network)
+
+
+# where each method's training code keeps the mapper in its checkpoints: Pic2Word's reference, SEARLE's and LinCIR's
+CHECKPOINT_KEYS = ("state_dict_img2text", "Phi")
+
 
 def read_mapper(path: Path) -> MapperFile:
-    """Read a p2w safetensors file, a plain state dict, or a reference checkpoint (``state_dict_img2text``)."""
+    """Read a p2w safetensors file, a plain state dict, or a checkpoint of the Pic2Word reference
+    (``state_dict_img2text``), SEARLE or LinCIR (``Phi``)."""
     if not path.is_file():
         raise MapperError(f"mapper file not found: {path}")
     metadata: dict[str, str] = {}
@@ -51,7 +62,7 @@ def read_mapper(path: Path) -> MapperFile:
             state = read_state_dict(path)
         else:
             obj = _load_checkpoint(path)
-            state = tensors_of(obj, path, key="state_dict_img2text")
+            state = tensors_of(obj, path, key=CHECKPOINT_KEYS)
     except ModelLoadError as exc:
         raise MapperError(str(exc)) from exc
     except Exception as exc:  # unpickling refusals and corrupt files
@@ -117,12 +128,18 @@ def import_mapper(
     dims: tuple[int, int] | None,
     overwrite: bool = False,
     extra: dict[str, str] | None = None,
+    method_name: str | None = None,
 ) -> Path:
-    """Convert any readable mapper file into ``mappers_dir/NAME.safetensors`` recording ``backbone``."""
+    """Convert any readable mapper file into ``mappers_dir/NAME.safetensors`` recording ``backbone`` and its method
+    (``method_name``, else what the file records; a phi needs one: SEARLE's and LinCIR's files look alike)."""
     target = free_name(mappers_dir, name, overwrite)
     mf = read_mapper(source)
+    chosen = method(method_name) if method_name else mf.method
+    if chosen.network != mf.mapper.network:
+        raise MapperError(f"{source} holds a {mf.mapper.network} network, not {chosen.name}'s ({chosen.network})")
     if dims is not None:
         check_fits(mf, backbone, *dims, force=True)
-    save_mapper(mf.mapper, target, backbone, extra={"source": source.name, **(extra or {})})
+    meta = {"source": source.name, **(extra or {}), "method": chosen.name}
+    save_mapper(mf.mapper, target, backbone, extra=meta)
     log.info("imported %s as %s (%s)", source, name, backbone)
     return target

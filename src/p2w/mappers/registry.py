@@ -14,6 +14,7 @@ from typing import Any
 from p2w.atomic import atomic_path
 from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError
+from p2w.mappers.methods import Method, method_of
 from p2w.settings import Settings
 from p2w.spec import BUILTIN_MODELS, BUILTIN_TAG, BackboneSpec, builtin_file
 
@@ -31,6 +32,7 @@ class KnownMapper:
     sha256: str | None
     licence: str
     notes: str
+    method: str = "pic2word"  # p2w.mappers.methods
 
     @property
     def backbone(self) -> str:
@@ -51,7 +53,38 @@ KNOWN = {
             notes="the Pic2Word authors' checkpoint (CC3M, OpenAI CLIP ViT-L/14) as re-shared on the Hugging Face "
             "Hub, the authors' Google Drive link being dead (reference repo issue #30); ~1.7 GB, holds the whole "
             "CLIP and state_dict_img2text",
-        )
+        ),
+        KnownMapper(
+            name="lincir-vit-l-14",
+            model="ViT-L-14",
+            pretrained="openai",
+            source="hf://navervision/zeroshot-cir-models/lincir_large.pt",
+            sha256=None,  # not published by the authors; p2w prints the digest of what it downloads
+            licence="CC BY-NC 4.0 (navervision/lincir)",
+            notes="LinCIR's phi for OpenAI CLIP ViT-L/14 (trained on captions only), from the authors' Hugging Face "
+            "repository; a torch file {'epoch', 'Phi': state dict}",
+            method="lincir",
+        ),
+        KnownMapper(
+            name="searle-vit-b-32",
+            model="ViT-B-32",
+            pretrained="openai",
+            source="https://github.com/miccunifi/SEARLE/releases/download/weights/SEARLE_ViT-B32.pt",
+            sha256=None,
+            licence="CC BY-NC 4.0 (miccunifi/SEARLE)",
+            notes="SEARLE's phi for OpenAI CLIP ViT-B/32, the file its torch.hub entry loads; {'Phi': state dict}",
+            method="searle",
+        ),
+        KnownMapper(
+            name="searle-vit-l-14",
+            model="ViT-L-14",
+            pretrained="openai",
+            source="https://github.com/miccunifi/SEARLE/releases/download/weights/SEARLE_ViT-L14.pt",
+            sha256=None,
+            licence="CC BY-NC 4.0 (miccunifi/SEARLE)",
+            notes="SEARLE-XL: SEARLE's phi for OpenAI CLIP ViT-L/14, the file its torch.hub entry loads",
+            method="searle",
+        ),
     ]
 }
 
@@ -69,12 +102,14 @@ class Registered:
     size: int
     source: str
     is_default: bool
+    method: str = "pic2word"
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
         return {
             "name": self.name,
             "backbone": self.backbone,
+            "method": self.method,
             "embed_dim": self.embed_dim,
             "token_width": self.token_width,
             "bytes": self.size,
@@ -108,6 +143,7 @@ def registered(settings: Settings | None = None) -> list[Registered]:
                 path.stat().st_size,
                 meta.get("source", "" if meta.get("format") == MAPPER_FORMAT else "unknown"),
                 defaults.get(backbone) == path.stem,
+                meta.get("method", "pic2word"),
             )
         )
     names = {r.name for r in out}
@@ -156,6 +192,30 @@ def default_for(backbone: str, settings: Settings | None = None) -> str | None:
 def known_for(backbone: str) -> KnownMapper | None:
     """A published mapper for a backbone, if p2w knows one."""
     return next((m for m in KNOWN.values() if m.backbone == backbone), None)
+
+
+def file_method(path: Path) -> Method | None:
+    """The method a p2w mapper file records, read from its metadata alone (no tensor, no torch); None for other
+    files (their method is known once they are read)."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except Exception:  # a foreign or damaged file: read_mapper will say what is wrong
+        return None
+    return method_of(meta, meta.get("network"))
+
+
+def default_prompt(mapper: str, mappers_dir: Path) -> str:
+    """The template a query with ``mapper`` (a registered name or a file) uses when given no prompt: its method's
+    (read from the file's metadata, without loading it); Pic2Word's for files that do not say."""
+    from p2w.mappers.methods import METHODS
+
+    found = file_method(mapper_path(mapper, mappers_dir))
+    return (found or METHODS["pic2word"]).prompt
 
 
 def mapper_label(path: Path) -> str:

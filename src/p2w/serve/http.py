@@ -49,6 +49,12 @@ HEADERS = {
 }
 
 
+def cookie_name(port: int) -> str:
+    """The token cookie of the server on ``port`` (cookies ignore ports: two servers, or a restarted one, on one
+    host must not read each other's), e.g. ``p2w_token_8765``."""
+    return f"{COOKIE}_{port}"
+
+
 def allowed_hosts(host: str, port: int) -> set[str]:
     """Host headers this server answers to: its loopback names, or the bound address and this machine's names."""
     names = {"127.0.0.1", "localhost", "[::1]"}
@@ -69,8 +75,9 @@ def _is_wildcard(host: str) -> bool:
 class Guard:
     """ASGI middleware: Host check, token check, same-origin POSTs, security headers on every answer."""
 
-    def __init__(self, app: ASGIApp, token: str, hosts: set[str], wildcard: bool) -> None:
+    def __init__(self, app: ASGIApp, token: str, hosts: set[str], wildcard: bool, port: int) -> None:
         self.app, self.token, self.hosts, self.wildcard = app, token, hosts, wildcard
+        self.cookie = cookie_name(port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +90,7 @@ class Guard:
             return
         if request.method == "GET" and request.url.path == "/" and "token" in request.query_params:
             response = RedirectResponse("/", status_code=303)  # the token leaves the address bar and history
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
             await _secured(response)(scope, receive, send)
             return
 
@@ -101,9 +108,9 @@ class Guard:
         bearer = request.headers.get("authorization", "")
         given = bearer.removeprefix("Bearer ").strip() if bearer.startswith("Bearer ") else None
         via_cookie = given is None
-        if given is None:
+        if given is None:  # the address's token first: a cookie left by an earlier server must not shadow it
             first_visit = request.query_params.get("token") if request.url.path == "/" else None
-            given = request.cookies.get(COOKIE) or first_visit
+            given = first_visit or request.cookies.get(self.cookie)
         if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
             return 403, "a valid token is required: open the address (with ?token=...) that p2w serve printed"
         if request.method not in ("GET", "HEAD"):
@@ -212,7 +219,7 @@ def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
         worker.shutdown(wait=True)
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host))
+    app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host), port=port)
     return app
 
 
