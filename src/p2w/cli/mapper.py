@@ -22,6 +22,14 @@ from p2w.cli.root import (
 )
 from p2w.settings import Settings
 
+MethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help="pic2word, searle or lincir: whose mapper it is [default: what the file or the known entry says]",
+    ),
+]
+
 
 @mapper_app.command("import")
 def mapper_import(
@@ -32,6 +40,7 @@ def mapper_import(
     device: UnusedDeviceOpt = None,
     precision: UnusedPrecisionOpt = "auto",
     force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
+    method: MethodOpt = None,
 ) -> None:
     """Import a mapper (e.g. a checkpoint of the reference training code) for the given backbone."""
     with user_errors():
@@ -40,7 +49,9 @@ def mapper_import(
 
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
-        target = import_mapper(file, name, settings.mappers_dir, spec.id, mapper_dims(spec), overwrite=force)
+        target = import_mapper(
+            file, name, settings.mappers_dir, spec.id, mapper_dims(spec), overwrite=force, method_name=method
+        )
         err_console.print(f"imported {file} as mapper {name!r} for {spec.id}: {target}")
         typer.echo(str(target))
 
@@ -56,6 +67,7 @@ def mapper_download(
     precision: UnusedPrecisionOpt = "auto",
     keep_source: Annotated[bool, typer.Option("--keep-source", help="keep the downloaded checkpoint")] = False,
     force: Annotated[bool, typer.Option("--force", help="replace a mapper of the same name")] = False,
+    method: MethodOpt = None,
 ) -> None:
     """Download a published mapper and register it, e.g. p2w mapper download pic2word-vit-l-14"""
     with user_errors():
@@ -72,6 +84,7 @@ def mapper_download(
                 keep_source=keep_source,
                 overwrite=force,
                 progress=progress,
+                method_name=method,
             )
         err_console.print(f"registered mapper {got.name!r} for {got.backbone} (source sha256 {got.sha256})")
         if got.source_kept:
