@@ -129,3 +129,41 @@ def test_known_entries_name_their_sources():
     assert KNOWN["searle-vit-b-32"].source.endswith("/SEARLE_ViT-B32.pt")
     assert KNOWN["searle-vit-l-14"].source.endswith("/SEARLE_ViT-L14.pt")
     assert {KNOWN[n].method for n in KNOWN} == {"pic2word", "searle", "lincir"}
+
+
+def test_target_pad_is_searles_padding():
+    from PIL import Image
+
+    from p2w.core.images import target_pad
+
+    wide = target_pad(Image.new("RGB", (100, 40), "white"))  # ratio 2.5: black bands above and below
+    assert wide.size == (100, 80) and wide.getpixel((50, 5)) == (0, 0, 0) and wide.getpixel((50, 40)) == (255, 255, 255)
+    tall = target_pad(Image.new("L", (30, 90), 255))
+    assert tall.size == (30 + 2 * 21, 90)  # side 90 / 1.25 = 72: 21 a side
+    squareish = Image.new("RGB", (50, 45))
+    assert target_pad(squareish) is squareish  # under the ratio: as it is
+
+
+def test_eval_preprocess_targetpad_pads_query_and_gallery_images(tiny, tmp_path, p2w_home):
+    """--preprocess targetpad: benchmark images are padded before the backbone's own transform (cached apart from
+    the plain features); only the benchmarks SEARLE evaluates take it."""
+    from PIL import Image
+
+    import p2w
+    from p2w.core.images import target_pad
+    from p2w.evaluation.common import image_features
+
+    wide = tmp_path / "wide.png"
+    Image.radial_gradient("L").resize((120, 40)).convert("RGB").save(wide)
+    engine = p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=None, device="cpu")
+    plain = image_features(engine, [wide], p2w_home, workers=0)[str(wide)]
+    padded = image_features(engine, [wide], p2w_home, workers=0, preprocess="targetpad")[str(wide)]
+    with Image.open(wide) as im:
+        expected = engine.backbone.encode_image(engine.backbone.preprocess(target_pad(im.convert("RGB")))[None])[0]
+    np.testing.assert_allclose(padded, expected.detach().numpy(), atol=1e-5)
+    assert np.abs(padded - plain).max() > 1e-3
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights)]
+    refused = runner.invoke(app, ["eval", "coco", "--data", str(tmp_path), *backbone, "--preprocess", "targetpad"])
+    assert refused.exit_code == 1 and "coco takes no --preprocess" in refused.stderr
+    bad = runner.invoke(app, ["eval", "cirr", "--data", str(tmp_path), *backbone, "--preprocess", "squash"])
+    assert bad.exit_code == 1

@@ -65,6 +65,13 @@ def eval_command(
         str | None,
         typer.Option("--prompt", help="FashionIQ, CIRR, CIRCO: the pic2word template [default: the mapper's method's]"),
     ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            "--preprocess",
+            help="FashionIQ, CIRR, CIRCO: clip (the backbone's own; the default) or targetpad (SEARLE's padding)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Benchmark numbers in the papers' protocols, e.g. p2w eval fashioniq --data fashion-iq/"""
@@ -72,6 +79,15 @@ def eval_command(
         from p2w.evaluation.registry import benchmark as lookup
 
         bench = lookup(benchmark)
+        options = bench.own_options(
+            categories=category,
+            caption_order=caption_order,
+            submission=submission,
+            gallery=gallery,
+            query_style=query_style,
+            prompt=prompt,
+            preprocess=preprocess,
+        )
         folder = bench.folder(data)  # before a mapper is looked for or the model loaded
         model = model or bench.model
         if mode in ("pic2word", "all"):
@@ -86,12 +102,7 @@ def eval_command(
             strict=strict,
             workers=workers,
             batch_size=batch_size,
-            categories=category,
-            caption_order=caption_order,
-            submission=submission,
-            gallery=gallery,
-            query_style=query_style,
-            prompt=prompt,
+            **options,
         )
         if save_predictions is not None:
             from p2w.cli.output import write_json

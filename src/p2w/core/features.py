@@ -28,7 +28,7 @@ from PIL import Image
 
 from p2w.core.backbone import Backbone
 from p2w.core.devices import default_workers
-from p2w.core.images import open_image
+from p2w.core.images import open_image, target_pad
 from p2w.digest import sha256_many
 from p2w.errors import ImageError
 from p2w.progress import Progress
@@ -43,11 +43,14 @@ class Views:
     random-resized crops (scale 0.9-1.0, as the reference trains), each seeded by the file's content and view index."""
 
     count: int = 1
+    pad: float = 0.0  # with count 0: SEARLE's target padding at this ratio first (``core.images.target_pad``)
 
     @property
     def kind(self) -> str:
-        """Cache key of the transform, e.g. ``"eval"`` or ``"rrc0.9"``."""
-        return "eval" if self.count == 0 else "rrc0.9"
+        """Cache key of the transform, e.g. ``"eval"``, ``"eval-targetpad1.25"`` or ``"rrc0.9"``."""
+        if self.count:
+            return "rrc0.9"
+        return f"eval-targetpad{self.pad:g}" if self.pad else "eval"
 
     @property
     def per_image(self) -> int:
@@ -161,7 +164,7 @@ class ViewDataset(torch.utils.data.Dataset[Any]):
     def pixels(self, image: Image.Image, row: int, view: int) -> torch.Tensor:
         """The view's pixels ``(3, H, W)``: eval transform, or a crop seeded by (content hash, view)."""
         if self.views.count == 0:
-            return self.eval_tf(image)
+            return self.eval_tf(target_pad(image, self.views.pad) if self.views.pad else image)
         state = torch.get_rng_state()
         torch.manual_seed(int(self.images.hashes[row][:15], 16) + view)
         try:

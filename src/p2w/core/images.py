@@ -123,3 +123,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
     elif im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return im.convert("RGB")
+
+
+def target_pad(image: Image.Image, ratio: float = 1.25) -> Image.Image:
+    """SEARLE's evaluation padding ("targetpad"): an image whose longer side is at least ``ratio`` times its shorter
+    gets black bands on its shorter sides until the ratio is about ``ratio``; others are returned as they are. The
+    backbone's own resize and centre crop follow, so less of a long image is cropped away."""
+    w, h = image.size
+    if max(w, h) / max(1, min(w, h)) < ratio:
+        return image
+    side = max(w, h) / ratio
+    hp, vp = max(int((side - w) / 2), 0), max(int((side - h) / 2), 0)
+    return ImageOps.expand(image, border=(hp, vp, hp, vp), fill=0)

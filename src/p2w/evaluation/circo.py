@@ -57,6 +57,7 @@ def evaluate(
     batch_size: int = 64,
     progress: Progress | None = None,
     prompt: str | None = None,
+    preprocess: str = "clip",
     gallery: Path | None = None,
     query_style: str = "caption",
     submission: Path | None = None,
@@ -72,7 +73,7 @@ def evaluate(
     if test and submission is None:
         raise P2WError(f"CIRCO {split} has no ground truths: pass --submission DIR to write the server file")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    feats = image_features(engine, files, home, workers, batch_size, progress)
+    feats = image_features(engine, files, home, workers, batch_size, progress, preprocess)
     ids = [int(p.stem) for p in files if str(p) in feats]
     g = unit_rows([feats[str(p)] for p in files if str(p) in feats], engine.backbone.embed_dim)
     index = {i: n for n, i in enumerate(ids)}

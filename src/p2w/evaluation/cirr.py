@@ -47,6 +47,7 @@ def evaluate(
     batch_size: int = 64,
     progress: Progress | None = None,
     prompt: str | None = None,
+    preprocess: str = "clip",
     submission: Path | None = None,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode; with ``split="test1"``, no metrics but the test-server files in ``submission``."""
@@ -56,7 +57,7 @@ def evaluate(
     if test and submission is None:
         raise P2WError(f"CIRR {split} has no targets: pass --submission DIR to write the test server's files")
     paths = {n: data / rel for n, rel in names.items()}
-    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress)
+    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress, preprocess)
     gallery = [n for n in names if str(paths[n]) in feats]
     index = {n: i for i, n in enumerate(gallery)}
     ok = [i for i, q in enumerate(caps) if q["reference"] in index and (test or q["target_hard"] in index)]

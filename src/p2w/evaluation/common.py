@@ -45,6 +45,10 @@ class EvalResult:
         }
 
 
+# image preprocessing of the benchmark images: the backbone's own, or SEARLE's target padding (ratio 1.25) first
+PREPROCESS = {"clip": 0.0, "targetpad": 1.25}
+
+
 def l2n(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length."""
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
@@ -67,14 +71,19 @@ def image_features(
     workers: int | None = None,
     batch_size: int = 64,
     progress: Progress | None = None,
+    preprocess: str = "clip",
 ) -> dict[str, np.ndarray]:
-    """Unnormalised features of the readable images among ``paths``, cached per backbone and file content."""
+    """Unnormalised features of the readable images among ``paths``, cached per backbone and file content;
+    ``preprocess="targetpad"``: SEARLE's padding before the backbone's own transform (its published protocol)."""
+    if preprocess not in PREPROCESS:
+        raise P2WError(f"unknown --preprocess {preprocess!r}; use {' or '.join(PREPROCESS)}")
+    views = Views(0, pad=PREPROCESS[preprocess])
     present = sorted({p for p in paths if p is not None and p.is_file()})
     cache = FeatureCache.for_backbone(home, engine.backbone.id)
     try:
         images = hash_files(present, cache, workers)
-        fill_cache(engine.backbone, images, Views(0), cache, batch_size, workers, progress)
-        have = cache.get([(h, 0) for h in images.hashes], Views(0).kind)
+        fill_cache(engine.backbone, images, views, cache, batch_size, workers, progress)
+        have = cache.get([(h, 0) for h in images.hashes], views.kind)
     finally:
         cache.close()
     return {str(p): have[(h, 0)] for p, h in zip(images.paths, images.hashes, strict=True) if (h, 0) in have}

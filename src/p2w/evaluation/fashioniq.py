@@ -58,6 +58,7 @@ def evaluate(
     batch_size: int = 64,
     progress: Progress | None = None,
     prompt: str | None = None,
+    preprocess: str = "clip",
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode, metrics grouped by category plus ``average``."""
     categories = list(categories or CATEGORIES)
@@ -75,7 +76,7 @@ def evaluate(
     }
     wanted = {a for caps, gallery in annotations.values() for a in [*gallery, *(q["candidate"] for q in caps)]}
     paths = {a: image_path(data, a) for a in sorted(wanted)}
-    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress)
+    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress, preprocess)
     vec = {a: feats[str(p)] for a, p in paths.items() if p is not None and str(p) in feats}
     results = {
         md: EvalResult("fashioniq", split, md, engine.backbone.id, mapper_name(engine), {}, {}) for md in modes_of(mode)

@@ -51,16 +51,26 @@ class Benchmark:
         self.load().check_layout(folder)
         return folder
 
-    def evaluate(self, engine: Engine, data: Path, home: Path, **kwargs: Any) -> list[EvalResult]:
-        """Run it: ``kwargs`` are the common options (mode, split, strict, workers, batch_size) and this benchmark's
-        own; options it does not take are refused when set (None means unset)."""
-        common = {"mode", "split", "strict", "workers", "batch_size", "progress"}
-        foreign = sorted(k for k, v in kwargs.items() if k not in common and k not in self.options and v)
+    def own_options(self, **options: Any) -> dict[str, Any]:
+        """The options given (None means not given) that this benchmark takes; one it does not take is an error,
+        raised before any file is read or model loaded."""
+        foreign = sorted(k for k, v in options.items() if k not in self.options and v is not None)
         if foreign:
             raise P2WError(f"{self.name} takes no {', '.join('--' + k.replace('_', '-') for k in foreign)}")
-        own = {k: v for k, v in kwargs.items() if k in common or (k in self.options and v is not None)}
-        own["split"] = own.get("split") or self.split
-        return list(self.load().evaluate(engine, data, home, **own))
+        return {k: v for k, v in options.items() if v is not None}
+
+    def evaluate(
+        self, engine: Engine, data: Path, home: Path, split: str | None = None, **kwargs: Any
+    ) -> list[EvalResult]:
+        """Run it: ``kwargs`` are the common options (mode, strict, workers, batch_size, progress) and this
+        benchmark's own (``own_options``)."""
+        common = {"mode", "strict", "workers", "batch_size", "progress"}
+        own = self.own_options(**{k: v for k, v in kwargs.items() if k not in common})
+        return list(
+            self.load().evaluate(
+                engine, data, home, split=split or self.split, **own, **{k: v for k, v in kwargs.items() if k in common}
+            )
+        )
 
 
 BENCHMARKS = {
@@ -69,20 +79,20 @@ BENCHMARKS = {
         Benchmark(
             "fashioniq",
             "fashioniq",
-            ("categories", "caption_order", "prompt"),
+            ("categories", "caption_order", "prompt", "preprocess"),
             get_data="get the annotations from github.com/XiaoxiaoGuo/fashion-iq and the images as its README says",
         ),
         Benchmark(
             "cirr",
             "cirr",
-            ("submission", "prompt"),
+            ("submission", "prompt", "preprocess"),
             get_data="get the annotations from github.com/Cuberick-Orion/CIRR and the NLVR2 images",
         ),
         Benchmark("imagenet-r", "imagenet_r", get_data="get ImageNet-R and ImageNet val (see docs/evaluation.md)"),
         Benchmark(
             "circo",
             "circo",
-            ("submission", "gallery", "query_style", "prompt"),
+            ("submission", "gallery", "query_style", "prompt", "preprocess"),
             get_data="get the annotations from github.com/miccunifi/CIRCO and the COCO 2017 unlabeled images",
         ),
         Benchmark("coco", "coco", get_data="get COCO val2017 images and instances_val2017.json from cocodataset.org"),
