@@ -52,7 +52,10 @@ def exact_top(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 def fill(catalog: Catalog, data: np.ndarray) -> None:
     """Rows 1..n of the catalog hold data[0..n-1]."""
     for i in range(0, len(data), 50_000):
-        rows = [(f"/bench/{j}.jpg", 1, 1, f"{j:064x}", data[j].tobytes()) for j in range(i, min(len(data), i + 50_000))]
+        rows = [
+            (f"/bench/{j}.jpg", 1, 1, f"{j:064x}", data[j].tobytes(), None)
+            for j in range(i, min(len(data), i + 50_000))
+        ]
         catalog.put(rows, data.shape[1])
 
 

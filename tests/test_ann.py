@@ -26,7 +26,7 @@ def structured(rng: np.random.Generator, n: int, basis: np.ndarray, noise: float
 
 
 def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
-    rows = [(f"/photos/{start + i}.jpg", 1, 1, f"{start + i:064x}", v.tobytes()) for i, v in enumerate(vectors)]
+    rows = [(f"/photos/{start + i}.jpg", 1, 1, f"{start + i:064x}", v.tobytes(), None) for i, v in enumerate(vectors)]
     catalog.put(rows, DIM)
     paths = [r[0] for r in rows]
     found = dict(catalog.con.execute("SELECT path, id FROM files"))
