@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from p2w.atomic import atomic_path
+from p2w.library.lock import pid_alive
 from p2w.settings import Settings
 from p2w.spec import safe_name
 
@@ -67,28 +68,13 @@ def read(path: Path) -> ServerRecord | None:
         return None
 
 
-def alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (it may belong to another user)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def find(settings: Settings, backbone: str) -> ServerRecord | None:
     """The live server of ``backbone``, if one is recorded; a record of a dead process is removed."""
     path = record_path(settings, backbone)
     record = read(path)
     if record is None:
         return None
-    if not alive(record.pid):
+    if record.pid <= 0 or not pid_alive(record.pid):
         forget(settings, record)
         return None
     return record
