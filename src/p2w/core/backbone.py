@@ -134,6 +134,11 @@ class Backbone:
         star_rows = star_cols = star_slot = None
         if with_star:
             hits = torch.eq(ids, self.star_id)  # (batch, length)
+            missing = (hits.sum(dim=1) == 0).nonzero()
+            if len(missing):
+                raise PromptError(
+                    f"prompt row {int(missing[0, 0])} has no '*' token; a pic2word prompt needs exactly one per image"
+                )
             star_rows, star_cols = hits.nonzero(as_tuple=True)  # row-major: each row's stars in reading order
             star_slot = (hits.cumsum(dim=1) - 1)[star_rows, star_cols]
         return TextPlan(ids, rows, star_rows, star_cols, star_slot, self._pool_positions(ids))
