@@ -26,6 +26,10 @@ def train_command(
     data: Annotated[
         Path | None, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")
     ] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option("--captions", help="caption file (a caption a line, JSONL or reference CSV): LinCIR's objective"),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="name to register the mapper under")] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -33,34 +37,73 @@ def train_command(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16/fp16 autocast on CUDA), fp32, ...")
     ] = "auto",
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="per process")] = 128,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="[default: 10; with --captions: --max-steps decides]")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=2, help="per process [default: 128; with --captions 256]")
+    ] = None,
     lr: Annotated[float, typer.Option("--lr")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.1,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="steps [default: 10% of the run, <= 10000]")] = None,
-    hidden_dim: Annotated[int, typer.Option("--hidden-dim", min=1)] = 512,
-    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0)] = 0.1,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="[default: 0.1; with --captions 0.01]")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="steps [default: 10% of the run, <= 10000; with --captions 500]")
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule", help="after the warm-up: cosine or constant [default: cosine; with --captions constant]"
+        ),
+    ] = None,
+    network: Annotated[
+        str | None, typer.Option("--network", help="pic2word or phi [default: pic2word; with --captions phi]")
+    ] = None,
+    hidden_dim: Annotated[
+        int | None, typer.Option("--hidden-dim", min=1, help="[default: 512; phi: 4 x embedding width]")
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option("--dropout", min=0.0, max=1.0, help="[default: 0.1; phi: 0.5]")
+    ] = None,
+    noise: Annotated[
+        float, typer.Option("--noise", min=0.0, help="captions: t + NOISE * U(0,1) * N(0,I) goes to the mapper")
+    ] = 1.0,
+    mix: Annotated[
+        str, typer.Option("--mix", help="--data with --captions: alternate (one objective a step) or sum")
+    ] = "alternate",
+    keywords: Annotated[
+        str, typer.Option("--keywords", help="auto (spaCy when it loads, else p2w's stop-word rule) or rule")
+    ] = "auto",
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.5)] = 0.02,
     augment_views: Annotated[int, typer.Option("--augment-views", min=0, help="cached random crops per image")] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: WorkersOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="encode images at every step (slow)")] = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="encode images and caption features at every step (slow)")
+    ] = False,
     no_graphs: Annotated[bool, typer.Option("--no-cuda-graphs", help="run the text tower eagerly on CUDA")] = False,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=0, help="stop after this many steps")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=0, help="stop after this many steps [default: none; with --captions 50000]"),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run of --name from its checkpoint")] = False,
     force: Annotated[bool, typer.Option("--force", help="replace a mapper or run of the same name")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Train a mapper on unlabeled images, e.g. p2w train --data imgs/ --name mine"""
+    """Train a mapper on unlabeled images and/or captions, e.g. p2w train --data imgs/ --name mine"""
     with user_errors():
         from p2w.cli.render import TrainProgress, train_table
         from p2w.training.config import TrainConfig
         from p2w.training.loop import train
 
-        if data is None and not resume:
-            raise P2WError("--data is required: an image folder, a list file or a CSV (or --resume a run)")
+        if data is None and captions is None and not resume:
+            raise P2WError(
+                "--data or --captions is required: an image folder, list file or CSV, and/or a caption file "
+                "(or --resume a run)"
+            )
         cfg = TrainConfig(
             data=str(data) if data else "",
+            captions=str(captions) if captions else None,
             name=name,
             model=model,
             pretrained=pretrained,
@@ -71,8 +114,13 @@ def train_command(
             lr=lr,
             weight_decay=weight_decay,
             warmup=warmup,
+            schedule=schedule,
+            network=network,
             hidden_dim=hidden_dim,
             dropout=dropout,
+            noise=noise,
+            mix=mix,
+            keywords=keywords,
             val_fraction=val_fraction,
             augment_views=augment_views,
             seed=seed,
@@ -90,5 +138,13 @@ def train_command(
         if as_json:
             typer.echo(json.dumps(result.to_json()))
         else:
-            out_console().print(train_table(result))
+            table = train_table(result)
+            if result.captions:  # the table's title counts images only
+                what = (
+                    f"{result.images} images, {result.captions} captions"
+                    if result.images
+                    else f"{result.captions} captions"
+                )
+                table.title = f"mapper {result.name} ({result.backbone}, {what}, {len(result.skipped)} skipped)"
+            out_console().print(table)
         err_console.print(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")

@@ -31,6 +31,7 @@ def save_checkpoint(run: Run, path: Path) -> None:
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "history": run.history,
         "step_losses": run.step_losses,
+        "keywords": run.captions.rule if run.captions is not None else "",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -51,6 +52,12 @@ def restore_checkpoint(run: Run, path: Path) -> None:
     state = read_checkpoint(path)
     if state["backbone"] != run.backbone.id:
         raise P2WError(f"the checkpoint was made with backbone {state['backbone']}, not {run.backbone.id}")
+    rule = run.captions.rule if run.captions is not None else ""
+    if state.get("keywords", "") != rule:
+        raise P2WError(
+            f"the run chose keywords by {state.get('keywords')!r}, this machine by {rule!r}; resume it where the "
+            "same keyword rule runs (spaCy and its model importable, or not)"
+        )
     run.mapper.load_state_dict(state["mapper"])
     run.stepper.optimizer.load_state_dict(state["optimizer"])
     run.stepper.scaler.load_state_dict(state["scaler"])

@@ -13,6 +13,12 @@ from p2w.settings import Settings
 # fields that define a run: a resumed run must match them
 RUN_FIELDS = (
     "data",
+    "captions",
+    "network",
+    "noise",
+    "schedule",
+    "mix",
+    "keywords",
     "model",
     "pretrained",
     "epochs",
@@ -31,30 +37,80 @@ RUN_FIELDS = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of a run; defaults are the reference's (AdamW 0.9/0.98/1e-6, wd 0.1 but biases, lr 1e-4, batch 128)."""
+    """Options of a run. ``data`` (images: Pic2Word's objective), ``captions`` (a caption file: LinCIR's), or both.
+    Options left at None take the objective's defaults (``with_defaults``): with ``data`` alone the Pic2Word
+    reference's (AdamW 0.9/0.98/1e-6, wd 0.1 but biases, lr 1e-4, batch 128, 10 epochs, warm-up then cosine, its
+    mapper, hidden 512, dropout 0.1); with ``captions`` LinCIR's (AdamW 0.9/0.999/1e-8, wd 0.01, lr 1e-4, batch 256,
+    50,000 steps, 500 warm-up steps then constant, phi with hidden 4 x embed_dim, dropout 0.5, noise 1.0)."""
 
-    data: str
+    data: str = ""
+    captions: str | None = None
     name: str | None = None
     model: str | None = None
     pretrained: str | None = None
     device: str | None = None
     precision: str = "auto"  # on CUDA: bf16 autocast where supported, else fp16 with loss scaling
-    epochs: int = 10
-    batch_size: int = 128  # per process
+    epochs: int | None = None
+    batch_size: int | None = None  # per process
     lr: float = 1e-4
-    weight_decay: float = 0.1
-    warmup: int | None = None  # steps; None: 10% of the run, at most 10000 (the reference's default)
-    hidden_dim: int = 512
-    dropout: float = 0.1
+    weight_decay: float | None = None
+    warmup: int | None = None  # steps; None: 10% of the run, at most 10000 (the reference's default); LinCIR 500
+    hidden_dim: int | None = None  # None: 512 for Pic2Word's mapper, 4 x embed_dim for phi
+    dropout: float | None = None  # None: 0.1 for Pic2Word's mapper, 0.5 for phi
+    network: str | None = None  # "pic2word" | "phi"; None: pic2word with data alone, phi with captions
+    noise: float = 1.0  # LinCIR's noise scale: t + noise * U(0, 1) * N(0, I)
+    schedule: str | None = None  # "cosine" | "constant" after the warm-up; None: the objective's
+    mix: str = "alternate"  # with data and captions: "alternate" (one objective a step) or "sum" (both each step)
+    keywords: str = "auto"  # "auto": spaCy's tagging when it loads, else p2w's stop-word rule; "rule": the rule
     val_fraction: float = 0.02
     augment_views: int = 1  # 0: no augmentation; K: K cached random crops per image
     seed: int = 0
     workers: int | None = None  # decoding processes; None: p2w.core.devices.default_workers of the device
-    cache: bool = True  # False: encode images at every step, as the reference does
+    cache: bool = True  # False: encode images (and caption features) at every step, as the references do
     cuda_graphs: bool = True  # capture the text tower's forward/backward on CUDA
-    max_steps: int | None = None
+    max_steps: int | None = None  # None: the epochs decide (Pic2Word), 50,000 steps (LinCIR)
     resume: bool = False
     force: bool = False
+
+    @property
+    def objective(self) -> str:
+        """``pic2word`` (images), ``lincir`` (captions) or ``mixed`` (both)."""
+        if self.captions and self.data:
+            return "mixed"
+        return "lincir" if self.captions else "pic2word"
+
+    def with_defaults(self) -> TrainConfig:
+        """Every option left at None set to its objective's (and network's) default; ``epochs`` stays None when
+        the run is counted in steps (LinCIR's ``max_steps``)."""
+        pic2word = self.objective == "pic2word"
+        network = self.network or ("pic2word" if pic2word else "phi")
+        if network not in NETWORKS:
+            raise P2WError(f"unknown network {network!r}; use one of {', '.join(NETWORKS)}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise P2WError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.mix not in MIXES:
+            raise P2WError(f"unknown mix {self.mix!r}; use one of {', '.join(MIXES)}")
+        if self.keywords not in KEYWORDS:
+            raise P2WError(f"unknown keyword rule {self.keywords!r}; use one of {', '.join(KEYWORDS)}")
+        return replace(
+            self,
+            network=network,
+            epochs=self.epochs if self.epochs is not None or not pic2word else 10,
+            max_steps=self.max_steps if self.max_steps is not None or pic2word or self.epochs else LINCIR_STEPS,
+            batch_size=self.batch_size or (128 if pic2word else 256),
+            weight_decay=self.weight_decay if self.weight_decay is not None else (0.1 if pic2word else 0.01),
+            warmup=self.warmup if self.warmup is not None or pic2word else 500,
+            hidden_dim=self.hidden_dim or (512 if network == "pic2word" else None),
+            dropout=self.dropout if self.dropout is not None else (0.1 if network == "pic2word" else 0.5),
+            schedule=self.schedule or ("cosine" if pic2word else "constant"),
+        )
+
+
+NETWORKS = ("pic2word", "phi")
+SCHEDULES = ("cosine", "constant")
+MIXES = ("alternate", "sum")
+KEYWORDS = ("auto", "rule")
+LINCIR_STEPS = 50_000  # LinCIR's default max_train_steps
 
 
 @dataclass
@@ -92,6 +148,10 @@ class TrainResult:
     epochs: list[EpochSummary] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     main_process: bool = True  # False on torchrun ranks other than 0, which should print nothing
+    objective: str = "pic2word"  # "pic2word", "lincir" or "mixed"
+    images: int = 0  # training images (``samples`` = images + captions)
+    captions: int = 0  # training captions
+    keywords: str | None = None  # the keyword rule that ran, with captions
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` summary."""
@@ -99,7 +159,11 @@ class TrainResult:
             "name": self.name,
             "mapper_path": str(self.mapper_path),
             "backbone": self.backbone,
+            "objective": self.objective,
             "samples": self.samples,
+            "images": self.images,
+            "captions": self.captions,
+            "keywords": self.keywords,
             "skipped": len(self.skipped),
             "epochs": [e.to_json() for e in self.epochs],
         }
@@ -153,13 +217,14 @@ def check_start(cfg: TrainConfig, name: str, paths: RunPaths) -> None:
             raise P2WError(f"a mapper named {name!r} exists already ({paths.mapper}); pick another --name or --force")
         if paths.checkpoint.exists():
             raise P2WError(f"a run named {name!r} exists ({paths.checkpoint}); continue it with --resume, or --force")
-    if cfg.batch_size < 2 and cfg.max_steps != 0:
+    if cfg.batch_size is not None and cfg.batch_size < 2 and cfg.max_steps != 0:
         raise P2WError("--batch-size must be at least 2: the loss contrasts each image with the others")
 
 
 def resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
     """The first run's options for every field left at its default; a field set to another value is an error."""
-    defaults, stored = TrainConfig(data=""), state["config"]
+    defaults = TrainConfig()
+    stored = {k: state["config"].get(k, getattr(defaults, k)) for k in RUN_FIELDS}  # older runs lack newer fields
     changed = [
         f"{k} ({stored[k]!r} -> {getattr(cfg, k)!r})"
         for k in RUN_FIELDS
@@ -167,4 +232,4 @@ def resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
     ]
     if changed:
         raise P2WError(f"--resume continues a run with its own options; changed: {', '.join(changed)}")
-    return replace(cfg, **{k: stored[k] for k in RUN_FIELDS})
+    return replace(cfg, **stored)

@@ -1,4 +1,5 @@
-"""torchrun support: process-group set-up and the contrastive loss over the global batch, as the reference does."""
+"""torchrun support: process-group set-up, the contrastive loss over the global batch as the reference does, and
+the mean of a caption loss over the ranks."""
 
 from __future__ import annotations
 
@@ -69,3 +70,13 @@ def global_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: float, d: 
         dist.all_gather(gathered, local.detach().contiguous())
         parts.append(torch.cat([local, *gathered[: d.rank], *gathered[d.rank + 1 :]]))
     return contrastive_loss(parts[0], parts[1], logit_scale)
+
+
+def rank_mean(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean of a detached value over the ranks (a caption loss: each rank's is the mean of its own batch, so the
+    ranks' mean is the global batch's); itself when run alone."""
+    if d.world == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / d.world

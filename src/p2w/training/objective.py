@@ -1,4 +1,6 @@
-"""Pic2Word's training objective: "a photo of *" with the mapped image must match the image itself."""
+"""The training objectives. Pic2Word's: "a photo of *" with the mapped image must match the image itself
+(contrastive). LinCIR's: a caption with its keywords replaced by ``*`` and the pseudo-word of the caption's own
+(noised) text feature at every ``*`` must give back that text feature (mean squared error)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from p2w.core.backbone import Backbone
+from p2w.core.backbone import Backbone, TextPlan
 from p2w.core.compose import TRAIN_PROMPT, prompt_ids
 from p2w.mappers.network import TokenMapper
 
@@ -57,3 +59,26 @@ def pic2word_loss(
     """
     tokens = mapper(image_features) if tokens is None else tokens
     return loss_fn(image_features, photo_of_star_features(backbone, tokens), backbone.logit_scale)
+
+
+def caption_noise(t: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """LinCIR's input noise: ``t + scale * u * n``, ``u ~ U(0, 1)`` one scalar per row, ``n ~ N(0, I)``; added to
+    the unnormalised feature (draws ``u`` then ``n`` from the default generator of ``t``'s device)."""
+    u = torch.rand(t.shape[0], 1, device=t.device, dtype=t.dtype)
+    return t + scale * u * torch.randn_like(t)
+
+
+def lincir_loss(
+    backbone: Backbone,
+    mapper: TokenMapper,
+    t: torch.Tensor,
+    plan: TextPlan,
+    noise: float = 1.0,
+    tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LinCIR's loss of one batch: ``t`` ``(batch, embed_dim)`` the captions' own projected, unnormalised text
+    features; ``plan`` the replaced captions (``backbone.text_plan(ids, with_star=True)``). The token
+    ``mapper(caption_noise(t, noise))`` (or ``tokens``) goes to every ``*`` of its row; the loss is the mean over
+    batch and dimensions of ``(text tower(replaced) - t) ** 2``, both unnormalised. Gradients reach the mapper."""
+    tokens = mapper(caption_noise(t, noise)) if tokens is None else tokens
+    return F.mse_loss(backbone.encode_planned(plan, tokens), t)

@@ -32,12 +32,46 @@ def _param_groups(mapper: TokenMapper, weight_decay: float) -> list[dict[str, An
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """The reference's schedule: linear warm-up to ``base_lr``, then cosine to 0 at ``total``."""
+def lincir_adamw(mapper: TokenMapper, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """LinCIR's optimiser: AdamW with torch's betas 0.9/0.999 and eps 1e-8, decay on every parameter; fused on
+    CUDA."""
+    fused = next(mapper.parameters()).is_cuda
+    return torch.optim.AdamW(mapper.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """Linear warm-up to ``base_lr``, then ``cosine`` to 0 at ``total`` (the Pic2Word reference's schedule) or
+    ``constant`` (LinCIR's ``constant_with_warmup``)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
     span = max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base_lr
+
+
+def grad_scaler(backbone: Backbone) -> torch.amp.GradScaler:
+    """Loss scaling, on for fp16 only."""
+    return torch.amp.GradScaler(backbone.placement.device.type, enabled=backbone.placement.precision == "fp16")
+
+
+def photo_encoder(backbone: Backbone, batch: int, graphs: bool = True) -> tuple[Callable[..., Any], bool]:
+    """``tokens (batch, token_width) -> features`` of "a photo of *" for a fixed batch size, and whether its forward
+    and backward are CUDA graphs (captured on CUDA when ``graphs``; eager where capture fails)."""
+    ids = prompt_ids(backbone, [TRAIN_PROMPT], need_star=True).expand(batch, -1)
+    plan = backbone.text_plan(ids, with_star=True)  # graph replays read its tensors: the closure keeps them alive
+
+    def encode(tokens: torch.Tensor) -> torch.Tensor:
+        return backbone.encode_planned(plan, tokens)
+
+    if not (graphs and backbone.placement.device.type == "cuda"):
+        return encode, False
+    sample = torch.randn(batch, backbone.token_width, device=backbone.placement.device, requires_grad=True)
+    try:
+        return torch.cuda.make_graphed_callables(encode, (sample,)), True
+    except Exception as exc:  # capture can fail on unusual models or drivers; eager still works
+        log.warning("CUDA graph capture failed, training without it: %s", summary(exc))
+        return encode, False
 
 
 class TrainStep:
@@ -58,26 +92,8 @@ class TrainStep:
         graphs: bool = True,
     ) -> None:
         self.backbone, self.mapper, self.model, self.optimizer, self.d = backbone, mapper, model, optimizer, d
-        ids = prompt_ids(backbone, [TRAIN_PROMPT], need_star=True).expand(batch, -1)
-        # the graph reads these tensors by address at every replay: keep them alive as long as the step
-        self.plan = backbone.text_plan(ids, with_star=True)
-        self.eager: Callable[..., Any] = lambda tokens: backbone.encode_planned(self.plan, tokens)
-        self.encode: Callable[..., Any] = self.eager
-        self.graphed = False
-        if graphs and backbone.placement.device.type == "cuda":
-            self._capture(batch)
-        self.scaler = torch.amp.GradScaler(
-            backbone.placement.device.type, enabled=backbone.placement.precision == "fp16"
-        )
-
-    def _capture(self, batch: int) -> None:
-        device = self.backbone.placement.device
-        sample = torch.randn(batch, self.backbone.token_width, device=device, requires_grad=True)
-        try:
-            self.encode = torch.cuda.make_graphed_callables(self.encode, (sample,))
-            self.graphed = True
-        except Exception as exc:  # capture can fail on unusual models or drivers; eager still works
-            log.warning("CUDA graph capture failed, training without it: %s", summary(exc))
+        self.encode, self.graphed = photo_encoder(backbone, batch, graphs)
+        self.scaler = grad_scaler(backbone)
 
     def __call__(self, feats: torch.Tensor, lr: float) -> torch.Tensor:
         """One step on image features ``(batch, embed_dim)`` at learning rate ``lr``; returns the loss (no sync)."""
