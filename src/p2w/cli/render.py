@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 class TrainProgress:
-    """``p2w.train.Callbacks`` drawing a progress bar (features, then steps with loss, lr and samples/s)."""
+    """``p2w.train.Callbacks`` drawing progress bars (image features, keywords and caption features, then steps
+    with loss, lr and samples/s)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -54,8 +55,8 @@ class TrainProgress:
         self.console.print(text)
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        """Progress of the one-off feature pass."""
-        self.bar.update(self._task("features", "features", total), completed=done)
+        """Progress of the one-off passes, a bar per stage ("features", "keywords", "caption features")."""
+        self.bar.update(self._task(stage, stage, total), completed=done)
 
     def step(self, step: int, total: int, loss: float, lr: float, samples_per_s: float) -> None:
         """Progress of the optimisation steps."""
