@@ -29,6 +29,10 @@ class ImageError(P2WError):
     """An image file cannot be opened or decoded."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (or a decompression bomb): refused before it is decoded."""
+
+
 class DeviceError(P2WError):
     """The requested device or precision is not available on this machine."""
 

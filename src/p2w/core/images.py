@@ -10,7 +10,7 @@ from typing import Union
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from p2w.errors import ImageError
+from p2w.errors import ImageError, ImageTooLarge
 
 ImageLike = Union[str, "os.PathLike[str]", Image.Image]
 MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2x its warning threshold)
@@ -79,7 +79,7 @@ def _decode(source: Path | io.BytesIO, name: str, draft: int | None, max_pixels:
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name} is too large to decode safely ({str(exc).split(',')[0]})") from exc
+        raise ImageTooLarge(f"{name} is too large to decode safely ({str(exc).split(',')[0]})") from exc
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (OSError, SyntaxError, ValueError) as exc:
@@ -96,7 +96,7 @@ def _reduce(im: Image.Image, name: str, draft: int | None, max_pixels: int) -> N
         if scale > 1:
             im.draft("RGB", (im.width // scale, im.height // scale))
     if im.width * im.height > max_pixels:
-        raise ImageError(f"{name}: {im.width}x{im.height} pixels is over the limit of {max_pixels}")
+        raise ImageTooLarge(f"{name}: {im.width}x{im.height} pixels is over the limit of {max_pixels}")
 
 
 LATE_CONVERSION = frozenset({"RGB", "RGBA", "L", "LA", "P"})

@@ -23,7 +23,7 @@ import torch
 from p2w.core.compose import DEFAULT_TEMPLATE, MODES
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
-from p2w.errors import ImageError, P2WError
+from p2w.errors import ImageError, ImageTooLarge, P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Row, catalog_dir
 from p2w.library.search import search
@@ -191,8 +191,10 @@ class Service:
         if key not in self._uploads:
             try:
                 image = decode_image(data, "the upload", self.engine.backbone.draft_size, self.limits.upload_pixels)
+            except ImageTooLarge as exc:
+                raise TooLarge(str(exc)) from exc
             except ImageError as exc:
-                raise (TooLarge if "limit" in str(exc) or "too large" in str(exc) else Unsupported)(str(exc)) from exc
+                raise Unsupported(str(exc)) from exc
             self._uploads[key] = self.engine.image_features([image])[0].float().cpu()
             while len(self._uploads) > self.limits.uploads_kept:
                 self._uploads.popitem(last=False)
