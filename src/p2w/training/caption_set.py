@@ -111,14 +111,7 @@ def load_captions(
     """Read (unless ``read`` holds them already), clean and replace the captions of ``path`` and compute what the
     cache in ``home`` lacks (split over ranks); ``cache=False``: nothing is stored, and ``t`` is left to every step
     (LinCIR's way)."""
-    texts, where, skipped = [], [], []
-    for c in read if read is not None else read_captions(path):
-        text = clean(c.text)
-        if text:
-            texts.append(text)
-            where.append(f"{path.name}:{c.line}")
-        else:
-            skipped.append((f"{path.name}:{c.line}", "nothing left after cleaning"))
+    texts, where, skipped = _cleaned(path, read if read is not None else read_captions(path))
     keys = [caption_key(t) for t in texts]
     distinct = dict(zip(keys, texts, strict=True))
     store = FeatureCache.for_backbone(home, backbone.id) if cache else None
@@ -148,6 +141,19 @@ def load_captions(
         rule.name,
         skipped,
     )
+
+
+def _cleaned(path: Path, read: list[Caption]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """The cleaned captions, where each one is (``file:line``), and what cleaning left empty."""
+    texts, where, skipped = [], [], []
+    for c in read:
+        text = clean(c.text)
+        if text:
+            texts.append(text)
+            where.append(f"{path.name}:{c.line}")
+        else:
+            skipped.append((f"{path.name}:{c.line}", "nothing left after cleaning"))
+    return texts, where, skipped
 
 
 def _table(backbone: Backbone, vectors: list[np.ndarray]) -> torch.Tensor:

@@ -45,15 +45,8 @@ def prepare(
     backbone = Backbone.load(spec, device=device, precision=precision)
     source, train_rows, val_rows, skipped = _images(cfg, backbone, files, settings, d, cb)
     captions = _captions(cfg, backbone, read, settings, d, cb) if read is not None else None
-    batch = cfg.batch_size or 2
-    images = texts = None
-    if source is not None:
-        n = len(train_rows)
-        images = Cursor(train_rows, local_batch(batch, n, d, "images"), d, cfg.seed, source.views_per_image)
-    if captions is not None:
-        skipped += captions.skipped
-        n = len(captions)
-        texts = Cursor(torch.arange(n), local_batch(batch, n, d, "captions"), d, cfg.seed + CAPTION_STREAM)
+    images, texts = _cursors(cfg, d, train_rows, source, captions)
+    skipped += captions.skipped if captions is not None else []
     per_epoch = steps_per_epoch(cfg.objective, cfg.mix, images, texts)
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * (cfg.epochs or 1)
     mapper, stepper = _model(cfg, backbone, images.local_batch if images is not None else None, d)
@@ -76,6 +69,21 @@ def prepare(
         warmup=cfg.warmup if cfg.warmup is not None else min(10000, total // 10),
     )
     return run, skipped
+
+
+def _cursors(
+    cfg: TrainConfig, d: Dist, train_rows: torch.Tensor, source: FeatureSource | None, captions: CaptionSet | None
+) -> tuple[Cursor | None, Cursor | None]:
+    """The batches of the images and of the captions (None for a source the run does not have)."""
+    batch = cfg.batch_size or 2
+    images = texts = None
+    if source is not None:
+        n = len(train_rows)
+        images = Cursor(train_rows, local_batch(batch, n, d, "images"), d, cfg.seed, source.views_per_image)
+    if captions is not None:
+        n = len(captions)
+        texts = Cursor(torch.arange(n), local_batch(batch, n, d, "captions"), d, cfg.seed + CAPTION_STREAM)
+    return images, texts
 
 
 def _images(
