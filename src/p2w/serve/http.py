@@ -148,79 +148,89 @@ def _error(status: int, message: str) -> Response:
 
 def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
     """The ASGI app of ``service``, e.g. ``uvicorn.run(create_app(service, token, "127.0.0.1", 8765))``."""
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")  # the engine's one thread
+    api = _Api(service)
+    routes = [
+        Route("/", _endpoint(api.page)),
+        Route("/assets/{name}", _endpoint(api.asset)),
+        Route("/api/status", _endpoint(api.status)),
+        Route("/api/upload", _endpoint(api.upload), methods=["POST"]),
+        Route("/api/search", _endpoint(api.search), methods=["POST"]),
+        Route("/api/thumb/{photo:int}", _endpoint(api.thumb)),
+        Route("/api/photo/{photo:int}", _endpoint(api.photo)),
+    ]
+    app = Starlette(routes=routes, lifespan=api.lifespan)
+    app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host), port=port)
+    return app
 
-    async def on_worker(fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(worker, fn, *args)
 
-    def endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except ServeError as exc:
-                return _error(exc.status, str(exc))
-            except P2WError as exc:  # a query the library refuses (prompt, mode, mapper): the user's to fix
-                return _error(400, str(exc))
-            except Exception:  # never a traceback to the client; the server keeps serving
-                log.exception("request %s %s failed", request.method, request.url.path)
-                return _error(500, "internal error; see the server's log")
+def _endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Every refusal as a JSON ``{"error": ...}`` of its status; never a traceback to the client."""
 
-        return wrapped
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ServeError as exc:
+            return _error(exc.status, str(exc))
+        except P2WError as exc:  # a query the library refuses (prompt, mode, mapper): the user's to fix
+            return _error(400, str(exc))
+        except Exception:  # the server keeps serving
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return _error(500, "internal error; see the server's log")
 
-    async def page(request: Request) -> Response:
+    return wrapped
+
+
+class _Api:
+    """The endpoints over one ``Service``, whose every call runs on one worker thread (the engine's and SQLite's)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")
+
+    async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        await self.on_worker(self.service.close)  # the catalog's connection belongs to the worker thread
+        self.worker.shutdown(wait=True)
+
+    async def page(self, request: Request) -> Response:
         return _asset("index.html", "text/html; charset=utf-8")
 
-    async def asset(request: Request) -> Response:
+    async def asset(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in ASSETS:
             return _error(404, "no such file")
         return _asset(name, "text/javascript" if name.endswith(".js") else "text/css")
 
-    async def status(request: Request) -> Response:
-        return JSONResponse(await on_worker(service.status))
+    async def status(self, request: Request) -> Response:
+        return JSONResponse(await self.on_worker(self.service.status))
 
-    async def upload(request: Request) -> Response:
-        body = await _read_limited(request, service.limits.upload_bytes)
-        return JSONResponse(await on_worker(service.upload, body))
+    async def upload(self, request: Request) -> Response:
+        body = await _read_limited(request, self.service.limits.upload_bytes)
+        return JSONResponse(await self.on_worker(self.service.upload, body))
 
-    async def search(request: Request) -> Response:
+    async def search(self, request: Request) -> Response:
         raw = await _read_limited(request, 64 << 10)
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for the decoder
             raise ServeError("the search request must be JSON") from exc
-        query = Query.from_json(data, service.limits)
-        if query.photo is not None:
-            _photo_id(query.photo)
-        return JSONResponse(await on_worker(service.search, query))
+        query = Query.from_json(data, self.service.limits)
+        for photo in [query.photo, *(ref.photo for ref in query.images)]:
+            if photo is not None:
+                _photo_id(photo)
+        return JSONResponse(await self.on_worker(self.service.search, query))
 
-    async def thumb(request: Request) -> Response:
-        path = await on_worker(service.thumbnail, _photo_id(request.path_params["photo"]))
+    async def thumb(self, request: Request) -> Response:
+        path = await self.on_worker(self.service.thumbnail, _photo_id(request.path_params["photo"]))
         return FileResponse(path, media_type="image/jpeg")
 
-    async def photo(request: Request) -> Response:
-        path = await on_worker(service.original, _photo_id(request.path_params["photo"]))
+    async def photo(self, request: Request) -> Response:
+        path = await self.on_worker(self.service.original, _photo_id(request.path_params["photo"]))
         return FileResponse(path, filename=path.name, content_disposition_type="inline")
-
-    routes = [
-        Route("/", endpoint(page)),
-        Route("/assets/{name}", endpoint(asset)),
-        Route("/api/status", endpoint(status)),
-        Route("/api/upload", endpoint(upload), methods=["POST"]),
-        Route("/api/search", endpoint(search), methods=["POST"]),
-        Route("/api/thumb/{photo:int}", endpoint(thumb)),
-        Route("/api/photo/{photo:int}", endpoint(photo)),
-    ]
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await on_worker(service.close)  # the catalog's connection belongs to the worker thread
-        worker.shutdown(wait=True)
-
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(Guard, token=token, hosts=allowed_hosts(host, port), wildcard=_is_wildcard(host), port=port)
-    return app
 
 
 def _photo_id(photo: int) -> int:
