@@ -99,3 +99,16 @@ def test_stale_records_are_ignored_and_removed(catalog, tiny, p2w_home):
         assert code == 0 and len(json.loads(out)) == 10, err
         assert "searched through p2w serve" not in err
         assert not path.exists()
+
+
+def test_the_server_picks_up_new_photos_without_a_restart(catalog, tiny, p2w_home):
+    with running_server(p2w_home, backbone_args(tiny)) as server:
+        status, before = server.json("/api/search", {"text": "a photo", "k": 200})
+        assert status == 200 and len(before["results"]) == 30
+        make_photos(catalog / "2026", 5, seed=7)  # p2w index runs beside the server, as a user would
+        added = runner.invoke(app, ["index", str(catalog), *backbone_args(tiny), "--workers", "0"])
+        assert added.exit_code == 0, added.output
+        assert server.json("/api/status")[1]["photos"] == 35
+        status, after = server.json("/api/search", {"text": "a photo", "k": 200})
+        assert status == 200 and len(after["results"]) == 35
+        assert any("/2026/" in h["path"] for h in after["results"])
