@@ -117,7 +117,7 @@ def _captions(
     """The captions with their features and replaced forms (from the cache); the keyword rule is logged."""
     rule = keyword_rule(cfg.keywords)
     cb.stage(f"{len(read)} captions; keywords: {rule.name}")
-    log.info("keyword spans by %s", rule.name)
+    log.debug("keyword spans by %s", rule.name)  # the stage line says it; the mapper records it
     path = Path(str(cfg.captions)).expanduser()
     captions = load_captions(
         backbone,
