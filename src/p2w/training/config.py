@@ -60,7 +60,7 @@ class TrainConfig:
     network: str | None = None  # "pic2word" | "phi"; None: pic2word with data alone, phi with captions
     noise: float = 1.0  # LinCIR's noise scale: t + noise * U(0, 1) * N(0, I)
     schedule: str | None = None  # "cosine" | "constant" after the warm-up; None: the objective's
-    mix: str = "alternate"  # with data and captions: "alternate" (one objective a step) or "sum" (both each step)
+    mix: str = "alternate"  # data and captions: "alternate" (an objective a step) or "sum"; docs/performance.md
     keywords: str = "auto"  # "auto": spaCy's tagging when it loads, else p2w's stop-word rule; "rule": the rule
     val_fraction: float = 0.02
     augment_views: int = 1  # 0: no augmentation; K: K cached random crops per image
