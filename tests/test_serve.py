@@ -65,18 +65,23 @@ def test_warm_search_prints_what_the_in_process_search_prints(catalog, tiny, p2w
 
 
 def test_warm_search_imports_no_torch(catalog, tiny, p2w_home):
+    """Text, and an image with words and a mapper: the warm path reads the mapper's method from its header alone."""
+    import os
     import subprocess
     import sys
 
-    code = (
-        "import sys\nfrom p2w.cli import app\n"
-        f"try:\n    app(args={['search', 'a red photo', *backbone_args(tiny)]!r}, prog_name='p2w')\n"
-        "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'numpy' in sys.modules)"
-    )
-    with running_server(p2w_home, backbone_args(tiny)):
-        env = {**__import__("os").environ, "P2W_HOME": str(p2w_home)}
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "False False", done.stdout + done.stderr
+    image = str(sorted((catalog / "2024").glob("*.jpg"))[0])
+    queries = [["a red photo"], [image, "in red", "--mapper", str(tiny.mapper)]]
+    with running_server(p2w_home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]):
+        env = {**os.environ, "P2W_HOME": str(p2w_home)}
+        for query in queries:
+            code = (
+                "import sys\nfrom p2w.cli import app\n"
+                f"try:\n    app(args={['search', *query, *backbone_args(tiny)]!r}, prog_name='p2w')\n"
+                "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'numpy' in sys.modules)"
+            )
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            assert done.stdout.strip().splitlines()[-1] == "False False", (query, done.stdout + done.stderr)
 
 
 def test_stale_records_are_ignored_and_removed(catalog, tiny, p2w_home):

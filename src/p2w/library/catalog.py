@@ -257,6 +257,10 @@ class Catalog:
         """Number of catalogued files."""
         return int(self.con.execute("SELECT count(*) FROM files").fetchone()[0])
 
+    def is_empty(self) -> bool:
+        """Whether no file is catalogued (without counting them all: a resident server asks at every query)."""
+        return self.con.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None
+
     def close(self) -> None:
         """Close the database."""
         self.con.close()

@@ -119,19 +119,27 @@ class Registered:
         }
 
 
+def file_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, read from its JSON header with the standard library (no tensor, no
+    torch: the warm ``p2w search`` reads it); an unreadable or foreign file has none."""
+    try:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100 << 20:  # the header's length; anything else is not safetensors
+                return {}
+            meta = json.loads(f.read(size)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def registered(settings: Settings | None = None) -> list[Registered]:
     """Every mapper in the registry, read from the files' metadata (no tensor is loaded)."""
-    from safetensors import safe_open
-
     settings = settings or Settings.from_env()
     defaults = _defaults(settings)
     out = []
     for path in sorted(settings.mappers_dir.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-        except Exception:  # a foreign or damaged file is shown, not fatal
-            meta = {}
+        meta = file_metadata(path)  # a foreign or damaged file is shown, not fatal
         backbone = meta.get("backbone", "?")
         out.append(
             Registered(
@@ -199,14 +207,8 @@ def file_method(path: Path) -> Method | None:
     files (their method is known once they are read)."""
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception:  # a foreign or damaged file: read_mapper will say what is wrong
-        return None
-    return method_of(meta, meta.get("network"))
+    meta = file_metadata(path)  # a foreign or damaged file has none: read_mapper will say what is wrong
+    return method_of(meta, meta.get("network")) if meta else None
 
 
 def default_prompt(mapper: str, mappers_dir: Path) -> str:

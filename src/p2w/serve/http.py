@@ -192,6 +192,7 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.on_worker(self.service.prepare)  # the index is loaded before the first request is accepted
         yield
         await self.on_worker(self.service.close)  # the catalog's connection belongs to the worker thread
         self.worker.shutdown(wait=True)

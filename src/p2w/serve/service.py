@@ -267,7 +267,7 @@ class Service:
                 self._catalog = Catalog(self.folder, self.backbone)
             except P2WError as exc:
                 raise Unavailable(f"no catalog for {self.backbone} yet; build one with: p2w index DIR") from exc
-        if self._catalog.count() == 0:
+        if self._catalog.is_empty():
             raise Unavailable(f"the catalog of {self.backbone} is empty; add photos with: p2w index DIR")
         return self._catalog
 
@@ -280,6 +280,13 @@ class Service:
             self._ann = ann_mod.load(catalog, save_rebuilt=False)
         assert self._ann is not None
         return self._ann
+
+    def prepare(self) -> None:
+        """Open the catalog and load its index now (before the first query; a missing catalog is not an error)."""
+        try:
+            self._current_ann(self._open())
+        except Unavailable as exc:
+            log.info("%s", exc)
 
     def close(self) -> None:
         """Close the catalog."""
