@@ -1,10 +1,12 @@
 """Indexing rate of `p2w index` against the model's own forward rate on already-preprocessed tensors.
 
     python benchmarks/make_photos.py /tmp/photos 2000
-    python benchmarks/index_throughput.py /tmp/photos --model ViT-B-32 --batch 64 --workers 2
+    python benchmarks/index_throughput.py /tmp/photos
 
-Random weights are used (`--pretrained none`): the speed is the same as with trained ones. Both rates use the same
-model, batch size, device and thread count; the index run starts from an empty P2W_HOME. The model's rate is
+By default it runs `p2w index`'s defaults: device auto, batch 64, and the decoding processes p2w chooses for the
+device (`p2w.core.devices.default_workers`); `--workers N`, `--device`, `--batch` override them. Random weights are
+used (`--pretrained none`): the speed is the same as with trained ones. Both rates use the same model, batch size,
+device and thread count; the index run starts from an empty P2W_HOME. The model's rate is
 measured before and after the index run and averaged, so that a drift of the machine's speed during the run (seen
 here: +-5% between runs) hits both sides.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 import p2w
+from p2w.core.devices import default_workers
 from p2w.library.index import index
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
@@ -33,10 +36,10 @@ def model_rate(engine, batch: int, batches: int) -> float:  # type: ignore[no-un
     size = (size, size) if isinstance(size, int) else size
     pixels = torch.randn(batch, 3, *size)
     with torch.inference_mode():
-        bb.encode_image(pixels)  # warm-up
+        bb.encode_image(pixels).cpu()  # warm-up
         start = time.perf_counter()
         for _ in range(batches):
-            bb.encode_image(pixels)
+            bb.encode_image(pixels).cpu()  # .cpu(): waits for a GPU, as the index loop does
     return batch * batches / (time.perf_counter() - start)
 
 
@@ -61,12 +64,14 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes [default: p2w's for the device]")
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     files = sorted(str(p) for p in args.folder.rglob("*.jpg"))
     engine = p2w.load(model=args.model, pretrained="none", device=args.device)
+    device = engine.backbone.placement.device
+    workers = default_workers(device) if args.workers is None else args.workers
     batches = max(3, min(30, len(files) // args.batch // 3))
     before = model_rate(engine, args.batch, batches)
     parts = decode_rate(engine, files)
@@ -92,11 +97,12 @@ def main() -> None:
         json.dumps(
             {
                 "model": args.model,
-                "device": args.device,
+                "device": str(device),
                 "threads": torch.get_num_threads(),
                 "cpus": os.cpu_count(),
                 "batch": args.batch,
-                "workers": args.workers,
+                "workers": workers,
+                "workers_option": "default" if args.workers is None else args.workers,
                 "images": report.added,
                 "skipped": len(report.skipped),
                 "index_seconds": round(seconds, 2),
