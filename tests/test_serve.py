@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,19 @@ def test_status_and_a_composed_search(catalog, tiny, p2w_home):
     with running_server(p2w_home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]) as server:
         status, info = server.json("/api/status")
         assert status == 200 and info["photos"] == 30 and info["backbone"] == tiny.backbone_id
+        for path in ("/api/status", "/api/photo/999999"):  # answered, and refused: both say their time in the app
+            timing = server.request(path)[1]["server-timing"]
+            assert timing.startswith("app;dur=") and float(timing.removeprefix("app;dur=")) > 0, timing
+        image = sorted((catalog / "2024").glob("*.jpg"))[0].read_bytes()
+        search = json.dumps({"text": "a red photo", "k": 3}).encode()
+        for path, body, stages in (
+            ("/api/upload", image, ["app", "decode", "preprocess", "tower"]),
+            ("/api/search", search, ["app", "reference", "compose", "ann"]),
+        ):
+            status, headers, _ = server.request(path, body, {"Content-Type": "application/octet-stream"})
+            entries = [entry.split(";dur=") for entry in headers["server-timing"].split(", ")]
+            assert status == 200 and [name for name, _ in entries] == stages, headers["server-timing"]
+            assert all(float(ms) >= 0 for _, ms in entries)
         status, answer = server.json("/api/search", {"text": "a red photo", "k": 5})
         assert status == 200 and len(answer["results"]) == 5
         photo = answer["results"][0]["id"]
@@ -117,3 +131,34 @@ def test_the_server_picks_up_new_photos_without_a_restart(catalog, tiny, p2w_hom
         status, after = server.json("/api/search", {"text": "a photo", "k": 200})
         assert status == 200 and len(after["results"]) == 35
         assert any("/2026/" in h["path"] for h in after["results"])
+
+
+def test_the_engine_is_loaded_on_the_thread_that_runs_every_query(catalog, tiny, p2w_home):
+    """PyTorch's OpenMP threads run fastest when one thread both loads the model and queries it (see ``start``)."""
+    import threading
+
+    import p2w
+    from p2w.errors import P2WError
+    from p2w.serve.service import Query, start
+    from p2w.settings import Settings
+
+    loaded_on: list[int] = []
+
+    def load() -> p2w.Engine:
+        loaded_on.append(threading.get_ident())
+        return p2w.load(model=str(tiny.config), pretrained=str(tiny.weights), mapper=str(tiny.mapper), device="cpu")
+
+    service, worker = start(load, Settings.from_env())
+    try:
+        answer = worker.submit(service.search, Query(text="a red photo", k=3)).result()
+        assert len(answer["results"]) == 3
+        assert worker.submit(threading.get_ident).result() == loaded_on[0] != threading.get_ident()
+    finally:
+        worker.submit(service.close).result()
+        worker.shutdown()
+
+    def fails() -> p2w.Engine:
+        raise P2WError("no such model")
+
+    with pytest.raises(P2WError, match="no such model"):
+        start(fails, Settings.from_env())

@@ -23,6 +23,7 @@ from p2w.cli.root import (
 from p2w.settings import Settings
 
 if TYPE_CHECKING:
+    from p2w.engine import Engine
     from p2w.serve.run import Address
 
 
@@ -51,19 +52,22 @@ def serve_command(
                 f"warning: listening on {host}: anyone who can reach this machine and has the token can search and "
                 "see your photos"
             )
-        engine = load_engine(
-            model,
-            pretrained,
-            device,
-            precision,
-            mapper=mapper or "default",
-            force_mapper=force_mapper,
-            download=download,
-        )
-        if engine.mapper is None:
-            err_console.print(f"note: {engine.missing_mapper}; image, text and average modes still work")
 
-        def ready(address: Address) -> None:
+        def load() -> Engine:  # on the server's engine thread (p2w.serve.service.start says why)
+            engine = load_engine(
+                model,
+                pretrained,
+                device,
+                precision,
+                mapper=mapper or "default",
+                force_mapper=force_mapper,
+                download=download,
+            )
+            if engine.mapper is None:
+                err_console.print(f"note: {engine.missing_mapper}; image, text and average modes still work")
+            return engine
+
+        def ready(address: Address, engine: Engine) -> None:
             url = address.url
             typer.echo(url)  # the first line on stdout, for scripts
             err_console.print(f"p2w serve: {engine.backbone.id}; Ctrl-C stops")
@@ -72,7 +76,7 @@ def serve_command(
 
                 webbrowser.open(url)
 
-        serve(engine, Settings.from_env(), host=host, port=port, on_ready=ready)
+        serve(load, Settings.from_env(), host=host, port=port, on_ready=ready)
 
 
 def _loopback(host: str) -> bool:

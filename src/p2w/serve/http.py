@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -146,9 +147,14 @@ def _error(status: int, message: str) -> Response:
     return _secured(JSONResponse({"error": message}, status_code=status))
 
 
-def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
-    """The ASGI app of ``service``, e.g. ``uvicorn.run(create_app(service, token, "127.0.0.1", 8765))``."""
-    api = _Api(service)
+def create_app(
+    service: Service, token: str, host: str, port: int, worker: ThreadPoolExecutor | None = None
+) -> Starlette:
+    """The ASGI app of ``service``, e.g. ``service, worker = p2w.serve.service.start(load, settings)``, then
+    ``uvicorn.run(create_app(service, token, "127.0.0.1", 8765, worker))``: ``worker`` is the service's own thread,
+    where every call runs, shut down when the app stops. Without one, a new thread runs the calls (slower: see
+    ``start``)."""
+    api = _Api(service, worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine"))
     routes = [
         Route("/", _endpoint(api.page)),
         Route("/assets/{name}", _endpoint(api.asset)),
@@ -164,31 +170,52 @@ def create_app(service: Service, token: str, host: str, port: int) -> Starlette:
 
 
 def _endpoint(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Every refusal as a JSON ``{"error": ...}`` of its status; never a traceback to the client."""
+    """Every refusal as a JSON ``{"error": ...}`` of its status, never a traceback to the client; and a
+    ``Server-Timing`` header, as browsers' developer tools and benchmarks/serve_latency.py read it: ``app``, the time
+    the request took in the app (its body read, the engine's work) before the response is sent, then the stages of an
+    upload (``decode``, ``preprocess``, ``tower``) or a search (``reference``, ``compose``, ``ann``), in ms."""
 
     async def wrapped(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except ServeError as exc:
-            return _error(exc.status, str(exc))
-        except P2WError as exc:  # a query the library refuses (prompt, mode, mapper): the user's to fix
-            return _error(400, str(exc))
-        except Exception:  # the server keeps serving
-            log.exception("request %s %s failed", request.method, request.url.path)
-            return _error(500, "internal error; see the server's log")
+        start = time.perf_counter()
+        response = await _answer(fn, request)
+        stages = getattr(request.state, "timings", {})
+        timing = [("app", 1000 * (time.perf_counter() - start)), *stages.items()]
+        response.headers["Server-Timing"] = ", ".join(f"{name};dur={ms:.2f}" for name, ms in timing)
+        return response
 
     return wrapped
 
 
-class _Api:
-    """The endpoints over one ``Service``, whose every call runs on one worker thread (the engine's and SQLite's)."""
+async def _answer(fn: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+    try:
+        return await fn(request)
+    except ServeError as exc:
+        return _error(exc.status, str(exc))
+    except P2WError as exc:  # a query the library refuses (prompt, mode, mapper): the user's to fix
+        return _error(400, str(exc))
+    except Exception:  # the server keeps serving
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return _error(500, "internal error; see the server's log")
 
-    def __init__(self, service: Service) -> None:
+
+class _Api:
+    """The endpoints over one ``Service``, whose every call runs on its one thread (the engine's and SQLite's)."""
+
+    def __init__(self, service: Service, worker: ThreadPoolExecutor) -> None:
         self.service = service
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")
+        self.worker = worker
 
     async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def on_worker_timed(self, request: Request, fn: Callable[..., T], *args: Any) -> T:
+        """``on_worker``, keeping the call's stage timings for the response's Server-Timing header."""
+
+        def call() -> tuple[T, dict[str, float]]:
+            return fn(*args), dict(self.service.timings)
+
+        out, request.state.timings = await self.on_worker(call)
+        return out
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -211,7 +238,7 @@ class _Api:
 
     async def upload(self, request: Request) -> Response:
         body = await _read_limited(request, self.service.limits.upload_bytes)
-        return JSONResponse(await self.on_worker(self.service.upload, body))
+        return JSONResponse(await self.on_worker_timed(request, self.service.upload, body))
 
     async def search(self, request: Request) -> Response:
         raw = await _read_limited(request, 64 << 10)
@@ -223,7 +250,7 @@ class _Api:
         for photo in [query.photo, *(ref.photo for ref in query.images)]:
             if photo is not None:
                 _photo_id(photo)
-        return JSONResponse(await self.on_worker(self.service.search, query))
+        return JSONResponse(await self.on_worker_timed(request, self.service.search, query))
 
     async def thumb(self, request: Request) -> Response:
         path = await self.on_worker(self.service.thumbnail, _photo_id(request.path_params["photo"]))

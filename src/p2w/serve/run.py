@@ -1,5 +1,6 @@
 """Run ``p2w serve``: bind the socket (``port=0``: a free one), publish the discovery record, serve until Ctrl-C or
-SIGTERM, then remove the record. The URL with its token is handed to ``on_ready`` before the first request."""
+SIGTERM, then remove the record. The URL with its token (and the engine loaded) are handed to ``on_ready`` before
+the first request."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.serve import discovery
 from p2w.serve.http import create_app
-from p2w.serve.service import Limits, Service
+from p2w.serve.service import Limits, start
 from p2w.settings import Settings
-from p2w.version import __version__
+from p2w.version import version
 
 log = logging.getLogger(__name__)
 
@@ -59,29 +60,36 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    engine: Engine,
+    load: Callable[[], Engine],
     settings: Settings,
     host: str = "127.0.0.1",
     port: int = 0,
-    on_ready: Callable[[Address], None] | None = None,
+    on_ready: Callable[[Address, Engine], None] | None = None,
     limits: Limits | None = None,
 ) -> None:
-    """Serve ``engine`` over HTTP until interrupted; blocks. The record in ``P2W_HOME/servers`` exists exactly while
-    the server answers."""
+    """Serve the engine ``load()`` returns (e.g. ``lambda: p2w.load(mapper="default")``) over HTTP until
+    interrupted; blocks. The port is bound first (a port in use fails before the model loads); ``load`` then runs on
+    the thread that will run every query (``p2w.serve.service.start`` says why). The record in ``P2W_HOME/servers``
+    exists exactly while the server answers."""
     import uvicorn
 
     sock = bind(host, port)
+    try:
+        service, worker = start(load, settings, limits)
+    except BaseException:
+        sock.close()
+        raise
+    engine = service.engine
     address = Address(host, sock.getsockname()[1], secrets.token_urlsafe(24))
-    service = Service(engine, settings, limits)
-    app = create_app(service, address.token, host, address.port)
+    app = create_app(service, address.token, host, address.port, worker)
     mapper = str(engine.mapper_file.path.resolve()) if engine.mapper_file else None
-    record = discovery.ServerRecord(address.base, address.token, os.getpid(), service.backbone, mapper, __version__)
+    record = discovery.ServerRecord(address.base, address.token, os.getpid(), service.backbone, mapper, version())
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     discovery.write(settings, record)
     try:
         if on_ready is not None:
-            on_ready(address)
+            on_ready(address, engine)
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the Ctrl-C it caught: done
         log.debug("p2w serve stopped by Ctrl-C")

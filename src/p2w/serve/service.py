@@ -1,18 +1,23 @@
 """The resident engine behind ``p2w serve``: one loaded model and mapper, the catalog of its backbone and the ANN
 index held in memory, uploads kept as image features, thumbnails made once.
 
-Every method runs on one thread (``p2w.serve.http`` sends them all to a single worker): the engine and the SQLite
-connection are never shared between threads. Input is treated as hostile: uploads are limited in bytes and pixels,
-originals are served only for photos in the catalog, by id, when the file on disk is still the one catalogued.
+Every method runs on one thread, the one the engine was loaded on (``start``; ``p2w.serve.http`` sends every call
+there): the engine and the SQLite connection are never shared between threads. Input is treated as hostile: uploads
+are limited in bytes and pixels, originals are served only for photos in the catalog, by id, when the file on disk is
+still the one catalogued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import stat
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +163,7 @@ class Service:
         self._catalog: Catalog | None = None
         self._ann: ann_mod.Ann | None = None
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()  # id -> features (embed_dim,)
+        self.timings: dict[str, float] = {}  # ms by stage of the last upload or search (the Server-Timing header)
 
     # ---- what the page asks first ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -187,15 +193,21 @@ class Service:
             raise TooLarge(f"the upload is {len(data)} bytes, over the limit of {self.limits.upload_bytes}")
         if not data:
             raise Unsupported("the upload is empty; send an image file")
+        self.timings.clear()
         key = hashlib.sha256(data).hexdigest()[:32]
         if key not in self._uploads:
             try:
-                image = decode_image(data, "the upload", self.engine.backbone.draft_size, self.limits.upload_pixels)
+                with self._stage("decode"):
+                    bb = self.engine.backbone
+                    image = decode_image(data, "the upload", bb.draft_size, self.limits.upload_pixels)
             except ImageTooLarge as exc:
                 raise TooLarge(str(exc)) from exc
             except ImageError as exc:
                 raise Unsupported(str(exc)) from exc
-            self._uploads[key] = self.engine.image_features([image])[0].float().cpu()
+            with self._stage("preprocess"):
+                pixels = self.engine.pixels([image])
+            with self._stage("tower"), torch.inference_mode():  # as Engine.image_features, the stages apart
+                self._uploads[key] = bb.encode_image(pixels)[0].float().cpu()
             while len(self._uploads) > self.limits.uploads_kept:
                 self._uploads.popitem(last=False)
         self._uploads.move_to_end(key)
@@ -204,13 +216,25 @@ class Service:
     # ---- search ----------------------------------------------------------------------------------------------------
     def search(self, q: Query) -> dict[str, Any]:
         """The hits of ``q``: ``{"results": [{"rank", "score", "path", "size", "mtime", "id"}, ...]}``."""
+        self.timings.clear()
         catalog = self._open()
         ann = self._current_ann(catalog)
-        features = self._reference(catalog, q)
-        vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
+        with self._stage("reference"):
+            features = self._reference(catalog, q)
+        with self._stage("compose"):
+            vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
         within = Path(q.within) if q.within else None
-        hits = search(catalog, vector, k=q.k, within=within, ef=q.ef, ann=ann)
+        with self._stage("ann"):
+            hits = search(catalog, vector, k=q.k, within=within, ef=q.ef, ann=ann)
         return {"results": [{**h.to_json(), "size": h.size, "mtime": h.mtime, "id": h.id} for h in hits]}
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = 1000 * (time.perf_counter() - start)
 
     def _reference(self, catalog: Catalog, q: Query) -> torch.Tensor | None:
         """Unnormalised image features of the query's reference images: ``(embed_dim,)`` for one, ``(k, embed_dim)``
@@ -293,3 +317,25 @@ class Service:
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
+
+
+def start(
+    load: Callable[[], Engine], settings: Settings, limits: Limits | None = None
+) -> tuple[Service, ThreadPoolExecutor]:
+    """A ``Service`` over the engine ``load()`` returns (e.g. ``lambda: p2w.load(mapper="default")``) and the one
+    thread it belongs to: ``load`` runs there, and every call of the Service must run there too
+    (``worker.submit(service.search, query)``). An error of ``load`` is raised here.
+
+    Why the engine is loaded on that thread: PyTorch runs its CPU kernels on OpenMP threads, and libgomp gives every
+    thread that starts parallel work a team of its own; once a process holds more OpenMP threads than the machine
+    has CPUs, libgomp stops spinning between kernels and puts its threads to sleep, and every kernel then pays for a
+    wake-up. A model loaded on one thread and queried on another is exactly that: ViT-B-32's text tower took 28-30
+    ms a query so on 2 CPUs, against 20-21 ms when one thread does both (docs/performance.md, "p2w serve").
+    """
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")
+    try:
+        service = worker.submit(lambda: Service(load(), settings, limits)).result()
+    except BaseException:
+        worker.shutdown(wait=False, cancel_futures=True)
+        raise
+    return service, worker
