@@ -22,7 +22,6 @@ from p2w.errors import (
     TrainingInterrupted,
 )
 from p2w.settings import Settings
-from p2w.version import __version__
 
 if TYPE_CHECKING:
     from p2w.engine import Engine
@@ -52,6 +51,10 @@ def load(*args: Any, **kwargs: Any) -> Engine:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read on first use (p2w.version says why)
+        from p2w.version import version
+
+        return version()
     if name == "Engine":
         from p2w.engine import Engine
 

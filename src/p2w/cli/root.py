@@ -87,9 +87,9 @@ def out_console() -> Console:
 
 def _version(value: bool) -> None:
     if value:
-        from p2w.version import __version__
+        from p2w.version import version
 
-        typer.echo(f"p2w {__version__}")
+        typer.echo(f"p2w {version()}")
         raise typer.Exit()
 
 

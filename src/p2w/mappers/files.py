@@ -16,7 +16,7 @@ from p2w.errors import MapperError, ModelLoadError, summary
 from p2w.mappers.methods import Method, method, method_of
 from p2w.mappers.network import Mapper, TokenMapper, from_state_dict
 from p2w.mappers.registry import MAPPER_FORMAT, free_name
-from p2w.version import __version__
+from p2w.version import version
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def save_mapper(mapper: TokenMapper, path: Path, backbone: str, extra: dict[str,
         "network": mapper.network,
         "method": "pic2word" if isinstance(mapper, Mapper) else "lincir",
         **({"n_layer": str(mapper.n_layer)} if isinstance(mapper, Mapper) else {}),
-        "p2w_version": __version__,
+        "p2w_version": version(),
         **(extra or {}),
     }
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in mapper.state_dict().items()}
