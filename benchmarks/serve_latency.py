@@ -20,8 +20,9 @@ Then it measures, after warm-up:
   uploaded image), the cold `--no-server` path; what the warm command imports (``python -X importtime``), the
   interpreter's start, and rendering the results table.
 
-The in-process Service runs as the server's does (the engine loaded on the main thread, every call on one worker
-thread); its calls alternate with the HTTP requests, so that this shared machine's drift hits both alike.
+The in-process Service runs as the server's does (``p2w.serve.service.start``: the engine loaded on the thread that
+then runs every call); its calls alternate with the HTTP requests, 50 ms apart, so that this shared machine's drift
+hits both alike.
 """
 
 from __future__ import annotations
@@ -182,6 +183,9 @@ class Server:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.base + path, data=body, headers=headers)
         with urllib.request.urlopen(request, timeout=120) as response:
+            # the server's own time, and its stages: "app;dur=12.3, compose;dur=9.8, ..."
+            entries = (entry.split(";dur=") for entry in response.headers["Server-Timing"].split(", "))
+            self.timing = {name: float(ms) for name, ms in entries}
             return response.read()
 
     def get(self, path: str) -> bytes:
@@ -288,19 +292,17 @@ def stages(service: Any, photo_ids: list[int], repeats: int, warmup: int, k: int
 
 
 def measure(
-    server: Server, engine: Any, settings: Any, uploads: list[bytes], photo_ids: list[int], R: int, W: int
+    server: Server, service: Any, uploads: list[bytes], photo_ids: list[int], R: int, W: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Service in this process and the server over HTTP, in turn. Call it as the server runs its Service: the
-    engine loaded on the main thread, every Service call on one worker thread (``p2w.serve.http``), where the
-    SQLite connection is opened and stays. (Loading the engine on the worker thread too made the queries several
-    times slower on this busy 2-core machine.)"""
+    """The Service in this process and the server over HTTP, in turn. Call it as the server runs its Service: on
+    the thread ``p2w.serve.service.start`` loaded the engine on, where the SQLite connection is opened and stays."""
     import torch
 
     from p2w.core.images import decode_image
-    from p2w.serve.service import Query, Service
+    from p2w.serve.service import Query
 
     http: dict[str, Any] = {}
-    service = Service(engine, settings)
+    engine = service.engine
     start = time.perf_counter()
     service.search(Query(text=TEXT, mode="text"))  # opens the catalog, loads the index
     inproc: dict[str, Any] = {"first_search_ms": round(1000 * (time.perf_counter() - start), 1)}
@@ -381,6 +383,42 @@ def measure(
         (inproc if name.startswith("in_") else http)[name[name.index("_") + 1 :]] = ms(v)
     inproc |= {k[3:]: v for k, v in one_thread.items()}
     return inproc, http
+
+
+def alone(
+    server: Server, uploads: list[bytes], photo_ids: list[int], R: int, W: int, gap: float = 0.05
+) -> dict[str, Any]:
+    """The server by itself (nothing else of the benchmark running), as one user at a time: requests ``gap`` seconds
+    apart, each its wall time over HTTP and its time in the app and the app's stages (the ``Server-Timing`` header):
+    composed queries from a catalog photo, and (with ``uploads``, images the server has not seen) an upload and the
+    search after it; ``beyond_tower``: both requests' time in the app less the upload's image tower."""
+    wall: dict[str, list[float]] = {}
+    app: dict[str, list[float]] = {}
+
+    def timed(name: str, i: int, fn: Callable[[], Any]) -> Any:
+        time.sleep(gap)
+        start = time.perf_counter()
+        out = fn()
+        if i >= W:
+            wall.setdefault(name, []).append(time.perf_counter() - start)
+            for stage, value in server.timing.items():
+                app.setdefault(name if stage == "app" else f"{name}.{stage}", []).append(value / 1000)
+        return out
+
+    for i in range(W + R):
+        photo = {"photo": photo_ids[i], "text": TEXTS[i % 4], "mode": "pic2word"}
+        timed("photo_pic2word", i, lambda: server.post("/api/search", photo))  # noqa: B023 (called at once)
+        if not uploads:
+            continue
+        key = timed("upload_new", i, lambda: server.upload(uploads[i]))  # noqa: B023
+        query = {"upload": key, "text": TEXTS[i % 4], "mode": "pic2word"}
+        timed("search_after_upload", i, lambda: server.post("/api/search", query))  # noqa: B023
+    for d in (wall, app) if uploads else ():
+        d["upload_new_and_search"] = [a + b for a, b in zip(d["upload_new"], d["search_after_upload"], strict=True)]
+    if uploads:
+        pairs = zip(app["upload_new_and_search"], app["upload_new.tower"], strict=True)
+        app["upload_new_and_search.beyond_tower"] = [both - tower for both, tower in pairs]
+    return {"wall": {k: ms(v) for k, v in wall.items()}, "app": {k: ms(v) for k, v in app.items()}}
 
 
 def import_profile(cmd: list[str], env: dict[str, str], runs: int) -> dict[str, Any]:
@@ -502,11 +540,15 @@ def main() -> None:
         backbone = settings.backbone(MODEL, PRETRAINED).id
         result |= {"backbone": backbone, "torch": torch.__version__, "threads": torch.get_num_threads()}
         photos = make(home / "photos", args.photos)
-        upload_files = make(home / "uploads", args.warmup + args.repeats + args.cli_repeats, seed=1)
+        WR = args.warmup + args.repeats
+        upload_files = make(home / "uploads", 2 * WR + args.cli_repeats, seed=1)
         uploads = [f.read_bytes() for f in upload_files]  # distinct images: the server keeps features by content
-        upload_files = upload_files[args.warmup + args.repeats :]  # for `p2w search IMAGE`: not yet uploaded
+        upload_files = upload_files[2 * WR :]  # for `p2w search IMAGE`: not yet uploaded
         mapper = home / "mapper.safetensors"
-        save_mapper(Mapper(DIM, DIM), mapper, backbone)  # ViT-B-32: 512-d features, 512-wide tokens
+        # ViT-B-32: 512-d features, 512-wide tokens; made on a thread of its own that ends, as torch work on this
+        # thread would leave a second OpenMP team in this process beside the Service's (see p2w.serve.service.start)
+        with ThreadPoolExecutor(1) as once:
+            once.submit(lambda: save_mapper(Mapper(DIM, DIM), mapper, backbone)).result()
         start = time.perf_counter()
         build: dict[str, Any] = {}
         result["build"] = build
@@ -532,11 +574,17 @@ def main() -> None:
         http["first_search_ms"] = round(1000 * (time.perf_counter() - start), 1)
         mem["after_first_search"] = memory(server.proc.pid)
         import p2w
+        from p2w.serve.service import start as start_service
 
-        engine = p2w.load(model=MODEL, pretrained=PRETRAINED, mapper=str(mapper), device="cpu")
-        with ThreadPoolExecutor(1) as worker:
-            inproc, timed = worker.submit(measure, server, engine, settings, uploads, photo_ids, R, W).result()
+        service, worker = start_service(
+            lambda: p2w.load(model=MODEL, pretrained=PRETRAINED, mapper=str(mapper), device="cpu"), settings
+        )
+        with worker:
+            inproc, timed = worker.submit(measure, server, service, uploads[:WR], photo_ids, R, W).result()
+            worker.submit(service.close).result()
         http |= timed
+        result["server_alone"] = alone(server, uploads[WR : 2 * WR], photo_ids, R, W)
+        result["server_alone_1s"] = alone(server, [], photo_ids, max(10, R // 3), W, gap=1.0)
         mem["after_http_searches"] = memory(server.proc.pid)
         result["in_process"], result["http"] = inproc, http
         result["sizes"] = {"upload_bytes_mean": round(statistics.mean(len(u) for u in uploads)), "image": "640x480"}
@@ -614,6 +662,11 @@ def report(r: dict[str, Any]) -> None:
         add(f"http: {name}", h[name])
     add("http: upload (new) + search", h["upload_new_and_search"])
     add("http: upload (held) + search", h["upload_again_and_search"])
+    for key, pace in (("server_alone", "50 ms apart"), ("server_alone_1s", "1 s apart")):
+        for name, v in r[key]["app"].items():
+            add(f"server alone, {pace}: {name}: in the app (Server-Timing)", v)
+            if name in r[key]["wall"]:
+                add(f"server alone, {pace}: {name}: wall over HTTP", r[key]["wall"][name])
     for name in ("warm_text", "warm_image_new", "warm_image_again", "cold_text", "cold_image"):
         add(f"p2w search: {name} (wall)", c[name])
     for name in ("python_start", "python_import_p2w_cli", "p2w_help"):
