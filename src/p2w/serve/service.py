@@ -195,10 +195,10 @@ class Service:
             raise Unsupported("the upload is empty; send an image file")
         self.timings.clear()
         key = hashlib.sha256(data).hexdigest()[:32]
+        bb = self.engine.backbone
         if key not in self._uploads:
             try:
                 with self._stage("decode"):
-                    bb = self.engine.backbone
                     image = decode_image(data, "the upload", bb.draft_size, self.limits.upload_pixels)
             except ImageTooLarge as exc:
                 raise TooLarge(str(exc)) from exc
