@@ -31,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from p2w.errors import P2WError
-from p2w.serve.service import NotFound, Query, ServeError, Service, TooLarge
+from p2w.serve.service import NotFound, Query, ServeError, Service, TooLarge, engine_thread
 
 log = logging.getLogger(__name__)
 COOKIE = "p2w_token"
@@ -154,7 +154,7 @@ def create_app(
     ``uvicorn.run(create_app(service, token, "127.0.0.1", 8765, worker))``: ``worker`` is the service's own thread,
     where every call runs, shut down when the app stops. Without one, a new thread runs the calls (slower: see
     ``start``)."""
-    api = _Api(service, worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine"))
+    api = _Api(service, worker or engine_thread())
     routes = [
         Route("/", _endpoint(api.page)),
         Route("/assets/{name}", _endpoint(api.asset)),

@@ -332,10 +332,15 @@ def start(
     wake-up. A model loaded on one thread and queried on another is exactly that: ViT-B-32's text tower took 28-30
     ms a query so on 2 CPUs, against 20-21 ms when one thread does both (docs/performance.md, "p2w serve").
     """
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")
+    worker = engine_thread()
     try:
         service = worker.submit(lambda: Service(load(), settings, limits)).result()
     except BaseException:
         worker.shutdown(wait=False, cancel_futures=True)
         raise
     return service, worker
+
+
+def engine_thread() -> ThreadPoolExecutor:
+    """A single-thread executor for a Service's calls (``start`` makes one and loads the engine on it)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="p2w-engine")
