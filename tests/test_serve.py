@@ -162,3 +162,57 @@ def test_the_engine_is_loaded_on_the_thread_that_runs_every_query(catalog, tiny,
 
     with pytest.raises(P2WError, match="no such model"):
         start(fails, Settings.from_env())
+
+
+def test_what_is_checked_is_what_is_served(catalog, tiny_engine, p2w_home, tmp_path):
+    """A photo swapped between the path's check and the open (simulated: the path check passes, as it did just
+    before the swap): the open file itself is checked, so a symlink, a FIFO or another file is refused, promptly."""
+    import os
+    import threading
+
+    from p2w.serve.service import NotFound, Service
+    from p2w.settings import Settings
+
+    photos = sorted((catalog / "2024").glob("*.jpg"))[:3]
+    secret = tmp_path / "secret.bin"
+    outcome: dict[str, list[str]] = {}
+
+    def scenario() -> None:  # on a thread of its own, the Service's (so that a hung open fails the test, not CI)
+        service = Service(tiny_engine, Settings.from_env())
+        try:
+            rows = service._open().rows_for(list(range(1, 31))).values()
+            ids = {row.path: row.id for row in rows}
+            for photo, swap in zip(photos, ("symlink", "fifo", "other file"), strict=True):
+                pid = ids[str(photo)]
+                original = service.original(pid)  # the control: served while it is the catalogued file
+                with original.file:
+                    assert original.file.read() == photo.read_bytes() and original.size == photo.stat().st_size
+                row = service._servable(service._open(), pid)
+                st = photo.stat()
+                photo.unlink()
+                if swap == "symlink":  # a secret of the same size and mtime, as a link-following stat would see
+                    secret.write_bytes(b"s" * st.st_size)
+                    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    photo.symlink_to(secret)
+                elif swap == "fifo":  # opened without O_NONBLOCK, this would block the engine's thread for good
+                    os.mkfifo(photo)
+                else:
+                    photo.write_bytes(b"x" * (st.st_size + 1))
+                service._servable = lambda catalog, photo, row=row: row  # type: ignore[method-assign]
+                outcome[swap] = []
+                for call in (service.original, service.thumbnail):
+                    try:
+                        call(pid)
+                    except NotFound as exc:
+                        outcome[swap].append(str(exc))
+                del service._servable
+        finally:
+            service.close()
+
+    thread = threading.Thread(target=scenario, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), f"an open hung: {outcome}"
+    assert list(outcome) == ["symlink", "fifo", "other file"], outcome
+    for swap, refusals in outcome.items():
+        assert len(refusals) == 2 and all("run p2w index again" in r for r in refusals), (swap, refusals)

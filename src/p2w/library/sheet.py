@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from p2w.atomic import atomic_path
-from p2w.core.images import open_image, to_rgb
+from p2w.core.images import ImageLike, open_image, to_rgb
 from p2w.library.catalog import Hit
 
 THUMB = 320  # longest side of a cached thumbnail, in pixels
@@ -74,8 +74,9 @@ def _fit(path: Path, cell: int) -> Any:
     return image
 
 
-def thumbnail(source: Path, target: Path, size: int = THUMB) -> Path:
-    """A JPEG of ``source`` no larger than ``size`` pixels a side, written to ``target`` once (atomically)."""
+def thumbnail(source: ImageLike, target: Path, size: int = THUMB) -> Path:
+    """A JPEG of ``source`` (a path, or an image already open) no larger than ``size`` pixels a side, written to
+    ``target`` once (atomically)."""
     if not target.is_file():
         image = to_rgb(open_image(source, draft=size))
         image.thumbnail((size, size))

@@ -17,16 +17,18 @@ import hmac
 import ipaddress
 import json
 import logging
+import mimetypes
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -257,8 +259,28 @@ class _Api:
         return FileResponse(path, media_type="image/jpeg")
 
     async def photo(self, request: Request) -> Response:
-        path = await self.on_worker(self.service.original, _photo_id(request.path_params["photo"]))
-        return FileResponse(path, filename=path.name, content_disposition_type="inline")
+        original = await self.on_worker(self.service.original, _photo_id(request.path_params["photo"]))
+        headers = {"Content-Length": str(original.size), "Content-Disposition": _inline(original.name)}
+        media_type = mimetypes.guess_type(original.name)[0] or "application/octet-stream"
+        return StreamingResponse(_read(original.file, original.size), media_type=media_type, headers=headers)
+
+
+def _read(file: BinaryIO, size: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """``size`` bytes of an open file in chunks (no more: the Content-Length sent), then the file closed."""
+    with file:
+        left = size
+        while left > 0:
+            data = file.read(min(chunk, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+
+
+def _inline(name: str) -> str:
+    """``Content-Disposition: inline`` with the file's name (RFC 6266: quoted when ASCII, else ``filename*``)."""
+    quoted = urllib.parse.quote(name)
+    return f"inline; filename*=utf-8''{quoted}" if quoted != name else f'inline; filename="{name}"'
 
 
 def _photo_id(photo: int) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -120,6 +120,15 @@ class Query:
         if q.within is not None and not os.path.isabs(q.within):
             raise ServeError("within must be an absolute folder path")
         return q
+
+
+@dataclass(frozen=True)
+class Original:
+    """A catalogued photo's file, open and checked (``Service.original``): read ``size`` bytes, then close it."""
+
+    file: BinaryIO
+    name: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -261,14 +270,46 @@ class Service:
         return self.engine.image_features([image])[0].float().cpu()
 
     # ---- files ---------------------------------------------------------------------------------------------------
-    def original(self, photo: int) -> Path:
-        """The file of catalog photo ``photo``, if it is still the file that was catalogued."""
-        return Path(self._servable(self._open(), photo).path)
+    def original(self, photo: int) -> Original:
+        """The file of catalog photo ``photo``, open, if it is still the file that was catalogued (the caller reads
+        ``size`` bytes from it and closes it)."""
+        row, file = self._open_catalogued(self._open(), photo)
+        return Original(file, Path(row.path).name, row.size)
 
     def thumbnail(self, photo: int) -> Path:
         """A JPEG thumbnail of catalog photo ``photo``, made once and kept by content hash."""
-        row = self._servable(self._open(), photo)
-        return thumbnail(Path(row.path), self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg")
+        catalog = self._open()
+        row = self._servable(catalog, photo)
+        target = self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg"
+        if not target.is_file():
+            row, file = self._open_catalogued(catalog, photo)
+            with file:
+                data = file.read(row.size)
+            try:
+                image = decode_image(data, row.path, draft=THUMB)
+            except ImageError as exc:
+                raise NotFound(f"photo {photo} cannot be read: {exc}") from exc
+            thumbnail(image, target)
+        return target
+
+    def _open_catalogued(self, catalog: Catalog, photo: int) -> tuple[Row, BinaryIO]:
+        """The row of ``photo`` and its file, opened without following a symlink (``O_NOFOLLOW``; ``O_NONBLOCK``, so
+        that a FIFO cannot hang the open) and checked on the open file, as ``_servable`` checks the path: what is
+        checked is what is read, so a file swapped after the check cannot be served."""
+        row = self._servable(catalog, photo)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(row.path, flags)
+        except FileNotFoundError as exc:
+            raise NotFound(f"photo {photo} is gone from disk") from exc
+        except OSError as exc:  # ELOOP: a symlink now stands there
+            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again") from exc
+        file = os.fdopen(fd, "rb")
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+            file.close()
+            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again")
+        return row, file
 
     def _servable(self, catalog: Catalog, photo: int) -> Row:
         """The catalog row of ``photo`` when its file is a regular file (not a symlink) of the catalogued size and
