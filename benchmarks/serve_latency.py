@@ -586,7 +586,7 @@ def main() -> None:
             worker.submit(service.close).result()
         http |= timed
         result["server_alone"] = alone(server, uploads[WR : 2 * WR], photo_ids, R, W)
-        result["server_alone_1s"] = alone(server, [], photo_ids, max(10, R // 3), W, gap=1.0)
+        result["server_alone_1s"] = alone(server, [], photo_ids, min(R, max(10, R // 3)), W, gap=1.0)
         mem["after_http_searches"] = memory(server.proc.pid)
         result["in_process"], result["http"] = inproc, http
         result["sizes"] = {"upload_bytes_mean": round(statistics.mean(len(u) for u in uploads)), "image": "640x480"}
