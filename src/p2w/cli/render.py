@@ -112,10 +112,12 @@ class LibraryProgress:
 
 
 def train_table(result: TrainResult) -> Table:
-    """The per-epoch summary of a run."""
-    table = Table(
-        title=f"mapper {result.name} ({result.backbone}, {result.samples} images, {len(result.skipped)} skipped)"
-    )
+    """The per-epoch summary of a run; its title counts what it trained on (images, captions or both)."""
+    if result.captions:
+        what = f"{result.images} images, {result.captions} captions" if result.images else f"{result.captions} captions"
+    else:
+        what = f"{result.samples} images"
+    table = Table(title=f"mapper {result.name} ({result.backbone}, {what}, {len(result.skipped)} skipped)")
     for column in ("epoch", "loss", "val R@1", "val R@5", "samples/s"):
         table.add_column(column, justify="right")
     for e in result.epochs:

@@ -18,7 +18,6 @@ from p2w.cli.root import (
     out_console,
     user_errors,
 )
-from p2w.errors import P2WError
 
 
 @app.command("train")
@@ -96,11 +95,6 @@ def train_command(
         from p2w.training.config import TrainConfig
         from p2w.training.loop import train
 
-        if data is None and captions is None and not resume:
-            raise P2WError(
-                "--data or --captions is required: an image folder, list file or CSV, and/or a caption file "
-                "(or --resume a run)"
-            )
         cfg = TrainConfig(
             data=str(data) if data else "",
             captions=str(captions) if captions else None,
@@ -138,13 +132,5 @@ def train_command(
         if as_json:
             typer.echo(json.dumps(result.to_json()))
         else:
-            table = train_table(result)
-            if result.captions:  # the table's title counts images only
-                what = (
-                    f"{result.images} images, {result.captions} captions"
-                    if result.images
-                    else f"{result.captions} captions"
-                )
-                table.title = f"mapper {result.name} ({result.backbone}, {what}, {len(result.skipped)} skipped)"
-            out_console().print(table)
+            out_console().print(train_table(result))
         err_console.print(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")

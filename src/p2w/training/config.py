@@ -210,6 +210,11 @@ class RunPaths:
 def check_start(cfg: TrainConfig, name: str, paths: RunPaths) -> None:
     """Refuse, before any work, what would lose or clobber the user's files."""
     check_name(name, "name")
+    if not cfg.data and not cfg.captions and not cfg.resume:
+        raise P2WError(
+            "--data or --captions is required: an image folder, list file or CSV, and/or a caption file "
+            "(or --resume a run)"
+        )
     if cfg.resume and not paths.checkpoint.is_file():
         raise P2WError(f"no checkpoint to resume for {name!r} ({paths.checkpoint}); start it without --resume")
     if not cfg.resume and not cfg.force:

@@ -52,7 +52,7 @@ def train(cfg: TrainConfig, settings: Settings | None = None, callbacks: Callbac
     check_start(cfg, name, paths)
     if cfg.resume:
         cfg = resumed_config(cfg, read_checkpoint(paths.checkpoint))
-    if not cfg.data and not cfg.captions:
+    if not cfg.data and not cfg.captions:  # a resumed run's checkpoint without either (check_start asks a new one)
         raise P2WError("nothing to train on: give --data (images) and/or --captions (a caption file)")
     spec = settings.backbone(cfg.model, cfg.pretrained)
     cfg = replace(cfg.with_defaults(), model=spec.model, pretrained=spec.pretrained)
