@@ -369,9 +369,10 @@ def start(
 
     Why the engine is loaded on that thread: PyTorch runs its CPU kernels on OpenMP threads, and libgomp gives every
     thread that starts parallel work a team of its own; once a process holds more OpenMP threads than the machine
-    has CPUs, libgomp stops spinning between kernels and puts its threads to sleep, and every kernel then pays for a
-    wake-up. A model loaded on one thread and queried on another is exactly that: ViT-B-32's text tower took 28-30
-    ms a query so on 2 CPUs, against 20-21 ms when one thread does both (docs/performance.md, "p2w serve").
+    has CPUs, libgomp spins 100 times instead of 300,000 before a waiting thread sleeps (GCC's manual,
+    ``GOMP_SPINCOUNT``), and kernels then pay for wake-ups. A model loaded on one thread and queried on another is
+    exactly that: ViT-B-32's text tower took 28-30 ms a query so on 2 CPUs, against 20-21 ms when one thread does both
+    (docs/performance.md, "p2w serve").
     """
     worker = engine_thread()
     try:
