@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from p2w.training.config import TrainConfig
 from p2w.training.data import list_images
 from p2w.training.loop import train
 from p2w.training.step import lr_at
+from training_runs import assert_same_run, two_and_one_process
 
 runner = CliRunner()
 
@@ -290,40 +289,6 @@ def test_two_process_gloo_agrees_with_one_process(tiny, photos, tmp_path):
         "1e-3",
         "--json",
     ]
-    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29533",
-            "-m",
-            "p2w",
-            *common,
-            "--batch-size",
-            "4",
-            "--name",
-            "ddp",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "p2w", *common, "--batch-size", "8", "--name", "single"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    ddp, single = json.loads(two.stdout), json.loads(one.stdout)
+    ddp, single = two_and_one_process(common, tmp_path / "home", batch=4, port=29533)
     assert ddp["samples"] == single["samples"] == 24
-    np.testing.assert_allclose([e["loss"] for e in ddp["epochs"]], [e["loss"] for e in single["epochs"]], atol=1e-5)
-    a = read_mapper(Path(ddp["mapper_path"])).mapper.state_dict()
-    b = read_mapper(Path(single["mapper_path"])).mapper.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    assert_same_run(ddp, single)

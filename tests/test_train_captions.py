@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from p2w.training.distributed import Dist
 from p2w.training.keywords import STOPWORD_RULE, clean, keyword_rule, spacy_rule, stopword_rule
 from p2w.training.loop import train
 from p2w.training.objective import lincir_loss
+from training_runs import assert_same_run, two_and_one_process
 
 runner = CliRunner()
 COLOURS = ("red", "blue", "green", "yellow", "black", "white")
@@ -335,27 +335,5 @@ def test_two_process_gloo_agrees_with_one_process(tiny, captions, tmp_path):
     common = ["train", "--captions", str(captions), "--model", str(tiny.config), "--pretrained", str(tiny.weights)]
     common += ["--device", "cpu", "--max-steps", "10", "--hidden-dim", "16", "--dropout", "0", "--noise", "0"]
     common += ["--lr", "1e-3", "--keywords", "rule", "--json"]
-    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534"]
-    two = subprocess.run(
-        [*torchrun, "-m", "p2w", *common, "--batch-size", "8", "--name", "ddp"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "p2w", *common, "--batch-size", "16", "--name", "single"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    ddp, single = json.loads(two.stdout), json.loads(one.stdout)
-    np.testing.assert_allclose([e["loss"] for e in ddp["epochs"]], [e["loss"] for e in single["epochs"]], atol=1e-5)
-    a = read_mapper(Path(ddp["mapper_path"])).mapper.state_dict()
-    b = read_mapper(Path(single["mapper_path"])).mapper.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    ddp, single = two_and_one_process(common, tmp_path / "home", batch=8, port=29534)
+    assert_same_run(ddp, single)
