@@ -273,17 +273,15 @@ class Service:
     def original(self, photo: int) -> Original:
         """The file of catalog photo ``photo``, open, if it is still the file that was catalogued (the caller reads
         ``size`` bytes from it and closes it)."""
-        row, file = self._open_catalogued(self._open(), photo)
-        return Original(file, Path(row.path).name, row.size)
+        row = self._servable(self._open(), photo)
+        return Original(self._open_catalogued(row), Path(row.path).name, row.size)
 
     def thumbnail(self, photo: int) -> Path:
         """A JPEG thumbnail of catalog photo ``photo``, made once and kept by content hash."""
-        catalog = self._open()
-        row = self._servable(catalog, photo)
+        row = self._servable(self._open(), photo)
         target = self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg"
         if not target.is_file():
-            row, file = self._open_catalogued(catalog, photo)
-            with file:
+            with self._open_catalogued(row) as file:
                 data = file.read(row.size)
             try:
                 image = decode_image(data, row.path, draft=THUMB)
@@ -292,24 +290,22 @@ class Service:
             thumbnail(image, target)
         return target
 
-    def _open_catalogued(self, catalog: Catalog, photo: int) -> tuple[Row, BinaryIO]:
-        """The row of ``photo`` and its file, opened without following a symlink (``O_NOFOLLOW``; ``O_NONBLOCK``, so
-        that a FIFO cannot hang the open) and checked on the open file, as ``_servable`` checks the path: what is
-        checked is what is read, so a file swapped after the check cannot be served."""
-        row = self._servable(catalog, photo)
+    def _open_catalogued(self, row: Row) -> BinaryIO:
+        """The file of ``row`` (``_servable``'s), opened without following a symlink (``O_NOFOLLOW``; ``O_NONBLOCK``,
+        so that a FIFO cannot hang the open) and checked again on the open file: what is checked is what is read, so a
+        file swapped after the path's check cannot be served."""
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         try:
             fd = os.open(row.path, flags)
         except FileNotFoundError as exc:
-            raise NotFound(f"photo {photo} is gone from disk") from exc
+            raise NotFound(f"photo {row.id} is gone from disk") from exc
         except OSError as exc:  # ELOOP: a symlink now stands there
-            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again") from exc
+            raise _changed(row) from exc
         file = os.fdopen(fd, "rb")
-        st = os.fstat(file.fileno())
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+        if not _unchanged(os.fstat(file.fileno()), row):
             file.close()
-            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again")
-        return row, file
+            raise _changed(row)
+        return file
 
     def _servable(self, catalog: Catalog, photo: int) -> Row:
         """The catalog row of ``photo`` when its file is a regular file (not a symlink) of the catalogued size and
@@ -321,8 +317,8 @@ class Service:
             st = os.lstat(row.path)
         except OSError as exc:
             raise NotFound(f"photo {photo} is gone from disk") from exc
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
-            raise NotFound(f"photo {photo} changed on disk since it was indexed; run p2w index again")
+        if not _unchanged(st, row):
+            raise _changed(row)
         return row
 
     # ---- the catalog and its index ---------------------------------------------------------------------------------
@@ -358,6 +354,15 @@ class Service:
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
+
+
+def _unchanged(st: os.stat_result, row: Row) -> bool:
+    """A regular file (not a symlink, FIFO or device) of the catalogued size and modification time."""
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (row.size, row.mtime_ns)
+
+
+def _changed(row: Row) -> NotFound:
+    return NotFound(f"photo {row.id} changed on disk since it was indexed; run p2w index again")
 
 
 def start(
