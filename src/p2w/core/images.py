@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
 from pathlib import Path
 from typing import Union
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from p2w.errors import ImageError, ImageTooLarge
 
@@ -17,16 +18,20 @@ MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2x its warning threshold)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif")
 
 
+# formats Pillow reads only with a plugin, and what to install where that plugin is missing
+HEIF_HINT = "HEIC/HEIF photos need pillow-heif (a dependency of p2w): pip install pillow-heif"
+PLUGINS = {".heic": HEIF_HINT, ".heif": HEIF_HINT, ".avif": "AVIF needs Pillow 11.3 or newer: pip install -U pillow"}
+
+
+@functools.cache
 def _register_heif() -> bool:
+    """Let Pillow read HEIC/HEIF (pillow-heif, a dependency of p2w), once, at the first image opened."""
     try:
-        from pillow_heif import register_heif_opener  # optional extra: pip install p2w[heif]
+        from pillow_heif import register_heif_opener
     except ImportError:
         return False
     register_heif_opener()
     return True
-
-
-HEIF = _register_heif()
 
 
 def looks_like_image_path(value: str) -> bool:
@@ -44,7 +49,7 @@ def open_image(source: ImageLike, draft: int | None = None, max_pixels: int | No
     ``draft``: let JPEGs decode at a reduced scale (1/2, 1/4, 1/8) that keeps the shorter side >= ``draft`` pixels;
     much faster for photos larger than the model's input, and how JPEGs over the pixel limit are read at all.
     ``max_pixels``: larger images (after draft reduction) are refused before they are decoded (default
-    ``MAX_PIXELS``).
+    ``MAX_PIXELS``, Pillow's hard limit; its warning at half of it does not apply).
     """
     if isinstance(source, Image.Image):
         return _rgb(ImageOps.exif_transpose(source))
@@ -68,17 +73,16 @@ def decode_image(
 
 
 def _decode(source: Path | io.BytesIO, name: str, draft: int | None, max_pixels: int) -> Image.Image:
+    _register_heif()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
-                _reduce(im, name, draft, max_pixels)
-                im.seek(0)  # first frame of animations
-                im.load()
-                return _rgb(ImageOps.exif_transpose(im))
+        with _open(source) as im:
+            _reduce(im, name, draft, max_pixels)
+            im.seek(0)  # first frame of animations
+            im.load()
+            return _rgb(ImageOps.exif_transpose(im))
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name} is not an image Pillow can read") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name} is not an image Pillow can read{_plugin_hint(name)}") from exc
+    except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name} is too large to decode safely ({str(exc).split(',')[0]})") from exc
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
@@ -86,12 +90,43 @@ def _decode(source: Path | io.BytesIO, name: str, draft: int | None, max_pixels:
         raise ImageError(f"{name} cannot be decoded ({exc})") from exc
 
 
+def _open(source: Path | io.BytesIO) -> Image.Image:
+    """``Image.open`` with p2w's pixel limit instead of Pillow's: Pillow warns above 89 Mpx and refuses above 179 Mpx
+    when the file is opened, before a JPEG's draft decoding could shrink it; ``_reduce`` applies ``max_pixels`` to
+    what will really be decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombError:
+            if not _is_jpeg(source):
+                raise
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    return JpegImagePlugin.JpegImageFile(source)  # the same decoder, without Pillow's check at open
+
+
+def _is_jpeg(source: Path | io.BytesIO) -> bool:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:3] == b"\xff\xd8\xff"
+    with open(source, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def _plugin_hint(name: str) -> str:
+    """What to install to read a file of this kind, when Pillow alone cannot."""
+    hint = PLUGINS.get(os.path.splitext(name)[1].lower())
+    if hint is None or (hint == HEIF_HINT and _register_heif()):
+        return ""  # the plugin is there: the file itself is not what its name says
+    return f"; {hint}"
+
+
 def _reduce(im: Image.Image, name: str, draft: int | None, max_pixels: int) -> None:
     """Use JPEG draft mode where allowed, then refuse what would still be over the pixel limit."""
     if im.format == "JPEG" and (draft or im.width * im.height > max_pixels):
         short = min(im.size)
         scale = 1
-        while scale < 8 and (short // (scale * 2) >= (draft or 0) or im.width * im.height / scale**2 > max_pixels):
+        while scale < 8 and ((draft and short // (scale * 2) >= draft) or im.width * im.height / scale**2 > max_pixels):
             scale *= 2
         if scale > 1:
             im.draft("RGB", (im.width // scale, im.height // scale))
