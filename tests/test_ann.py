@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
     rows = [(f"/photos/{start + i}.jpg", 1, 1, f"{start + i:064x}", v.tobytes(), None) for i, v in enumerate(vectors)]
     catalog.put(rows, DIM)
     paths = [r[0] for r in rows]
-    found = dict(catalog.con.execute("SELECT path, id FROM files"))
+    found = {os.fsdecode(p): i for p, i in catalog.con.execute("SELECT path, id FROM files")}
     return [found[p] for p in paths]
 
 

@@ -98,7 +98,7 @@ def test_moves_copies_edits_and_deletions(lib, spec):
     report = index([lib], spec, load, workers=0)
     assert report.updated == 1 and load.calls == [1]
     catalog = open_catalog(spec)
-    paths = {r[0] for r in catalog.con.execute("SELECT path FROM files")}
+    paths = {os.fsdecode(r[0]) for r in catalog.con.execute("SELECT path FROM files")}
     assert str(lib / "2025 été" / "moved here.jpg") in paths and str(a) not in paths and str(c) not in paths
     assert len(paths) == catalog.count() == 12
     ann = ann_mod.load(catalog)
@@ -122,7 +122,7 @@ def test_catalog_keeps_the_features_norm_and_old_catalogs_migrate(lib, spec, tmp
     engine = p2w.load(model=spec.model, pretrained=spec.pretrained, device="cpu")
     copy = next((i, r) for i, r in rows.items() if r.path.endswith("copy.jpg"))
     for i, row in [*list(rows.items())[:3], copy]:
-        feats = engine.image_features([engine.open_query_image(row.path)])[0]
+        feats = engine.image_features([row.path])[0]  # decoded as the catalog decoded it
         rebuilt = torch.from_numpy(np.frombuffer(vectors[i], dtype=np.float32) * np.float32(norms[i]))
         torch.testing.assert_close(rebuilt, feats, rtol=1e-5, atol=1e-6)
     catalog.close()
@@ -141,8 +141,10 @@ def test_catalog_keeps_the_features_norm_and_old_catalogs_migrate(lib, spec, tmp
     con.commit()
     con.close()
     migrated = Catalog(old, "b/x")
-    assert int(migrated.meta()["schema"]) == SCHEMA_VERSION == 2
+    assert int(migrated.meta()["schema"]) == SCHEMA_VERSION == 3
     assert migrated.count() == 1 and migrated.norms_for(migrated.ids()) == {}
+    assert list(migrated.rows_under(["/p.jpg"])) == ["/p.jpg"]  # the TEXT path is now its bytes, found as before
+    assert migrated.roots() == [] and migrated.gone_roots() == []
     migrated.close()
 
 
@@ -421,7 +423,7 @@ def test_file_overwritten_with_known_content_is_an_update(lib, spec):
     report = index([lib], spec, never, workers=0)
     assert (report.updated, report.added, report.moved, report.removed) == (1, 0, 0, 0)
     catalog = open_catalog(spec)
-    hashes = dict(catalog.con.execute("SELECT path, hash FROM files").fetchall())
+    hashes = {os.fsdecode(p): h for p, h in catalog.con.execute("SELECT path, hash FROM files")}
     assert hashes[str(a)] == hashes[str(b)]
 
 

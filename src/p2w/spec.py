@@ -106,3 +106,15 @@ def pretrained_for(model: str) -> str:
 def safe_name(backbone_id: str) -> str:
     """A backbone id made a file or folder name, e.g. ``"ViT-L-14/openai"`` -> ``"ViT-L-14_openai"``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_id)
+
+
+def options_for(backbone_id: str) -> str | None:
+    """The ``--model``/``--pretrained`` options that select ``backbone_id`` again, e.g. ``"ViT-B-32/openai"`` ->
+    ``"--model ViT-B-32"`` (its tag is the model's default), ``"p2w-micro-fashion/builtin-..."`` -> ``"--model
+    p2w-micro-fashion"``; None where files stand behind the id (their names are in it, their paths are not)."""
+    model, _, tag = backbone_id.partition("/")
+    if model in BUILTIN_MODELS:
+        return f"--model {model}" if tag.startswith(BUILTIN_TAG) else None
+    if re.search(r"-[0-9a-f]{12}$", model) or re.search(r"-[0-9a-f]{12}$", tag):
+        return None  # a config or weights file, named by content
+    return f"--model {model}" + ("" if tag == pretrained_for(model) else f" --pretrained {tag}")

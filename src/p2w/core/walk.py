@@ -8,10 +8,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2w.core.images import HEIF, IMAGE_SUFFIXES
+from p2w.core.images import IMAGE_SUFFIXES
 
 JUNK_DIRS = frozenset({"@eaDir", ".git", "node_modules", "__MACOSX", "$RECYCLE.BIN", ".Trash", ".thumbnails"})
-HEIF_SUFFIXES = (".heic", ".heif", ".avif")
 
 
 @dataclass(frozen=True)
@@ -23,26 +22,44 @@ class Found:
     mtime_ns: int
 
 
-def suffixes() -> tuple[str, ...]:
-    """Image suffixes indexed here: HEIC/AVIF only when pillow-heif is installed."""
-    return tuple(s for s in IMAGE_SUFFIXES if HEIF or s not in HEIF_SUFFIXES)
+def scan(
+    roots: Sequence[Path],
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    unreadable: list[tuple[str, str]] | None = None,
+) -> Iterator[Found]:
+    """Every image file under ``roots`` (files given directly count too), each real folder visited once.
 
-
-def scan(roots: Sequence[Path], exclude: Sequence[str] = (), include_hidden: bool = False) -> Iterator[Found]:
-    """Every image file under ``roots`` (files given directly count too), each real folder visited once."""
-    wanted = suffixes()
+    A folder that cannot be listed, or an entry whose type or size cannot be read (a permission change, an EIO on a
+    network share, an unmounted sub-volume), is appended to ``unreadable`` as ``(path, reason)``: what was under it
+    is unknown, not gone, and a caller must not treat its absence as a deletion.
+    """
     seen: set[tuple[int, int]] = set()
+    problems = unreadable if unreadable is not None else []
     for root in roots:
         root = Path(os.path.abspath(root.expanduser()))
-        if root.is_file():
-            st = root.stat()
-            yield Found(str(root), st.st_size, st.st_mtime_ns)
+        try:
+            if root.is_file():
+                st = root.stat()
+                yield Found(str(root), st.st_size, st.st_mtime_ns)
+                continue
+        except OSError as exc:
+            problems.append((str(root), f"cannot be read: {_reason(exc)}"))
             continue
-        yield from _walk(root, root, wanted, exclude, include_hidden, seen)
+        yield from _walk(root, root, exclude, include_hidden, seen, problems)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def _walk(
-    folder: Path, root: Path, wanted: tuple[str, ...], exclude: Sequence[str], hidden: bool, seen: set[tuple[int, int]]
+    folder: Path,
+    root: Path,
+    exclude: Sequence[str],
+    hidden: bool,
+    seen: set[tuple[int, int]],
+    problems: list[tuple[str, str]],
 ) -> Iterator[Found]:
     try:
         st = folder.stat()
@@ -50,7 +67,8 @@ def _walk(
             return
         seen.add((st.st_dev, st.st_ino))
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
+    except OSError as exc:
+        problems.append((str(folder), f"cannot be listed: {_reason(exc)}"))
         return
     for entry in entries:
         name = entry.name
@@ -59,12 +77,12 @@ def _walk(
         try:
             if entry.is_dir():  # follows symlinked folders; `seen` stops loops
                 if name not in JUNK_DIRS:
-                    yield from _walk(Path(entry.path), root, wanted, exclude, hidden, seen)
-            elif entry.is_file() and os.path.splitext(name)[1].lower() in wanted:
+                    yield from _walk(Path(entry.path), root, exclude, hidden, seen, problems)
+            elif entry.is_file() and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                 info = entry.stat()
                 yield Found(entry.path, info.st_size, info.st_mtime_ns)
-        except OSError:
-            continue
+        except OSError as exc:
+            problems.append((entry.path, f"cannot be read: {_reason(exc)}"))
 
 
 def _excluded(path: str, root: Path, patterns: Sequence[str]) -> bool:

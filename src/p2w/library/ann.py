@@ -250,16 +250,20 @@ def _fit(catalog: Catalog, count: int) -> Projection | None:
 
 
 def build(catalog: Catalog, batch: int = 50_000) -> Ann:
-    """A fresh index of every vector in the catalog (reduced when that pays, see ``fit_projection``)."""
-    count = catalog.count()
-    projection = _fit(catalog, count)
-    graph_dim = projection.dim if projection is not None else max(catalog.dim, 1)
-    index = hnswlib.Index(space="ip", dim=graph_dim)
-    index.init_index(max_elements=max(count, 1), ef_construction=EF_CONSTRUCTION, M=M)
-    for ids, vectors in _chunks(catalog.all_vectors(), batch):
-        index.add_items(vectors if projection is None else projection.apply(vectors), ids)
+    """A fresh index of every vector in the catalog (reduced when that pays, see ``fit_projection``), read in one
+    snapshot: the row count, the vectors and the generation it is labelled with are those of one committed state,
+    whatever an index run commits meanwhile."""
+    with catalog.snapshot():
+        count = catalog.count()
+        projection = _fit(catalog, count)
+        graph_dim = projection.dim if projection is not None else max(catalog.dim, 1)
+        index = hnswlib.Index(space="ip", dim=graph_dim)
+        index.init_index(max_elements=max(count, 1), ef_construction=EF_CONSTRUCTION, M=M)
+        for ids, vectors in _chunks(catalog.all_vectors(), batch):
+            index.add_items(vectors if projection is None else projection.apply(vectors), ids)
+        generation = catalog.generation
     index.set_ef(EF_SEARCH)
-    return Ann(index, catalog.generation, count, projection, catalog.vectors_for, count)
+    return Ann(index, generation, count, projection, catalog.vectors_for, count)
 
 
 def update(ann: Ann, added_ids: Sequence[int], removed: Sequence[int], catalog: Catalog, chunk: int = 20_000) -> Ann:

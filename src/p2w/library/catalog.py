@@ -1,7 +1,11 @@
 """The photo catalog of one backbone: SQLite (WAL) is the truth — path, size, mtime, content hash, vector.
 
 One catalog per backbone, so vectors of different models never mix. The hnswlib index beside it is derived
-(see ``p2w.ann``) and rebuilt whenever its recorded generation differs from the catalog's.
+(see ``p2w.library.ann``) and rebuilt whenever its recorded generation differs from the catalog's.
+
+Paths are stored as their exact bytes (``p2w.fspath.to_db``; a file name need not be UTF-8), and the folders given to
+``p2w index`` as the catalog's roots. The schema is created and migrated inside one ``BEGIN IMMEDIATE`` transaction
+that reads the version again, so processes opening a catalog at once never migrate it twice.
 """
 
 from __future__ import annotations
@@ -16,22 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from p2w.errors import P2WError
+from p2w.fspath import from_db, gone, to_db, to_json
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec, safe_name
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
 # vec: the unit vector (float32 bytes); norm: the image features' length before normalising (NULL in catalogs made
-# before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features)
+# before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features);
+# roots: the folders and files given to ``p2w index`` (``p2w status`` names those gone from disk)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
     hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL);
 CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
-CREATE TABLE IF NOT EXISTS skipped (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS skipped (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY, indexed REAL);
 """
 # stepwise migrations: MIGRATIONS[v] upgrades a catalog of schema v to v + 1
-MIGRATIONS: dict[int, str] = {1: "ALTER TABLE files ADD COLUMN norm REAL;"}
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE files ADD COLUMN norm REAL;",
+    2: "UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';"
+    "UPDATE skipped SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';",
+}
 Stored = tuple[bytes, float | None]  # a unit vector's float32 bytes and the features' norm (None: unknown)
 
 
@@ -58,8 +70,9 @@ class Hit:
     id: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """The ``p2w search --json`` form: ``{"rank", "score", "path"}``."""
-        return {"rank": self.rank, "score": self.score, "path": self.path}
+        """The ``p2w search --json`` form: ``{"rank", "score", "path"}`` (and ``"path_bytes"`` for a name that is not
+        UTF-8: ``p2w.fspath.to_json``)."""
+        return {"rank": self.rank, "score": self.score, **to_json(self.path)}
 
 
 def catalog_dir(home: Path, backbone_id: str) -> Path:
@@ -82,30 +95,47 @@ class Catalog:
             raise P2WError(f"no catalog for {backbone_id} in {folder.parent}; build one with: p2w index DIR")
         folder.mkdir(parents=True, exist_ok=True)
         self.con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)  # explicit transactions
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA synchronous=NORMAL")
-        self._init_schema(backbone_id, dim)
+        try:
+            if self.con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once: it needs the file alone
+                self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("PRAGMA synchronous=NORMAL")
+            self._init_schema(backbone_id, dim)
+        except BaseException:
+            self.con.close()
+            raise
 
     def _init_schema(self, backbone_id: str, dim: int | None) -> None:
-        self.con.executescript(_SCHEMA)
-        meta = self.meta()
-        if not meta:
-            with self.transaction():
+        """Create or migrate in one write transaction that reads the version again inside it: a second process
+        opening the catalog at the same moment waits, then finds the work done."""
+        meta = self.meta() if _has_table(self.con, "meta") else {}
+        if meta and int(meta.get("schema", 0)) == SCHEMA_VERSION:
+            self._check(meta, backbone_id)
+            return
+        with self.transaction() as con:
+            meta = self.meta() if _has_table(self.con, "meta") else {}
+            if not meta:
+                for statement in _statements(_SCHEMA):
+                    con.execute(statement)
                 self._set_meta(
                     schema=SCHEMA_VERSION, backbone=backbone_id, dim=dim or 0, generation=0, created=time.time()
                 )
-            return
+                return
+            self._check(meta, backbone_id)
+            version = int(meta.get("schema", 0))
+            while version < SCHEMA_VERSION:
+                for statement in _statements(MIGRATIONS[version]):
+                    con.execute(statement)
+                version += 1
+            for statement in _statements(_SCHEMA):  # tables a newer schema added (CREATE ... IF NOT EXISTS)
+                con.execute(statement)
+            self._set_meta(schema=version)
+
+    def _check(self, meta: dict[str, str], backbone_id: str) -> None:
         if meta.get("backbone") != backbone_id:
             raise P2WError(f"catalog {self.folder} belongs to {meta.get('backbone')}, not {backbone_id}")
         version = int(meta.get("schema", 0))
         if version > SCHEMA_VERSION:
             raise P2WError(f"catalog {self.folder} was written by a newer p2w (schema {version}); upgrade p2w")
-        while version < SCHEMA_VERSION:
-            with self.transaction() as con:  # executescript would commit first: one statement at a time
-                for statement in filter(None, (s.strip() for s in MIGRATIONS[version].split(";"))):
-                    con.execute(statement)
-                version += 1
-                self._set_meta(schema=version)
 
     # ---- meta ---------------------------------------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
@@ -141,19 +171,28 @@ class Catalog:
             raise
         self.con.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Catalog]:
+        """Reads that see one state of the catalog (a read transaction: WAL keeps it while writers commit), e.g. the
+        row count, the vectors and the generation an index is built from."""
+        self.con.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.con.execute("COMMIT")
+
     def _bump(self) -> None:
         self.con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
     # ---- files --------------------------------------------------------------------------------------------------
     def rows_under(self, roots: Sequence[str]) -> dict[str, Row]:
         """Catalogued files at or under the given absolute paths."""
-        out: dict[str, Row] = {}
-        for root in roots:
-            prefix = root.rstrip(os.sep) + os.sep
-            query = "SELECT id, path, size, mtime_ns, hash FROM files WHERE path = ? OR substr(path, 1, ?) = ?"
-            for r in self.con.execute(query, (root, len(prefix), prefix)):
-                out[r[1]] = Row(*r)
-        return out
+        query = "SELECT id, path, size, mtime_ns, hash FROM files WHERE " + _UNDER
+        return {row.path: row for root in roots for row in map(_row, self.con.execute(query, _under(root)))}
+
+    def count_under(self, root: str) -> int:
+        """Number of catalogued files at or under ``root``."""
+        return int(self.con.execute("SELECT count(*) FROM files WHERE " + _UNDER, _under(root)).fetchone()[0])
 
     def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, Stored]:
         """A stored vector (and norm) for each known content hash (copies and moves reuse it)."""
@@ -164,6 +203,15 @@ class Catalog:
                 out[h] = (hit[0], hit[1])
         return out
 
+    def paths_by_hash(self, hashes: Iterable[str]) -> dict[str, list[str]]:
+        """The catalogued paths of each content hash (where a moved file came from)."""
+        out: dict[str, list[str]] = {}
+        for h in set(hashes):
+            found = [from_db(r[0]) for r in self.con.execute("SELECT path FROM files WHERE hash = ?", (h,))]
+            if found:
+                out[h] = found
+        return out
+
     def put(self, rows: Sequence[tuple[str, int, int, str, bytes, float | None]], dim: int) -> None:
         """Insert or replace (path, size, mtime_ns, hash, vector bytes, norm) rows in one transaction.
 
@@ -171,14 +219,15 @@ class Catalog:
         """
         if not rows:
             return
+        paths = [(to_db(r[0]),) for r in rows]
         with self.transaction() as con:
-            con.executemany("DELETE FROM files WHERE path = ?", [(r[0],) for r in rows])
+            con.executemany("DELETE FROM files WHERE path = ?", paths)
             now = time.time()
             con.executemany(
                 "INSERT INTO files (path, size, mtime_ns, hash, vec, norm, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(*r, now) for r in rows],
+                [(to_db(r[0]), *r[1:], now) for r in rows],
             )
-            con.executemany("DELETE FROM skipped WHERE path = ?", [(r[0],) for r in rows])
+            con.executemany("DELETE FROM skipped WHERE path = ?", paths)
             if not self.dim:
                 self._set_meta(dim=dim)
             self._bump()
@@ -186,32 +235,69 @@ class Catalog:
     def touch(self, rows: Sequence[tuple[str, int, int]]) -> None:
         """Record a new size/mtime for files whose content did not change (no new vector, no ANN change)."""
         with self.transaction() as con:
-            con.executemany("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, p) for p, s, m in rows])
+            con.executemany(
+                "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, to_db(p)) for p, s, m in rows]
+            )
 
     def remove(self, paths: Sequence[str]) -> None:
         """Forget files (deleted from disk)."""
         if not paths:
             return
+        keys = [(to_db(p),) for p in paths]
         with self.transaction() as con:
-            con.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
-            con.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+            con.executemany("DELETE FROM files WHERE path = ?", keys)
+            con.executemany("DELETE FROM skipped WHERE path = ?", keys)
             self._bump()
+
+    def forget_under(self, root: str) -> int:
+        """Forget every file, skipped file and root at or under ``root``; returns how many files were forgotten."""
+        with self.transaction() as con:
+            gone = con.execute("DELETE FROM files WHERE " + _UNDER, _under(root)).rowcount
+            con.execute("DELETE FROM skipped WHERE " + _UNDER, _under(root))
+            con.execute("DELETE FROM roots WHERE " + _UNDER, _under(root))
+            if gone:
+                self._bump()
+        return int(gone)
 
     def skip(self, rows: Sequence[tuple[str, int, int, str]]) -> None:
         """Remember (path, size, mtime_ns, reason) of unusable files, so unchanged ones are not retried."""
         with self.transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", rows)
+            con.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", [(to_db(r[0]), *r[1:]) for r in rows])
+
+    def unskip(self, paths: Sequence[str]) -> None:
+        """Forget skipped files that are gone from disk."""
+        if paths:
+            with self.transaction() as con:
+                con.executemany("DELETE FROM skipped WHERE path = ?", [(to_db(p),) for p in paths])
 
     def skipped_under(self, roots: Sequence[str]) -> dict[str, tuple[int, int, str]]:
         """Skipped files at or under the roots: path -> (size, mtime_ns, reason)."""
-        out = {}
-        for root in roots:
-            prefix = root.rstrip(os.sep) + os.sep
-            query = "SELECT path, size, mtime_ns, reason FROM skipped WHERE path = ? OR substr(path, 1, ?) = ?"
-            for p, size, mtime, reason in self.con.execute(query, (root, len(prefix), prefix)):
-                out[p] = (size, mtime, reason)
-        return out
+        query = "SELECT path, size, mtime_ns, reason FROM skipped WHERE " + _UNDER
+        return {
+            from_db(p): (size, mtime, reason)
+            for root in roots
+            for p, size, mtime, reason in self.con.execute(query, _under(root))
+        }
 
+    # ---- roots --------------------------------------------------------------------------------------------------
+    def record_roots(self, roots: Sequence[str]) -> None:
+        """Record the folders (or files) ``p2w index`` was given; forget the records of roots gone from disk that
+        hold no photo any more (a folder moved away and indexed under its new name)."""
+        with self.transaction() as con:
+            now = time.time()
+            con.executemany("INSERT OR REPLACE INTO roots VALUES (?, ?)", [(to_db(r), now) for r in roots])
+            empty = [(to_db(r),) for r in self.roots() if gone(r) and not self.count_under(r)]
+            con.executemany("DELETE FROM roots WHERE path = ?", empty)
+
+    def roots(self) -> list[str]:
+        """The recorded roots, sorted."""
+        return sorted(from_db(r[0]) for r in self.con.execute("SELECT path FROM roots"))
+
+    def gone_roots(self) -> list[tuple[str, int]]:
+        """Recorded roots gone from disk under which the catalog still holds photos, with their number."""
+        return gone_roots(self.con)
+
+    # ---- vectors and rows by id ---------------------------------------------------------------------------------
     def all_vectors(self) -> Iterator[tuple[int, bytes]]:
         """(id, vector bytes) of every file, for building the ANN."""
         yield from self.con.execute("SELECT id, vec FROM files")
@@ -234,19 +320,15 @@ class Catalog:
 
     def ids_under(self, folder: str) -> list[int]:
         """Ids of files under a folder (``--in DIR``)."""
-        prefix = folder.rstrip(os.sep) + os.sep
-        return [
-            r[0] for r in self.con.execute("SELECT id FROM files WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
-        ]
+        prefix = to_db(folder.rstrip(os.sep) + os.sep)
+        query = "SELECT id FROM files WHERE substr(path, 1, ?) = ?"
+        return [r[0] for r in self.con.execute(query, (len(prefix), prefix))]
 
     def rows_for(self, ids: Sequence[int]) -> dict[int, Row]:
         """Rows of the given ids."""
+        query = "SELECT id, path, size, mtime_ns, hash FROM files WHERE id IN ({})"
         return {
-            r[0]: Row(*r)
-            for part in _parts(ids)
-            for r in self.con.execute(
-                f"SELECT id, path, size, mtime_ns, hash FROM files WHERE id IN ({_marks(part)})", part
-            )
+            row.id: row for part in _parts(ids) for row in map(_row, self.con.execute(query.format(_marks(part)), part))
         }
 
     def ids(self) -> list[int]:
@@ -266,6 +348,38 @@ class Catalog:
         self.con.close()
 
 
+# a path at or under a root: the path itself, or its prefix is the root and a separator (exact bytes)
+_UNDER = "(path = ? OR substr(path, 1, ?) = ?)"
+
+
+def _under(root: str) -> tuple[bytes, int, bytes]:
+    prefix = to_db(root.rstrip(os.sep) + os.sep)
+    return to_db(root), len(prefix), prefix
+
+
+def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
+    """``Catalog.gone_roots`` on any connection to a catalog (``p2w status`` reads one read-only)."""
+    if not _has_table(con, "roots"):
+        return []  # made before schema 3
+    roots = sorted(from_db(r[0]) for r in con.execute("SELECT path FROM roots"))
+    query = "SELECT count(*) FROM files WHERE " + _UNDER
+    counts = [(r, int(con.execute(query, _under(r)).fetchone()[0])) for r in roots if gone(r)]
+    return [(r, n) for r, n in counts if n]
+
+
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _row(r: tuple[Any, ...]) -> Row:
+    return Row(r[0], from_db(r[1]), r[2], r[3], r[4])
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, to run one at a time inside a transaction (``executescript`` commits first)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
 def _parts(ids: Sequence[int], size: int = 900) -> list[list[int]]:
     """Slices under SQLite's oldest limit on bound parameters (999)."""
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
@@ -273,23 +387,3 @@ def _parts(ids: Sequence[int], size: int = 900) -> list[list[int]]:
 
 def _marks(ids: Sequence[int]) -> str:
     return ",".join("?" * len(ids)) or "NULL"
-
-
-def discard_empty(folder: Path) -> bool:
-    """Remove the catalog in ``folder`` if it holds no photo (a first run that failed before any was added).
-
-    Call it holding the writer lock, with the catalog closed. A catalog with photos is never touched.
-    """
-    db = folder / "catalog.sqlite"
-    if not db.is_file():
-        return False
-    try:
-        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
-            if con.execute("SELECT count(*) FROM files").fetchone()[0] != 0:
-                return False
-        for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "catalog.sqlite-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                (folder / name).unlink()
-    except (sqlite3.Error, OSError):  # unreadable, or still open elsewhere (Windows): leave it
-        return False
-    return True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from p2w import fspath
 from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
+from p2w.fspath import gone
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, Stored, catalog_for, discard_empty
+from p2w.library.catalog import Catalog, Row, Stored, catalog_for
 from p2w.library.lock import writer_lock
 from p2w.progress import Progress
 from p2w.settings import Settings
@@ -37,6 +41,7 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason): its photos were kept
     total: int = 0  # files in the catalog afterwards
     seconds: float = 0.0
     interrupted: bool = False
@@ -51,7 +56,8 @@ class IndexReport:
             "moved": self.moved,
             "removed": self.removed,
             "unchanged": self.unchanged,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [{**fspath.to_json(p), "reason": r} for p, r in self.skipped],
+            "unreadable": [{**fspath.to_json(p), "reason": r} for p, r in self.unreadable],
             "total": self.total,
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
@@ -66,9 +72,11 @@ class _Plan:
     reuse: list[tuple[Found, str, Stored, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
     touch: list[tuple[str, int, int]] = field(default_factory=list)
     remove: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of files gone from disk
+    unskip: list[str] = field(default_factory=list)  # skipped files gone from disk
     replaced: set[str] = field(default_factory=set)  # paths whose content changed
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 def index(
@@ -89,10 +97,10 @@ def index(
     fails or is interrupted before adding a photo (e.g. the model cannot load) leaves no catalog behind.
     """
     start = time.perf_counter()
-    for root in roots:
-        if not root.exists():
-            raise P2WError(f"not found: {root}")
     folder = catalog_for(spec, settings)
+    absolute = [os.path.abspath(r.expanduser()) for r in roots]
+    for root in absolute:
+        _check_root(root, folder, spec.id)
     report = IndexReport(folder, spec.id)
     made = [] if folder.parent.is_dir() else [folder.parent]  # P2W_HOME/catalogs, made by this run
     with writer_lock(folder) as lock:
@@ -101,21 +109,41 @@ def index(
         done = False
         try:
             base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
-            plan = _plan(
-                catalog, [os.path.abspath(r.expanduser()) for r in roots], exclude, include_hidden, workers, progress
-            )
+            plan = _plan(catalog, absolute, exclude, include_hidden, workers, progress)
             _apply(catalog, plan, report, load_engine, batch_size, workers, progress)
             _finish_ann(catalog, base)
             done = not report.interrupted
+            if done:
+                catalog.record_roots(absolute)
         finally:
             report.total = catalog.count()
             catalog.close()
             if fresh and not done and report.total == 0 and discard_empty(folder):
                 lock.discard(*made)  # the lock file, the catalog folder, and the catalogs folder if this run made it
     report.skipped = plan.skipped
+    report.unreadable = plan.unreadable
     report.unchanged = plan.unchanged
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_root(root: str, folder: Path, backbone: str) -> None:
+    """A root that does not exist is an error; when the catalog still holds photos from it, the error says how to
+    drop them (a root that exists but cannot be read is walked, and reported, not refused)."""
+    if not gone(root):
+        return
+    held = 0
+    if (folder / "catalog.sqlite").is_file():
+        catalog = Catalog(folder, backbone)
+        try:
+            held = catalog.count_under(root)
+        finally:
+            catalog.close()
+    if held:
+        raise P2WError(
+            f"not found: {root}; the catalog still holds {held} photos from it: drop them with: p2w forget {root}"
+        )
+    raise P2WError(f"not found: {root}")
 
 
 def _plan(
@@ -128,26 +156,18 @@ def _plan(
 ) -> _Plan:
     known = catalog.rows_under(roots)
     skipped = catalog.skipped_under(roots)
-    found = list(scan([Path(r) for r in roots], exclude, hidden))
     plan = _Plan()
+    found = list(scan([Path(r) for r in roots], exclude, hidden, plan.unreadable))
     seen = {f.path for f in found}
-    plan.remove = [(p, row.hash) for p, row in known.items() if p not in seen]
-    fresh: list[Found] = []
-    for f in found:
-        row = known.get(f.path)
-        old_skip = skipped.get(f.path)
-        if row and (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
-            plan.unchanged += 1
-            continue
-        if old_skip and old_skip[:2] == (f.size, f.mtime_ns):
-            plan.skipped.append((f.path, old_skip[2]))
-            continue
-        fresh.append(f)
+    unknown = _Beneath([p for p, _ in plan.unreadable])  # under a folder that could not be listed: not gone
+    plan.remove = [(p, row.hash) for p, row in known.items() if p not in seen and not unknown.covers(p)]
+    plan.unskip = [p for p in skipped if p not in seen and not unknown.covers(p)]
+    fresh = _changed(found, known, skipped, plan)
     paths, hashing = [f.path for f in fresh], progress
     # I/O threads, not decoders: None leaves their number to the digest module
     hashes = sha256_many(paths, progress=hashing) if workers is None else sha256_many(paths, workers, hashing)
     by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)
-    removed_hashes = {h for _, h in plan.remove}
+    sources = _move_sources(catalog, plan, roots, [h for p, h in hashes.items() if h and p not in known])
     for f in fresh:
         digest, row = hashes.get(f.path), known.get(f.path)
         if digest is None:
@@ -159,10 +179,57 @@ def _plan(
             if row:
                 plan.replaced.add(f.path)
             if digest in by_hash:
-                plan.reuse.append((f, digest, by_hash[digest], digest in removed_hashes and not row))
+                moved = not row and bool(sources.get(digest))
+                if moved:
+                    sources[digest].pop()
+                plan.reuse.append((f, digest, by_hash[digest], moved))
             else:
                 plan.embed.append((f, digest))
     return plan
+
+
+def _changed(
+    found: list[Found], known: dict[str, Row], skipped: dict[str, tuple[int, int, str]], plan: _Plan
+) -> list[Found]:
+    """The files whose size or modification time changed since they were catalogued or skipped (the others are
+    counted unchanged, or skipped again for their recorded reason, without being opened)."""
+    fresh: list[Found] = []
+    for f in found:
+        row = known.get(f.path)
+        old_skip = skipped.get(f.path)
+        if row and (row.size, row.mtime_ns) == (f.size, f.mtime_ns):
+            plan.unchanged += 1
+        elif old_skip and old_skip[:2] == (f.size, f.mtime_ns):
+            plan.skipped.append((f.path, old_skip[2]))
+        else:
+            fresh.append(f)
+    return fresh
+
+
+def _move_sources(catalog: Catalog, plan: _Plan, roots: list[str], digests: list[str]) -> dict[str, list[str]]:
+    """Where new files may have moved from, by content hash: catalogued files gone from disk, under this run's roots
+    (``plan.remove``) or anywhere else (a whole indexed folder renamed: those are added to ``plan.remove``)."""
+    sources: dict[str, list[str]] = {}
+    for path, digest in plan.remove:
+        sources.setdefault(digest, []).append(path)
+    inside = _Beneath(roots)
+    for digest, paths in catalog.paths_by_hash(d for d in set(digests) if d not in sources).items():
+        for path in paths:
+            if not inside.covers(path) and gone(path):
+                plan.remove.append((path, digest))
+                sources.setdefault(digest, []).append(path)
+    return sources
+
+
+class _Beneath:
+    """Tells whether a path is one of some folders or under one of them."""
+
+    def __init__(self, folders: Sequence[str]) -> None:
+        self.exact = set(folders)
+        self.prefixes = tuple(f.rstrip(os.sep) + os.sep for f in folders)
+
+    def covers(self, path: str) -> bool:
+        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
 
 
 def _apply(
@@ -190,8 +257,8 @@ def _apply(
         report.interrupted = True  # what is committed stays; the next run resumes
         return
     catalog.remove([p for p, _ in plan.remove])
-    moved_hashes = {h for _, h, _, move in plan.reuse if move}
-    report.removed = sum(1 for _, h in plan.remove if h not in moved_hashes)
+    catalog.unskip(plan.unskip)
+    report.removed = len(plan.remove) - report.moved
 
 
 def _embed(
@@ -244,3 +311,49 @@ def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
     current = set(catalog.ids())
     present = set(base.index.get_ids_list())
     ann_mod.save(ann_mod.update(base, sorted(current - present), sorted(present - current), catalog), catalog.folder)
+
+
+def forget(
+    paths: Sequence[Path], spec: BackboneSpec, settings: Settings | None = None, force: bool = False
+) -> dict[str, int]:
+    """Drop every photo at or under ``paths`` from the catalog of ``spec`` (a folder gone for good: deleted, or a
+    drive that will not come back); no file on disk is touched. Returns the number dropped per path.
+
+    A path that still exists is refused unless ``force``: its photos would come back with the next ``p2w index``.
+    """
+    folder = catalog_for(spec, settings)
+    absolute = [os.path.abspath(p.expanduser()) for p in paths]
+    present = [p for p in absolute if not gone(p)]
+    if present and not force:
+        raise P2WError(
+            f"{present[0]} exists; p2w forget drops photos of folders gone from disk (pass --force to drop them anyway)"
+        )
+    with writer_lock(folder):
+        catalog = Catalog(folder, spec.id)
+        try:
+            base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
+            dropped = {p: catalog.forget_under(p) for p in absolute}
+            _finish_ann(catalog, base)
+        finally:
+            catalog.close()
+    return dropped
+
+
+def discard_empty(folder: Path) -> bool:
+    """Remove the catalog in ``folder`` if it holds no photo (a first run that failed before any was added).
+
+    Call it holding the writer lock, with the catalog closed. A catalog with photos is never touched.
+    """
+    db = folder / "catalog.sqlite"
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            if con.execute("SELECT count(*) FROM files").fetchone()[0] != 0:
+                return False
+        for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "catalog.sqlite-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+    except (sqlite3.Error, OSError):  # unreadable, or still open elsewhere (Windows): leave it
+        return False
+    return True

@@ -15,8 +15,12 @@ from p2w.spec import BackboneSpec
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:
-    """The catalog of ``spec`` for searching; a missing or empty one is an error naming the command that fills it."""
-    catalog = Catalog(catalog_for(spec, settings), spec.id)
+    """The catalog of ``spec`` for searching; a missing or empty one is an error naming the command that fills it,
+    and the catalogs of other models that could answer instead."""
+    folder = catalog_for(spec, settings)
+    if not (folder / "catalog.sqlite").is_file():
+        raise P2WError(_no_catalog(spec, settings))
+    catalog = Catalog(folder, spec.id)
     if catalog.count() == 0:
         catalog.close()
         raise P2WError(f"the catalog of {spec.id} is empty; add photos with: p2w index DIR")
@@ -64,3 +68,21 @@ def _exact_within(catalog: Catalog, query: np.ndarray, folder: str, k: int) -> t
     scores = vectors @ query.astype(np.float32)
     top = np.argsort(-scores)[:k]
     return order[top], scores[top]
+
+
+def _no_catalog(spec: BackboneSpec, settings: Settings | None) -> str:
+    """Why there is nothing to search, and what there is: e.g. the micro model's catalog after ``p2w demo``."""
+    from p2w.library.status import status
+    from p2w.spec import options_for
+
+    settings = settings or Settings.from_env()
+    message = f"no catalog for {spec.id} in {settings.home / 'catalogs'}; build one with: p2w index DIR"
+    others = [c for c in status(settings) if c.files]
+    if not others:
+        return message
+    listed = "; ".join(
+        f"{c.backbone} ({c.files} photos"
+        + (f": search it with {options_for(c.backbone)})" if options_for(c.backbone) else ")")
+        for c in others
+    )
+    return f"{message}, or search a catalog of another model: {listed}"
