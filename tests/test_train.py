@@ -95,6 +95,24 @@ def test_loss_decreases_and_mapper_is_registered(tiny, photos, p2w_home, images)
     assert len(json.loads(found.stdout)) == 10
 
 
+def test_a_file_name_that_is_not_utf8_trains(tiny, tmp_path, p2w_home):
+    """A photo named with byte 0xE9 (latin-1 'é'; Python's str for it holds a surrogate escape) is hashed, cached
+    (its path's exact bytes) and trained on, like any other."""
+    root = tmp_path / "latin1"
+    root.mkdir()
+    names = [os.fsdecode(b"latin1_caf\xe9.png"), "plain.png", "other.png", "fourth.png"]
+    for i, name in enumerate(names):
+        Image.new("RGB", (24, 24), (60 * i, 255 - 50 * i, 30)).save(root / name)
+    common = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--device", "cpu", "--workers", "0"]
+    options = ["--epochs", "1", "--batch-size", "4", "--hidden-dim", "16", "--val-fraction", "0", "--json"]
+    result = runner.invoke(app, ["train", "--data", str(root), "--name", "latin1", *common, *options])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["images"], summary["skipped"]) == (4, 0)
+    again = train(config(tiny, root, name="latin1-again", epochs=1, batch_size=4))  # from the cache, by bytes
+    assert again.images == 4 and not again.skipped
+
+
 def test_cached_and_uncached_give_the_same_losses(tiny, photos):
     cached = train(config(tiny, photos, name="cached"))
     live = train(config(tiny, photos, name="live", cache=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import replace
@@ -31,6 +32,7 @@ from p2w.training.distributed import Dist
 from p2w.training.keywords import STOPWORD_RULE, clean, keyword_rule, spacy_rule, stopword_rule
 from p2w.training.loop import train
 from p2w.training.objective import lincir_loss
+from p2w.training.schedule import caption_steps, default_warmup
 from training_runs import assert_same_run, two_and_one_process
 
 runner = CliRunner()
@@ -234,13 +236,53 @@ def test_short_run_trains_and_registers_a_lincir_mapper(tiny, captions, p2w_home
 def test_lincir_defaults():
     cfg = TrainConfig(captions="c.txt").with_defaults()
     assert (cfg.network, cfg.hidden_dim, cfg.dropout) == ("phi", None, 0.5)  # hidden None: 4 x embed_dim
-    assert (cfg.lr, cfg.weight_decay, cfg.warmup, cfg.schedule) == (1e-4, 0.01, 500, "constant")
-    assert (cfg.batch_size, cfg.max_steps, cfg.epochs, cfg.noise) == (256, 50_000, None, 1.0)
+    assert (cfg.lr, cfg.weight_decay, cfg.schedule) == (1e-4, 0.01, "constant")
+    assert (cfg.batch_size, cfg.noise) == (256, 1.0)
+    assert (cfg.max_steps, cfg.epochs, cfg.warmup) == (None, None, None)  # the caption file's size decides
     images = TrainConfig(data="imgs").with_defaults()
     assert (images.network, images.hidden_dim, images.dropout, images.weight_decay) == ("pic2word", 512, 0.1, 0.1)
     assert (images.batch_size, images.epochs, images.max_steps, images.schedule) == (128, 10, None, "cosine")
     assert TrainConfig(data="imgs", captions="c.txt").with_defaults().network == "phi"
     assert TrainConfig(captions="c.txt", epochs=3).with_defaults().max_steps is None  # the epochs decide
+
+
+def test_default_length_fits_the_caption_file():
+    """4 epochs, at least 1,000 and at most LinCIR's 50,000 steps; the warm-up 10% of that, at most LinCIR's 500."""
+    per_epoch = {3_200: 12, 400_000: 1_562, 3_318_333: 12_962}  # captions // 256
+    assert {n: caption_steps(k) for n, k in per_epoch.items()} == {3_200: 1_000, 400_000: 6_248, 3_318_333: 50_000}
+    assert [default_warmup(t, with_captions=True) for t in (1_000, 6_248, 50_000)] == [100, 500, 500]
+    assert [default_warmup(t, with_captions=False) for t in (30, 200_000)] == [3, 10_000]  # Pic2Word's, as before
+
+
+def test_a_default_run_on_a_small_file_says_its_length(tiny, tmp_path, p2w_home, monkeypatch):
+    """3,200 captions, every length option at its default: 1,000 steps (not 50,000), said when training starts, and
+    how long they take once the first steps are measured."""
+    monkeypatch.setattr("p2w.training.loop.REPORT_EVERY", 5)
+    path = tmp_path / "many.txt"
+    lines = [f"A {CAPTIONS[i % len(CAPTIONS)][2:-1]} number {i}." for i in range(3_200)]  # 12 steps of 256 a pass
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stages: list[str] = []
+
+    class Record:
+        def stage(self, text):  # type: ignore[no-untyped-def]
+            stages.append(text)
+
+        def progress(self, stage, done, total): ...
+        def epoch(self, summary): ...
+        def step(self, step, total, loss, lr, rate):  # type: ignore[no-untyped-def]
+            if step == 10:
+                os.kill(os.getpid(), signal.SIGINT)  # 10 steps are enough to see the plan
+
+    cfg = config(tiny, path, name="default-length", batch_size=None, max_steps=None, warmup=None)
+    with pytest.raises(TrainingInterrupted, match=r"step 10/1000;"):
+        train(cfg, callbacks=Record())
+    assert "training 1,000 steps: 83.3 epochs of 3,200 captions, 256 a step" in stages, stages
+    estimate = [s for s in stages if s.startswith("about ")]
+    assert len(estimate) == 1, stages
+    pattern = r"about \d+ (s|min|h) left: 990 more steps at \S+ s a step \(measured over steps 5-10\)"
+    assert re.fullmatch(pattern, estimate[0]), estimate
+    ckpt = torch.load(p2w_home / "runs" / "default-length" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["config"]["max_steps"], ckpt["config"]["warmup"]) == (None, None)  # a resume decides the same
 
 
 def test_cached_and_uncached_give_the_same_losses(tiny, captions):

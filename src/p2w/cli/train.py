@@ -15,12 +15,13 @@ from p2w.cli.root import (
     WorkersOpt,
     app,
     err_console,
+    note,
     out_console,
     user_errors,
 )
 
 
-@app.command("train")
+@app.command("train", short_help="Train a mapper: p2w train --data imgs/ --name mine")
 def train_command(
     data: Annotated[
         Path | None, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")
@@ -37,7 +38,12 @@ def train_command(
         str, typer.Option("--precision", help="auto (bf16/fp16 autocast on CUDA), fp32, ...")
     ] = "auto",
     epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="[default: 10; with --captions: --max-steps decides]")
+        int | None,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="[default: 10; with --captions: 4 over the captions, at least 1000 and at most 50000 steps]",
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=2, help="per process [default: 128; with --captions 256]")
@@ -47,7 +53,8 @@ def train_command(
         float | None, typer.Option("--weight-decay", help="[default: 0.1; with --captions 0.01]")
     ] = None,
     warmup: Annotated[
-        int | None, typer.Option("--warmup", help="steps [default: 10% of the run, <= 10000; with --captions 500]")
+        int | None,
+        typer.Option("--warmup", help="steps [default: 10% of the run, <= 10000; with --captions <= 500]"),
     ] = None,
     schedule: Annotated[
         str | None,
@@ -83,7 +90,7 @@ def train_command(
     no_graphs: Annotated[bool, typer.Option("--no-cuda-graphs", help="run the text tower eagerly on CUDA")] = False,
     max_steps: Annotated[
         int | None,
-        typer.Option("--max-steps", min=0, help="stop after this many steps [default: none; with --captions 50000]"),
+        typer.Option("--max-steps", min=0, help="stop after this many steps [default: --epochs decides]"),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run of --name from its checkpoint")] = False,
     force: Annotated[bool, typer.Option("--force", help="replace a mapper or run of the same name")] = False,
@@ -133,4 +140,4 @@ def train_command(
             typer.echo(json.dumps(result.to_json()))
         else:
             out_console().print(train_table(result))
-        err_console.print(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")
+        note(f"mapper {result.name!r} saved to {result.mapper_path}; use it with --mapper {result.name}")

@@ -3,7 +3,9 @@
 CLIP is frozen while a mapper trains, so each image's features never change. They are computed in one pass
 (DataLoader workers decode, the model encodes in batches) and kept in ``P2W_HOME/features/<backbone>.sqlite``:
 ``files`` maps (path, size, mtime) to a content hash, ``features`` maps (hash, view kind, view) to a float32 vector.
-A moved or copied file costs nothing; a re-run reads no image.
+A moved or copied file costs nothing; a re-run reads no image. Paths are stored as their exact bytes
+(``p2w.fspath.to_db``), so a name that is not UTF-8 works; a file written by an older p2w (TEXT paths) is upgraded
+once when it is opened (``PRAGMA user_version``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from p2w import fspath
 from p2w.core.backbone import Backbone
 from p2w.core.devices import default_workers
 from p2w.core.images import open_image, target_pad
@@ -58,29 +61,61 @@ class Views:
         return max(1, self.count)
 
 
+SCHEMA_VERSION = 1  # 1: ``files.path`` holds the path's exact bytes (a BLOB, ``p2w.fspath.to_db``)
+CHUNK = 900  # bound parameters per look-up statement (SQLite allows 999 before 3.32)
+
+
 class FeatureCache:
-    """SQLite store of content hashes and feature vectors, safe for several processes (WAL, waits on locks)."""
+    """SQLite store of content hashes and feature vectors, safe for several processes (WAL, waits on locks).
+
+    Look-ups go by key (the primary keys' indexes), so their cost follows the keys asked for, not the table's size.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.con = sqlite3.connect(path, timeout=300)
         self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.executescript(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, hash TEXT);"
-            "CREATE TABLE IF NOT EXISTS features (hash TEXT, kind TEXT, view INT, vec BLOB,"
-            " PRIMARY KEY (hash, kind, view));"
-        )
+        if self.con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create the tables, or turn an older file's TEXT paths into BLOBs: once, in one transaction that checks
+        the version again (another process may have upgraded the file while this one waited for the lock)."""
+        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            if self.con.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                self.con.execute(
+                    "CREATE TABLE IF NOT EXISTS files (path BLOB PRIMARY KEY, size INT, mtime_ns INT, hash TEXT)"
+                )
+                self.con.execute(
+                    "CREATE TABLE IF NOT EXISTS features (hash TEXT, kind TEXT, view INT, vec BLOB,"
+                    " PRIMARY KEY (hash, kind, view))"
+                )
+                self.con.execute("UPDATE OR REPLACE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text'")
+                self.con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
 
     @classmethod
     def for_backbone(cls, home: Path, backbone_id: str) -> FeatureCache:
         """The cache file of one backbone: vectors of different models never mix."""
         return cls(home / "features" / (safe_name(backbone_id) + ".sqlite"))
 
+    def _where_in(self, sql: str, first: tuple[Any, ...], values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``sql`` (ending in ``IN ({})``) for ``values``, a statement per chunk of them."""
+        for lo in range(0, len(values), CHUNK):
+            chunk = values[lo : lo + CHUNK]
+            yield from self.con.execute(sql.format(",".join("?" * len(chunk))), (*first, *chunk))
+
     def known_hashes(self, stats: dict[str, tuple[int, int]]) -> dict[str, str]:
         """Hashes of files whose (size, mtime) are unchanged since they were hashed."""
         out = {}
-        for path, size, mtime, digest in self.con.execute("SELECT path, size, mtime_ns, hash FROM files"):
+        sql = "SELECT path, size, mtime_ns, hash FROM files WHERE path IN ({})"
+        for stored, size, mtime, digest in self._where_in(sql, (), [fspath.to_db(p) for p in stats]):
+            path = fspath.from_db(stored)
             if stats.get(path) == (size, mtime):
                 out[path] = digest
         return out
@@ -88,14 +123,20 @@ class FeatureCache:
     def add_hashes(self, rows: list[tuple[str, int, int, str]]) -> None:
         """Remember (path, size, mtime_ns, hash) rows."""
         with self.con:
-            self.con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+            self.con.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                [(fspath.to_db(path), size, mtime, digest) for path, size, mtime, digest in rows],
+            )
 
     def get(self, keys: Sequence[tuple[str, int]], kind: str) -> dict[tuple[str, int], np.ndarray]:
         """Stored vectors for (hash, view) keys; missing keys are absent from the result."""
+        views: dict[str, set[int]] = {}
+        for digest, view in keys:
+            views.setdefault(digest, set()).add(view)
         out: dict[tuple[str, int], np.ndarray] = {}
-        wanted = set(keys)
-        for digest, view, blob in self.con.execute("SELECT hash, view, vec FROM features WHERE kind = ?", (kind,)):
-            if (digest, view) in wanted:
+        sql = "SELECT hash, view, vec FROM features WHERE kind = ? AND hash IN ({})"
+        for digest, view, blob in self._where_in(sql, (kind,), list(views)):
+            if view in views[digest]:
                 out[(digest, view)] = np.frombuffer(blob, dtype=np.float32)
         return out
 
@@ -292,6 +333,32 @@ def encode_views(
     return out, failed
 
 
+def missing_views(images: ImageSet, views: Views, cache: FeatureCache) -> list[tuple[int, int]]:
+    """The (row, view) items whose features ``cache`` lacks, in row order: what a pass has to encode. Under torchrun
+    one rank decides this and the others take its list (a rank reading later would see the first one's work)."""
+    have = cache.get([(h, v) for h in images.hashes for v in range(views.per_image)], views.kind)
+    return [(r, v) for r, h in enumerate(images.hashes) for v in range(views.per_image) if (h, v) not in have]
+
+
+def store_views(
+    backbone: Backbone,
+    images: ImageSet,
+    items: Sequence[tuple[int, int]],
+    views: Views,
+    cache: FeatureCache,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> dict[int, str]:
+    """Encode the (row, view) ``items`` and store their features in ``cache``; returns why rows failed (by row)."""
+    if not items:
+        return {}
+    ds = view_dataset(backbone, images, list(items), views)
+    done, failed = encode_views(backbone, ds, batch_size, workers, progress)
+    cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], views.kind)
+    return dict(failed)
+
+
 def fill_cache(
     backbone: Backbone,
     images: ImageSet,
@@ -300,17 +367,8 @@ def fill_cache(
     batch_size: int = 64,
     workers: int | None = None,
     progress: Progress | None = None,
-    shard: tuple[int, int] = (0, 1),
 ) -> dict[int, str]:
-    """Encode the (row, view) features ``cache`` lacks and store them; returns why rows failed (by row).
-
-    ``shard=(rank, world)``: this process encodes every world-th missing item (torchrun ranks share the work).
-    """
-    have = cache.get([(h, v) for h in images.hashes for v in range(views.per_image)], views.kind)
-    missing = [(r, v) for r, h in enumerate(images.hashes) for v in range(views.per_image) if (h, v) not in have]
-    mine = missing[shard[0] :: shard[1]]
-    if not mine:
-        return {}
-    done, failed = encode_views(backbone, view_dataset(backbone, images, mine, views), batch_size, workers, progress)
-    cache.put([(images.hashes[r], v, f.numpy()) for (r, v), f in done.items()], views.kind)
-    return dict(failed)
+    """Encode the (row, view) features ``cache`` lacks and store them, in this one process; returns why rows failed
+    (by row). (Several processes split the work with ``missing_views`` and ``store_views``.)"""
+    todo = missing_views(images, views, cache)
+    return store_views(backbone, images, todo, views, cache, batch_size, workers, progress)

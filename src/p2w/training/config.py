@@ -41,7 +41,9 @@ class TrainConfig:
     Options left at None take the objective's defaults (``with_defaults``): with ``data`` alone the Pic2Word
     reference's (AdamW 0.9/0.98/1e-6, wd 0.1 but biases, lr 1e-4, batch 128, 10 epochs, warm-up then cosine, its
     mapper, hidden 512, dropout 0.1); with ``captions`` LinCIR's (AdamW 0.9/0.999/1e-8, wd 0.01, lr 1e-4, batch 256,
-    50,000 steps, 500 warm-up steps then constant, phi with hidden 4 x embed_dim, dropout 0.5, noise 1.0)."""
+    warm-up then constant, phi with hidden 4 x embed_dim, dropout 0.5, noise 1.0) for a length that fits the file:
+    ``CAPTION_EPOCHS`` passes over the captions, at least ``MIN_CAPTION_STEPS`` and at most LinCIR's 50,000 steps
+    (``schedule.caption_steps``), the warm-up 10% of that, at most LinCIR's 500 steps."""
 
     data: str = ""
     captions: str | None = None
@@ -54,7 +56,7 @@ class TrainConfig:
     batch_size: int | None = None  # per process
     lr: float = 1e-4
     weight_decay: float | None = None
-    warmup: int | None = None  # steps; None: 10% of the run, at most 10000 (the reference's default); LinCIR 500
+    warmup: int | None = None  # steps; None: 10% of the run, at most 10000 (the reference's); with captions 500
     hidden_dim: int | None = None  # None: 512 for Pic2Word's mapper, 4 x embed_dim for phi
     dropout: float | None = None  # None: 0.1 for Pic2Word's mapper, 0.5 for phi
     network: str | None = None  # "pic2word" | "phi"; None: pic2word with data alone, phi with captions
@@ -68,7 +70,7 @@ class TrainConfig:
     workers: int | None = None  # decoding processes; None: p2w.core.devices.default_workers of the device
     cache: bool = True  # False: encode images (and caption features) at every step, as the references do
     cuda_graphs: bool = True  # capture the text tower's forward/backward on CUDA
-    max_steps: int | None = None  # None: the epochs decide (Pic2Word), 50,000 steps (LinCIR)
+    max_steps: int | None = None  # None: the epochs decide; with captions ``schedule.caption_steps``
     resume: bool = False
     force: bool = False
 
@@ -80,8 +82,9 @@ class TrainConfig:
         return "lincir" if self.captions else "pic2word"
 
     def with_defaults(self) -> TrainConfig:
-        """Every option left at None set to its objective's (and network's) default; ``epochs`` stays None when
-        the run is counted in steps (LinCIR's ``max_steps``)."""
+        """Every option left at None set to its objective's (and network's) default; with captions ``epochs``,
+        ``max_steps`` and ``warmup`` may stay None: the run's length then follows from the caption file's size
+        (``prepare``)."""
         pic2word = self.objective == "pic2word"
         network = self.network or ("pic2word" if pic2word else "phi")
         if network not in NETWORKS:
@@ -96,10 +99,8 @@ class TrainConfig:
             self,
             network=network,
             epochs=self.epochs if self.epochs is not None or not pic2word else 10,
-            max_steps=self.max_steps if self.max_steps is not None or pic2word or self.epochs else LINCIR_STEPS,
             batch_size=self.batch_size or (128 if pic2word else 256),
             weight_decay=self.weight_decay if self.weight_decay is not None else (0.1 if pic2word else 0.01),
-            warmup=self.warmup if self.warmup is not None or pic2word else 500,
             hidden_dim=self.hidden_dim or (512 if network == "pic2word" else None),
             dropout=self.dropout if self.dropout is not None else (0.1 if network == "pic2word" else 0.5),
             schedule=self.schedule or ("cosine" if pic2word else "constant"),
@@ -110,7 +111,11 @@ NETWORKS = ("pic2word", "phi")
 SCHEDULES = ("cosine", "constant")
 MIXES = ("alternate", "sum")
 KEYWORDS = ("auto", "rule")
-LINCIR_STEPS = 50_000  # LinCIR's default max_train_steps
+LINCIR_STEPS = 50_000  # LinCIR's default max_train_steps (of 256 captions: 3.9 passes over CC3M's 3.3M)
+LINCIR_WARMUP = 500  # LinCIR's warm-up steps
+CAPTION_EPOCHS = 4  # a run with captions passes over them this often by default (LinCIR's length at CC3M's size)
+MIN_CAPTION_STEPS = 1000  # ... and takes at least this many steps (a small file: the micro world's 720 captions
+# trained well in 200 steps of 256; docs/microworld.md)
 
 
 @dataclass

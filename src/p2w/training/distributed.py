@@ -1,15 +1,21 @@
-"""torchrun support: process-group set-up, the contrastive loss over the global batch as the reference does, and
-the mean of a caption loss over the ranks."""
+"""torchrun support: process-group set-up, decisions taken once and shared (``broadcast``, ``gather``, ``any``), the
+contrastive loss over the global batch as the reference does, and the mean of a caption loss over the ranks.
+
+Whatever the ranks must agree on (the run's name, which items a pass computes, when to stop) is decided by one rank
+and shared, as open_clip_train does: never derived by each rank from its own read of a file or of the clock."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from p2w.training.objective import LossParts, contrastive_loss
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,12 @@ class Dist:
         if world <= 1:
             return cls()
         on_gpu = torch.cuda.is_available() and not (device or "auto").lower().startswith("cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if on_gpu:
+            torch.cuda.set_device(local_rank)  # the device of NCCL's collectives, object ones included
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if on_gpu else "gloo")
-        return cls(world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(world, dist.get_rank(), local_rank)
 
     def device(self, requested: str | None) -> str | None:
         """Each rank on its own GPU under torchrun; the requested device otherwise."""
@@ -49,6 +58,31 @@ class Dist:
         """Wait for every rank."""
         if self.world > 1:
             dist.barrier()
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (any picklable object; the others' ``obj`` is ignored, e.g. None)."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, in rank order, on every rank (it waits for them all, as a barrier does)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank: one answer for all of them (every rank must call it)."""
+        if self.world == 1:
+            return flag
+        on_gpu = dist.get_backend() == "nccl"
+        value = torch.tensor([int(flag)], device=torch.device("cuda", self.local_rank) if on_gpu else "cpu")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def close(self) -> None:
         """Leave the process group."""

@@ -22,7 +22,15 @@ from p2w.training.config import Callbacks, TrainConfig
 from p2w.training.data import list_images
 from p2w.training.distributed import Dist
 from p2w.training.keywords import keyword_rule
-from p2w.training.schedule import CAPTION_STREAM, Cursor, local_batch, round_steps, steps_per_epoch
+from p2w.training.schedule import (
+    CAPTION_STREAM,
+    Cursor,
+    caption_steps,
+    default_warmup,
+    local_batch,
+    round_steps,
+    steps_per_epoch,
+)
 from p2w.training.state import Run
 from p2w.training.step import TrainStep, adamw, lincir_adamw
 from p2w.training.trainset import FeatureSource, load_features, split_rows
@@ -48,7 +56,7 @@ def prepare(
     images, texts = _cursors(cfg, d, train_rows, source, captions)
     skipped += captions.skipped if captions is not None else []
     per_epoch = steps_per_epoch(cfg.objective, cfg.mix, images, texts)
-    total = cfg.max_steps if cfg.max_steps is not None else per_epoch * (cfg.epochs or 1)
+    total = _total_steps(cfg, per_epoch)
     mapper, stepper = _model(cfg, backbone, images.local_batch if images is not None else None, d)
     run = Run(
         cfg=cfg,
@@ -66,9 +74,18 @@ def prepare(
         steps_per_epoch=per_epoch,
         round_steps=round_steps(per_epoch, captions is not None),
         total_steps=total,
-        warmup=cfg.warmup if cfg.warmup is not None else min(10000, total // 10),
+        warmup=cfg.warmup if cfg.warmup is not None else default_warmup(total, captions is not None),
     )
     return run, skipped
+
+
+def _total_steps(cfg: TrainConfig, per_epoch: int) -> int:
+    """``--max-steps``, else ``--epochs`` epochs, else (with captions) a length that fits the caption file."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    if cfg.epochs is not None:
+        return per_epoch * cfg.epochs
+    return caption_steps(per_epoch)
 
 
 def _cursors(

@@ -10,6 +10,7 @@ import math
 import torch
 
 from p2w.errors import P2WError
+from p2w.training.config import CAPTION_EPOCHS, LINCIR_STEPS, LINCIR_WARMUP, MIN_CAPTION_STEPS
 from p2w.training.distributed import Dist
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,19 @@ def steps_per_epoch(objective: str, mix: str, images: Cursor | None, captions: C
         assert images is not None
         return images.per_pass
     return captions.per_pass * (2 if objective == "mixed" and mix == "alternate" else 1)
+
+
+def caption_steps(per_epoch: int) -> int:
+    """The default length of a run with captions: ``CAPTION_EPOCHS`` epochs, at least ``MIN_CAPTION_STEPS`` and at
+    most LinCIR's ``LINCIR_STEPS``, e.g. 1,000 steps for 3,200 captions of 256 a step (12 steps an epoch), 6,248
+    for 400,000 (1,562 an epoch), 50,000 for CC3M's 3.3M (12,962 an epoch: LinCIR's run)."""
+    return min(LINCIR_STEPS, max(MIN_CAPTION_STEPS, CAPTION_EPOCHS * per_epoch))
+
+
+def default_warmup(total: int, with_captions: bool) -> int:
+    """Warm-up steps when none are given: 10% of the run, at most the reference's 10,000 (Pic2Word) or LinCIR's 500
+    (runs with captions)."""
+    return min(LINCIR_WARMUP if with_captions else 10_000, total // 10)
 
 
 def round_steps(per_epoch: int, with_captions: bool) -> int:

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
-from p2w.core.features import FeatureCache, ImageSet, Views, fill_cache, hash_files, view_dataset
+from p2w.core.features import FeatureCache, ImageSet, Views, hash_files, missing_views, store_views, view_dataset
 from p2w.core.images import open_image
-from p2w.errors import ImageError
+from p2w.errors import ImageError, P2WError
 from p2w.mappers.network import TokenMapper
 from p2w.progress import Progress
 from p2w.training.distributed import Dist
@@ -81,8 +82,11 @@ def load_features(
         if not d.is_main and store is not None:
             images = hash_files(files, store, workers)  # all known now: no file is read
         images = _distinct(images)
+        _check_same_files(images, d)
         if store is None:
-            return _live(backbone, images, kinds)
+            source, kept = _live(backbone, images, kinds)
+            _check_same_files(kept, d)
+            return source, kept
         return _cached(backbone, images, kinds, store, max(8, batch_size), workers, d, progress)
     finally:
         if store is not None:
@@ -113,6 +117,16 @@ def _live(backbone: Backbone, images: ImageSet, views: Views) -> tuple[FeatureSo
     return LiveSource(backbone, kept, views), kept
 
 
+def _check_same_files(images: ImageSet, d: Dist) -> None:
+    """Every rank must index the same images by the same rows; a file changed while the ranks hashed it is an
+    error on every rank (not a silent mismatch of rows)."""
+    if d.world == 1:
+        return
+    digest = hashlib.sha256("\n".join(images.hashes).encode()).hexdigest()
+    if len(set(d.gather(digest))) > 1:
+        raise P2WError("the ranks found different training images (files changed while the run started); run again")
+
+
 def _cached(
     backbone: Backbone,
     images: ImageSet,
@@ -123,30 +137,33 @@ def _cached(
     d: Dist,
     progress: Progress | None,
 ) -> tuple[FeatureSource, ImageSet]:
-    reasons = fill_cache(backbone, images, views, cache, batch_size, workers, progress, (d.rank, d.world))
-    d.barrier()
-    have = cache.get([(h, v) for h in images.hashes for v in range(views.per_image)], views.kind)
-    ok = [r for r, h in enumerate(images.hashes) if all((h, v) in have for v in range(views.per_image))]
-    skipped = list(images.skipped) + [
-        (str(images.paths[r]), reasons.get(r, "cannot be decoded"))
-        for r in range(len(images.hashes))
-        if r not in set(ok)
-    ]
-    table = (
-        torch.stack(
-            [
-                torch.stack([torch.from_numpy(have[(images.hashes[r], v)].copy()) for v in range(views.per_image)])
-                for r in ok
-            ]
-        )
-        if ok
-        else torch.zeros(0, views.per_image, backbone.embed_dim)
-    )
+    """Rank 0 lists what the cache lacks, every rank encodes its share of that one list, and the failures of all
+    ranks are known to all: a row is kept unless some rank failed to read it."""
+    todo = d.broadcast(missing_views(images, views, cache) if d.is_main else None)
+    assert todo is not None
+    failed = store_views(backbone, images, todo[d.rank :: d.world], views, cache, batch_size, workers, progress)
+    reasons = {row: why for part in d.gather(failed) for row, why in part.items()}  # every rank has stored its share
+    ok = [r for r in range(len(images.hashes)) if r not in reasons]
+    skipped = list(images.skipped) + [(str(images.paths[r]), why) for r, why in sorted(reasons.items())]
+    table = _table(backbone, [images.hashes[r] for r in ok], views, cache)
+    kept = ImageSet([images.paths[r] for r in ok], [images.hashes[r] for r in ok], skipped)
+    return CachedSource(table), kept
+
+
+def _table(backbone: Backbone, hashes: list[str], views: Views, cache: FeatureCache) -> torch.Tensor:
+    """The features of ``hashes`` from ``cache``, ``(n, views, embed_dim)`` float32, on the GPU when it fits."""
+    keys = [(h, v) for h in hashes for v in range(views.per_image)]
+    have = cache.get(keys, views.kind)
+    lost = len(keys) - len(have)
+    if lost:
+        raise P2WError(f"{lost} image feature(s) are missing from {cache.path} after they were computed; run again")
+    if not keys:
+        return torch.zeros(0, views.per_image, backbone.embed_dim)
+    table = torch.from_numpy(np.stack([have[k] for k in keys])).reshape(len(hashes), views.per_image, -1)
     device = backbone.placement.device
     if device.type == "cuda" and table.numel() * 4 < 0.25 * torch.cuda.mem_get_info(device)[0]:
         table = table.to(device)
-    kept = ImageSet([images.paths[r] for r in ok], [images.hashes[r] for r in ok], skipped)
-    return CachedSource(table), kept
+    return table
 
 
 def split_rows(hashes: Sequence[str], fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
