@@ -280,6 +280,19 @@ def test_imagenet_r_domain_recall(imgnet, tiny):
     assert result["metrics"]["toy"]["R@10"] == pytest.approx(100 * np.mean(recalls), abs=1e-4)
 
 
+def test_imagenet_r_predictions_keep_the_annotation_order(imgnet, tiny, tmp_path):
+    """A query whose image is missing keeps its place in --save-predictions, as ``[]`` (docs/cli.md)."""
+    queries = [line.split() for line in (imgnet / "imgnet_real_query.txt").read_text().splitlines()]
+    (imgnet / queries[1][0]).unlink()
+    pred = tmp_path / "pred.json"
+    args = ["eval", "imagenet-r", "--data", str(imgnet), *tiny_args(tiny), "--json", "--save-predictions", str(pred)]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.stderr
+    assert json.loads(out.stdout)["missing"]["queries"] == 1
+    for domain, rows in json.loads(pred.read_text()).items():
+        assert len(rows) == len(queries) and rows[1] == [] and all(rows[i] for i in (0, 2)), domain
+
+
 @pytest.fixture
 def circo_data(tmp_path) -> Path:
     """CIRCO's layout: 4 queries with several ground truths, 16 'COCO unlabeled' images named by 12-digit id."""
@@ -354,6 +367,19 @@ def test_circo_test_split_writes_the_submission(circo_data, tiny, tmp_path):
     assert out.exit_code == 0, out.stderr
     sub = json.loads((tmp_path / "sub" / "circo-test-pic2word.json").read_text())
     assert sorted(sub) == ["0", "1", "2", "3"] and len(sub["0"]) == 15 and test[0]["reference_img_id"] not in sub["0"]
+
+
+def test_circo_gallery_names_need_not_be_twelve_digits(circo_data, tiny):
+    """A --gallery folder of ``<id>.jpg`` or ``.png`` files: the ids are the numbers, whatever the padding."""
+    args = ["eval", "circo", "--data", str(circo_data), *tiny_args(tiny), "--json", "--mode", "image"]
+    before = runner.invoke(app, args)
+    assert before.exit_code == 0, before.stderr
+    folder = circo_data / "COCO2017_unlabeled" / "unlabeled2017"
+    for i, path in enumerate(sorted(folder.iterdir())):
+        path.rename(folder / f"{int(path.stem)}{'.png' if i % 2 else '.jpg'}")  # same bytes: same features
+    after = runner.invoke(app, args)
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout)["metrics"] == json.loads(before.stdout)["metrics"]
 
 
 # ---- COCO object composition ------------------------------------------------------------------------------------
@@ -469,9 +495,15 @@ def test_coco_eval_end_to_end_and_the_reference_csv_layout(coco_data, tiny, tmp_
     from p2w.evaluation import coco
 
     (coco_data / "val2017" / "000000000500.jpg").unlink()  # a missing image: counted, its query left out
-    out = runner.invoke(app, ["eval", "coco", "--data", str(coco_data), *tiny_args(tiny), "--mode", "all", "--json"])
+    pred = tmp_path / "pred.json"
+    args = ["eval", "coco", "--data", str(coco_data), *tiny_args(tiny), "--mode", "all", "--json"]
+    out = runner.invoke(app, [*args, "--save-predictions", str(pred)])
     assert out.exit_code == 0, out.output
     results = json.loads(out.stdout)
+    # predictions in the order of the prepared queries, [] for the one whose image is missing
+    files = ["000000000042.jpg", "000000000139.jpg", "000000000500.jpg"]
+    for rows in json.loads(pred.read_text()).values():
+        assert [len(r) > 0 for r in rows["coco"]] == [True, True, False] and rows["coco"][0][0] in files
     assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average"]
     for r in results:
         assert r["benchmark"] == "coco" and r["missing"] == {"images": 1}

@@ -5,26 +5,17 @@ caption's own target); ``test`` writes the evaluation server's submission."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import (
-    EvalResult,
-    Progress,
-    check_missing,
-    image_features,
-    in_order,
-    mapper_name,
-    modes_of,
-    query_vectors,
-    read_json,
-    template_for,
-    unit_rows,
-)
+from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, in_order, percent, read_json
+from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
 KS = (5, 10, 25, 50)
 STYLES = {
@@ -33,11 +24,6 @@ STYLES = {
     "concept": lambda q: f"{q['shared_concept']} {q['relative_caption']}",
 }
 TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
-
-
-def image_name(image_id: int) -> str:
-    """COCO's file name of an image id, e.g. ``000000009761.jpg``."""
-    return f"{int(image_id):012d}.jpg"
 
 
 def check_layout(data: Path) -> None:
@@ -73,38 +59,42 @@ def evaluate(
     if test and submission is None:
         raise P2WError(f"CIRCO {split} has no ground truths: pass --submission DIR to write the server file")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    feats = image_features(engine, files, home, workers, batch_size, progress, preprocess)
-    ids = [int(p.stem) for p in files if str(p) in feats]
-    g = unit_rows([feats[str(p)] for p in files if str(p) in feats], engine.backbone.embed_dim)
-    index = {i: n for n, i in enumerate(ids)}
-    ok = [n for n, q in enumerate(queries) if int(q["reference_img_id"]) in index]
-    missing = {"gallery_images": len(files) - len(ids), "queries": len(queries) - len(ok)}
-    check_missing(f"CIRCO {split}", missing, strict)
-    refs = np.stack([feats[str(folder / image_name(queries[n]["reference_img_id"]))] for n in ok]) if ok else None
-    exclude = np.array([index[int(queries[n]["reference_img_id"])] for n in ok], dtype=np.int64)
-    results = []
-    for md in modes_of(mode):
-        q = query_vectors(
-            engine,
-            md,
-            template_for(engine, "circo", md, TEMPLATES[md], prompt),
-            refs,
-            [STYLES[query_style](queries[n]) for n in ok],
-        )
-        tops = m.top_names(q, g, [str(i) for i in ids], exclude) if ok else []
-        preds = {"circo": in_order(ok, tops, len(queries))}
-        result = EvalResult("circo", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)
-        if test:
-            out = {str(q["id"]): [int(x) for x in p] for q, p in zip(queries, preds["circo"], strict=True)}
-            submission.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-            (submission / f"circo-{split}-{md}.json").write_text(json.dumps(out), encoding="utf-8")  # type: ignore[operator]
-        elif ok:
-            gts = [[str(int(x)) for x in queries[n]["gt_img_ids"]] for n in ok]
-            result.metrics = {k: 100 * v for k, v in m.map_at(tops, gts, KS).items()}
-            found = [
-                t.index(str(int(queries[n]["target_img_id"]))) if str(int(queries[n]["target_img_id"])) in t else len(t)
-                for n, t in zip(ok, tops, strict=True)
-            ]
-            result.metrics.update({k: 100 * v for k, v in m.recall_at(np.array(found), KS).items()})
-        results.append(result)
-    return results
+    paths = {str(int(p.stem)): p for p in files}  # image id -> file
+    images = image_vectors(engine, paths, home, workers, batch_size, progress, preprocess)
+    described = [_query(q, query_style) for q in queries]
+    qs = query_set("circo", TEMPLATES, images, [str(int(p.stem)) for p in files], described, engine.backbone.embed_dim)
+    check_missing(f"CIRCO {split}", qs.missing, strict)
+    return run(engine, _rules(submission if test else None, split), split, mode, [qs], prompt)
+
+
+def _rules(submission: Path | None, split: str) -> Rules:
+    """The metrics, or in a test split (``submission``) the server's file."""
+    if submission is None:
+        return Rules("circo", _score)
+    return Rules("circo", None, partial(_write_submission, submission, split))
+
+
+def _query(query: dict[str, Any], style: str) -> Query:
+    """A query: its reference image (by id), left out of its own ranking, and its text in ``style``."""
+    reference = str(int(query["reference_img_id"]))
+    return Query(reference, (STYLES[style](query),), query, exclude=reference)
+
+
+def _score(scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """mAP@5/10/25/50 over ``gt_img_ids`` and Recall@K of ``target_img_id``, from the top 50 (none without queries)."""
+    if not qs.rows:
+        return {}
+    gts = [[str(int(x)) for x in q["gt_img_ids"]] for q in qs.truths()]
+    targets = [str(int(q["target_img_id"])) for q in qs.truths()]
+    found = [t.index(x) if x in t else len(t) for x, t in zip(targets, tops, strict=True)]
+    return {**percent(m.map_at(tops, gts, KS)), **percent(m.recall_at(np.array(found), KS))}
+
+
+def _write_submission(
+    folder: Path, split: str, mode: str, scores: np.ndarray, tops: list[list[str]], qs: QuerySet
+) -> None:
+    """``circo-<split>-<mode>.json``: ``{query id: [top-50 image ids]}``, ``[]`` for a query left out."""
+    ranked = in_order(qs.rows, tops, len(qs.queries))
+    out = {str(q.truth["id"]): [int(x) for x in p] for q, p in zip(qs.queries, ranked, strict=True)}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"circo-{split}-{mode}.json").write_text(json.dumps(out), encoding="utf-8")

@@ -5,26 +5,17 @@ ranking; prompt ``a photo of * , {caption}``; Recall@1/5/10/50 and Recall_subset
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import (
-    EvalResult,
-    Progress,
-    check_missing,
-    image_features,
-    in_order,
-    mapper_name,
-    modes_of,
-    query_vectors,
-    read_json,
-    template_for,
-    unit_rows,
-)
+from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, percent, read_json
+from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
 TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
 KS = (1, 5, 10, 50)
@@ -57,52 +48,47 @@ def evaluate(
     if test and submission is None:
         raise P2WError(f"CIRR {split} has no targets: pass --submission DIR to write the test server's files")
     paths = {n: data / rel for n, rel in names.items()}
-    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress, preprocess)
-    gallery = [n for n in names if str(paths[n]) in feats]
-    index = {n: i for i, n in enumerate(gallery)}
-    ok = [i for i, q in enumerate(caps) if q["reference"] in index and (test or q["target_hard"] in index)]
-    missing = {"gallery_images": len(names) - len(gallery), "queries": len(caps) - len(ok)}
-    check_missing(f"CIRR {split} under {data}", missing, strict)
-    g = unit_rows([feats[str(paths[n])] for n in gallery], engine.backbone.embed_dim)
-    refs = np.stack([feats[str(paths[caps[i]["reference"]])] for i in ok]) if ok else None
-    exclude = np.array([index[caps[i]["reference"]] for i in ok], dtype=np.int64)
-    subsets = [[index[x] for x in caps[i]["img_set"]["members"] if x in index] for i in ok]
-    results = []
-    for md in modes_of(mode):
-        q = query_vectors(
-            engine, md, template_for(engine, "cirr", md, TEMPLATES[md], prompt), refs, [caps[i]["caption"] for i in ok]
-        )
-        # one (Q, G) score matrix: R@K, Recall_subset, the top 50 and the server's subset top 3 all rank from it
-        scores = m.score_matrix(q, g, exclude) if ok else np.zeros((0, len(gallery)), dtype=np.float32)
-        tops = m.top_of(scores, gallery)
-        preds = {"cirr": in_order(ok, tops, len(caps))}
-        result = EvalResult("cirr", split, md, engine.backbone.id, mapper_name(engine), {}, missing, preds)
-        if test:
-            pair_ids = [caps[i]["pairid"] for i in ok]
-            _write_submission(submission, md, pair_ids, scores, subsets, gallery, tops)  # type: ignore[arg-type]
-        elif ok:
-            targets = np.array([index[caps[i]["target_hard"]] for i in ok], dtype=np.int64)
-            ranks = m.ranks_in(scores, targets)
-            subset_ranks = m.subset_ranks(scores, targets, subsets)
-            result.metrics = {k: 100 * v for k, v in m.recall_at(ranks, KS).items()}
-            result.metrics.update({k: 100 * v for k, v in m.recall_at(subset_ranks, (1, 2, 3), "Rsubset").items()})
-        results.append(result)
-    return results
+    images = image_vectors(engine, paths, home, workers, batch_size, progress, preprocess)
+    queries = [_query(q, test) for q in caps]
+    qs = query_set("cirr", TEMPLATES, images, list(names), queries, engine.backbone.embed_dim)
+    check_missing(f"CIRR {split} under {data}", qs.missing, strict)
+    return run(engine, _rules(submission if test else None), split, mode, [qs], prompt)
 
 
-def _write_submission(
-    folder: Path,
-    mode: str,
-    pair_ids: list[int],
-    scores: np.ndarray,
-    subsets: list[list[int]],
-    gallery: list[str],
-    tops: list[list[str]],
-) -> None:
+def _rules(submission: Path | None) -> Rules:
+    """The metrics, or in a test split (``submission``) the server's files."""
+    if submission is None:
+        return Rules("cirr", _score)
+    return Rules("cirr", None, partial(_write_submission, submission))
+
+
+def _query(caption: dict[str, Any], test: bool) -> Query:
+    """A caption: its reference image, left out of its own ranking, and (but in a test split) its target."""
+    needs = () if test else (caption["target_hard"],)
+    return Query(caption["reference"], (caption["caption"],), caption, needs, exclude=caption["reference"])
+
+
+def _subsets(qs: QuerySet) -> list[list[int]]:
+    """The gallery rows of each evaluated query's ``img_set`` (its reference left out later, by the scores)."""
+    return [[qs.index[x] for x in q["img_set"]["members"] if x in qs.index] for q in qs.truths()]
+
+
+def _score(scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """Recall@1/5/10/50 and Recall_subset@1/2/3 of the target, in percent (none without queries)."""
+    if not qs.rows:
+        return {}
+    targets = qs.positions([q["target_hard"] for q in qs.truths()])
+    subset_ranks = m.subset_ranks(scores, targets, _subsets(qs))
+    metrics = percent(m.recall_at(m.ranks_in(scores, targets), KS))
+    return {**metrics, **percent(m.recall_at(subset_ranks, (1, 2, 3), "Rsubset"))}
+
+
+def _write_submission(folder: Path, mode: str, scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> None:
     """``cirr-test1-<mode>-recall.json`` (the top 50) and ``...-recall_subset.json`` (the top 3 of each pair's
     ``img_set``, reference left out) as the CIRR server wants them, both from the same ``scores`` (Q, G)."""
     folder.mkdir(parents=True, exist_ok=True)
+    pair_ids = [q["pairid"] for q in qs.truths()]
     recall = m.cirr_submission(pair_ids, tops)
-    subset = m.cirr_submission(pair_ids, m.subset_tops(scores, subsets, gallery), "recall_subset")
+    subset = m.cirr_submission(pair_ids, m.subset_tops(scores, _subsets(qs), qs.gallery), "recall_subset")
     for kind, content in (("recall", recall), ("recall_subset", subset)):
         (folder / f"cirr-test1-{mode}-{kind}.json").write_text(json.dumps(content), encoding="utf-8")

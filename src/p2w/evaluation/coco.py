@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +28,19 @@ import torch
 
 from p2w.engine import Engine
 from p2w.errors import ImageError, P2WError
+from p2w.evaluation import driver
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import (
-    EvalResult,
-    Progress,
-    check_missing,
-    image_features,
-    l2n,
-    mapper_name,
-    modes_of,
-    query_vectors,
-    read_json,
-)
+from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, read_json
+from p2w.evaluation.driver import QuerySet, Rules, query_set, run
 
 INSTANCES = Path("annotations") / "instances_val2017.json"
 CSV = "coco_eval.csv"
-TEMPLATES = {"pic2word": "a photo of * and {text}", "text": "a photo of {text}", "average": "a photo of {text}"}
+TEMPLATES = {
+    "pic2word": "a photo of * and {text}",
+    "image": "",
+    "text": "a photo of {text}",
+    "average": "a photo of {text}",
+}
 TOP = 50
 
 
@@ -202,28 +200,33 @@ def evaluate(
     if split != "val":
         raise P2WError("coco is evaluated on val2017 only (--split val)")
     queries = _queries(data, seed)
-    paths = [data / "val2017" / q.file for q in queries]
-    feats = image_features(engine, paths, home, workers, batch_size, progress)
-    ok = [i for i, p in enumerate(paths) if str(p) in feats]
-    missing = {"images": len(queries) - len(ok)}
+    paths = {q.file: data / "val2017" / q.file for q in queries}
+    images = image_vectors(engine, paths, home, workers, batch_size, progress)
+    described = [driver.Query(None, (q.text,), needs=(q.file,)) for q in queries]  # the query's own image is its target
+    qs = query_set("coco", TEMPLATES, images, [q.file for q in queries], described, engine.backbone.embed_dim)
+    missing = {"images": len(queries) - len(qs.rows)}
     check_missing(f"COCO under {data}", missing, strict)
-    if not ok:
+    if not qs.rows:
         raise P2WError(f"no COCO query could be built from {data}: none of its val2017 images was found")
-    gallery = l2n(np.stack([feats[str(paths[i])] for i in ok]))
-    names = [queries[i].file for i in ok]
-    region = _region_features(engine, [queries[i] for i in ok], data, batch_size)
-    texts = [queries[i].text for i in ok]
-    results = []
-    for md in modes_of(mode):
-        with torch.inference_mode():
-            q = query_vectors(engine, md, TEMPLATES.get(md, ""), region if md != "text" else None, texts)
-        ranks = m.paired_ranks(gallery, q)
-        metrics = {k.removeprefix("ref_to_image_"): _pct(k, v) for k, v in ranks.items() if k.startswith("ref_")}
-        metrics.update({k: _pct(k, v) for k, v in ranks.items() if k.startswith("image_to_ref_")})
-        result = EvalResult("coco", split, md, engine.backbone.id, mapper_name(engine), metrics, missing)
-        result.predictions["coco"] = m.top_names(q, gallery, names, top=TOP)
-        results.append(result)
-    return results
+    region = _region_features(engine, [queries[i] for i in qs.rows], data, batch_size)
+    return run(engine, RULES, split, mode, [replace(qs, refs=region, missing=missing)])
+
+
+def _score(scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """The reference's paired ranks from ``scores.T`` (images x queries, its orientation): R@k in percent, the mean
+    and median rank, query -> image unprefixed and ``image_to_ref_*``."""
+    ranks = m.paired_ranks_in(scores.T)
+    metrics = {k.removeprefix("ref_to_image_"): _pct(k, v) for k, v in ranks.items() if k.startswith("ref_")}
+    metrics.update({k: _pct(k, v) for k, v in ranks.items() if k.startswith("image_to_ref_")})
+    return metrics
+
+
+def _paired(queries: np.ndarray, gallery: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    """The scores ``(Q, G)`` as the transpose of the reference's ``images @ queries.T``, so every rank reads one."""
+    return m.score_matrix(gallery, queries).T
+
+
+RULES = Rules("coco", _score, top=partial(m.top_of, top=TOP), product=_paired)
 
 
 def _pct(key: str, value: float) -> float:

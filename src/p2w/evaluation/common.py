@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from p2w.core.compose import MODES, QueryPlan, fill
 from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.engine import Engine
 from p2w.errors import P2WError
-from p2w.mappers.registry import mapper_label
+from p2w.mappers.choice import query_template
 from p2w.progress import Progress
 
 
@@ -89,6 +89,20 @@ def image_features(
     return {str(p): have[(h, 0)] for p, h in zip(images.paths, images.hashes, strict=True) if (h, 0) in have}
 
 
+def image_vectors(
+    engine: Engine,
+    paths: Mapping[str, Path | None],
+    home: Path,
+    workers: int | None = None,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    preprocess: str = "clip",
+) -> dict[str, np.ndarray]:
+    """Unnormalised features ``(dim,)`` of the named images that could be read (``image_features``), by name."""
+    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress, preprocess)
+    return {n: feats[str(p)] for n, p in paths.items() if p is not None and str(p) in feats}
+
+
 def query_vectors(
     engine: Engine,
     mode: str,
@@ -108,15 +122,12 @@ def query_vectors(
 
 
 def template_for(engine: Engine, benchmark: str, mode: str, default: str, prompt: str | None = None) -> str:
-    """The template a benchmark's queries use in ``mode``: ``--prompt`` when given (pic2word mode), else, in pic2word
-    mode, the one the mapper's method is evaluated with on this benchmark (``p2w.mappers.methods``), else the
-    benchmark's own ``default``."""
+    """The template a benchmark's queries use in ``mode``: the benchmark's own ``default`` in the baselines' modes;
+    in pic2word mode the library's choice (``p2w.mappers.choice.query_template``: ``--prompt`` when given, else the
+    one the mapper's method is evaluated with on this benchmark, else ``default``)."""
     if mode != "pic2word":
         return default
-    if prompt is not None:
-        return prompt
-    method = engine.mapper_file.method if engine.mapper_file is not None else None
-    return method.eval_prompts.get(benchmark, default) if method is not None else default
+    return query_template(engine.method, prompt, benchmark, default)
 
 
 def check_missing(what: str, missing: dict[str, int], strict: bool) -> None:
@@ -130,15 +141,15 @@ def unit_rows(vectors: Sequence[np.ndarray], dim: int) -> np.ndarray:
     return l2n(np.stack(vectors)) if len(vectors) else np.zeros((0, dim), dtype=np.float32)
 
 
+def percent(fractions: Mapping[str, float]) -> dict[str, float]:
+    """Metrics as the papers print them: ``{"R@1": 0.25}`` -> ``{"R@1": 25.0}``."""
+    return {k: 100 * v for k, v in fractions.items()}
+
+
 def in_order(ok: Sequence[int], tops: Sequence[list[str]], n: int) -> list[list[str]]:
     """Predictions in annotation order: the ranked names of evaluated queries, ``[]`` for those left out."""
     by_query = dict(zip(ok, tops, strict=True))
     return [by_query.get(i, []) for i in range(n)]
-
-
-def mapper_name(engine: Engine) -> str | None:
-    """The mapper's name (``mappers.registry.mapper_label``), for the result record."""
-    return mapper_label(engine.mapper_file.path) if engine.mapper_file else None
 
 
 def modes_of(mode: str) -> list[str]:

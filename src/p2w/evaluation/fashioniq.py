@@ -5,26 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from p2w.core.compose import MODES
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import (
-    EvalResult,
-    Progress,
-    check_missing,
-    image_features,
-    in_order,
-    l2n,
-    mapper_name,
-    modes_of,
-    query_vectors,
-    read_json,
-    template_for,
-    unit_rows,
-)
+from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, percent, read_json
+from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
 CATEGORIES = ("dress", "shirt", "toptee")
 TEMPLATE = "a photo of * , {text}"
@@ -76,41 +66,23 @@ def evaluate(
     }
     wanted = {a for caps, gallery in annotations.values() for a in [*gallery, *(q["candidate"] for q in caps)]}
     paths = {a: image_path(data, a) for a in sorted(wanted)}
-    feats = image_features(engine, list(paths.values()), home, workers, batch_size, progress, preprocess)
-    vec = {a: feats[str(p)] for a, p in paths.items() if p is not None and str(p) in feats}
-    results = {
-        md: EvalResult("fashioniq", split, md, engine.backbone.id, mapper_name(engine), {}, {}) for md in modes_of(mode)
-    }
-    for c, (caps, gallery_ids) in annotations.items():
-        gallery = [a for a in gallery_ids if a in vec]
-        index = {a: i for i, a in enumerate(gallery)}
-        ok = [i for i, q in enumerate(caps) if q["candidate"] in vec and q["target"] in index]
-        missing = {f"{c}_gallery_images": len(gallery_ids) - len(gallery), f"{c}_queries": len(caps) - len(ok)}
-        check_missing(f"FashionIQ {c} under {data}", missing, strict)
-        g = unit_rows([vec[a] for a in gallery], engine.backbone.embed_dim)
-        refs = np.stack([vec[caps[i]["candidate"]] for i in ok]) if ok else None
-        targets = np.array([index[caps[i]["target"]] for i in ok], dtype=np.int64)
-        for md, result in results.items():
-            template = template_for(engine, "fashioniq", md, TEMPLATE, prompt)
-            q = _queries(engine, md, template, refs, [caps[i]["captions"] for i in ok], caption_order)
-            ranks = m.target_ranks(q, g, targets) if len(ok) else np.zeros(0, dtype=np.int64)
-            result.metrics[c] = {k: 100 * v for k, v in m.recall_at(ranks).items()}
-            result.missing.update(missing)
-            tops = m.top_names(q, g, gallery) if len(ok) else []
-            result.predictions[c] = in_order(ok, tops, len(caps))
-    for result in results.values():
-        result.metrics["average"] = {
-            k: float(np.mean([result.metrics[c][k] for c in categories])) for k in result.metrics[categories[0]]
-        }
-    return list(results.values())
+    images = image_vectors(engine, paths, home, workers, batch_size, progress, preprocess)
+    templates = dict.fromkeys(MODES, TEMPLATE)
+    sets = []
+    for c, (caps, gallery) in annotations.items():
+        queries = [_query(q, caption_order) for q in caps]
+        sets.append(query_set(c, templates, images, gallery, queries, engine.backbone.embed_dim, f"{c}_"))
+        check_missing(f"FashionIQ {c} under {data}", sets[-1].missing, strict)
+    return run(engine, Rules("fashioniq", _score, grouped=True, average=True), split, mode, sets, prompt)
 
 
-def _queries(
-    engine: Engine, mode: str, template: str, refs: np.ndarray | None, captions: list[list[str]], order: str
-) -> np.ndarray:
+def _query(caption: dict[str, Any], order: str) -> Query:
     """Pic2Word's text is ``{cap2} and {cap1}``; ``both`` averages it with ``{cap1} and {cap2}``."""
-    texts = [f"{c[1]} and {c[0]}" for c in captions]
-    q = query_vectors(engine, mode, template, refs, texts)
-    if order == "both" and mode != "image":
-        q = l2n(q + query_vectors(engine, mode, template, refs, [f"{c[0]} and {c[1]}" for c in captions]))
-    return q
+    c = caption["captions"]
+    texts = (f"{c[1]} and {c[0]}",) if order == "pic2word" else (f"{c[1]} and {c[0]}", f"{c[0]} and {c[1]}")
+    return Query(caption["candidate"], texts, caption["target"], needs=(caption["target"],))
+
+
+def _score(scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """R@1/5/10/50/100 of the target, in percent."""
+    return percent(m.recall_at(m.ranks_in(scores, qs.positions(qs.truths()))))

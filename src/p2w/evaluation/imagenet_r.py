@@ -4,23 +4,18 @@ a hit is an image of the query's class in the asked domain; R@k = relevant in th
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from p2w.core.compose import MODES
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import (
-    EvalResult,
-    Progress,
-    check_missing,
-    image_features,
-    mapper_name,
-    modes_of,
-    query_vectors,
-    unit_rows,
-)
+from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, percent
+from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
 DOMAINS = ("cartoon", "origami", "toy", "sculpture")  # label = class + 1000 * index, as the reference's lists
 KS = (1, 5, 10, 50, 100, 200)
@@ -68,32 +63,35 @@ def evaluate(
     progress: Progress | None = None,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode, metrics per domain plus ``average``."""
+    queries, targets = _lists(data)
+    paths = {p: data / p for p, _ in [*queries, *targets]}
+    images = image_vectors(engine, paths, home, workers, batch_size, progress)
+    described = [Query(p, truth=label) for p, label in queries]
+    qs = query_set("", {}, images, [p for p, _ in targets], described, engine.backbone.embed_dim)
+    check_missing(f"ImageNet-R under {data}", qs.missing, strict)
+    labels = np.array([label for p, label in targets if p in images], dtype=np.int64)  # (G,) of qs.gallery
+    sets = [replace(qs, name=d, templates=_templates(d)) for d in DOMAINS]
+    return run(engine, Rules("imagenet-r", partial(_score, labels), grouped=True, average=True), split, mode, sets)
+
+
+def _lists(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The queries and targets, ``(relative path, label)``, of either layout."""
     if (data / QUERY_LIST).is_file():
-        queries, targets = read_list(data / QUERY_LIST), read_list(data / TARGET_LIST)
-    elif (data / "real").is_dir():
-        queries, targets = plain_layout(data)
-    else:
-        raise P2WError(f"{data} has neither {QUERY_LIST}/{TARGET_LIST} nor real/ and imagenet-r/ folders")
-    feats = image_features(engine, [data / p for p, _ in [*queries, *targets]], home, workers, batch_size, progress)
-    gallery = [(p, lab) for p, lab in targets if str(data / p) in feats]
-    ok = [(p, lab) for p, lab in queries if str(data / p) in feats]
-    missing = {"gallery_images": len(targets) - len(gallery), "queries": len(queries) - len(ok)}
-    check_missing(f"ImageNet-R under {data}", missing, strict)
-    g = unit_rows([feats[str(data / p)] for p, _ in gallery], engine.backbone.embed_dim)
-    g_labels = np.array([lab for _, lab in gallery], dtype=np.int64)
-    refs = np.stack([feats[str(data / p)] for p, _ in ok]) if ok else None
-    names = [p for p, _ in gallery]
-    results = []
-    for md in modes_of(mode):
-        result = EvalResult("imagenet-r", split, md, engine.backbone.id, mapper_name(engine), {}, missing)
-        for d, domain in enumerate(DOMAINS):
-            template = f"a {domain} of *" if md == "pic2word" else f"a {domain} of"
-            q = query_vectors(engine, md, template, refs, [None] * len(ok)) if ok else np.zeros((0, g.shape[1]))
-            labels = np.array([lab + 1000 * d for _, lab in ok], dtype=np.int64)
-            got = m.domain_metrics(q, g, labels, g_labels, KS) if ok else {}
-            result.metrics[domain] = {k: 100 * v for k, v in got.items() if k.startswith("R@")}
-            result.predictions[domain] = m.top_names(q, g, names) if ok else []
-        keys = list(result.metrics[DOMAINS[0]])
-        result.metrics["average"] = {k: float(np.mean([result.metrics[d][k] for d in DOMAINS])) for k in keys}
-        results.append(result)
-    return results
+        return read_list(data / QUERY_LIST), read_list(data / TARGET_LIST)
+    if (data / "real").is_dir():
+        return plain_layout(data)
+    raise P2WError(f"{data} has neither {QUERY_LIST}/{TARGET_LIST} nor real/ and imagenet-r/ folders")
+
+
+def _templates(domain: str) -> dict[str, str]:
+    """``a {domain} of *``; the baselines read ``a {domain} of`` (the reference's prompt with ``*`` removed)."""
+    return {md: f"a {domain} of *" if md == "pic2word" else f"a {domain} of" for md in MODES}
+
+
+def _score(gallery_labels: np.ndarray, scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """R@1/5/10/50/100/200 of images of the query's class in the set's domain, in percent (none without queries)."""
+    if not qs.rows:
+        return {}
+    labels = np.array(qs.truths(), dtype=np.int64) + 1000 * DOMAINS.index(qs.name)
+    got = m.domain_metrics_in(scores, labels, gallery_labels, KS)
+    return percent({k: v for k, v in got.items() if k.startswith("R@")})

@@ -121,7 +121,13 @@ def domain_metrics(
 ) -> dict[str, float]:
     """ImageNet -> ImageNet-R (the Pic2Word reference's metric): per query, R@k = relevant in the top k / all relevant
     (0 when none is relevant), P@k = relevant in the top k / min(k, gallery size); both averaged over queries."""
-    scores = queries.astype(np.float32) @ gallery.astype(np.float32).T
+    return domain_metrics_in(score_matrix(queries, gallery), query_labels, gallery_labels, ks)
+
+
+def domain_metrics_in(
+    scores: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, ks: Sequence[int] = (*KS, 200)
+) -> dict[str, float]:
+    """``domain_metrics`` from ``score_matrix`` output ``(Q, G)``; labels ``(Q,)`` and ``(G,)``."""
     order = np.argsort(-scores, axis=1, kind="stable")
     relevant = query_labels[:, None] == gallery_labels[None, :]  # (Q, G)
     ranked = np.take_along_axis(relevant, order, axis=1)
@@ -130,14 +136,18 @@ def domain_metrics(
     for k in ks:
         found = ranked[:, :k].sum(axis=1)
         out[f"R@{k}"] = float(np.mean(np.where(total > 0, found / np.maximum(total, 1), 0.0)))
-        out[f"P@{k}"] = float(np.mean(found / min(k, gallery.shape[0])))
+        out[f"P@{k}"] = float(np.mean(found / min(k, scores.shape[1])))
     return out
 
 
 def paired_ranks(images: np.ndarray, refs: np.ndarray) -> dict[str, float]:
     """COCO composition (the reference's metric): row i of each matches row i of the other, in both directions;
     mean rank (1-based), median rank (floor of the 0-based median, plus 1) and R@k fractions."""
-    scores = images.astype(np.float32) @ refs.astype(np.float32).T
+    return paired_ranks_in(score_matrix(images, refs))
+
+
+def paired_ranks_in(scores: np.ndarray) -> dict[str, float]:
+    """``paired_ranks`` from ``score_matrix(images, refs)`` output ``(n, n)``, the reference's orientation."""
     out: dict[str, float] = {}
     for name, s in (("image_to_ref", scores), ("ref_to_image", scores.T)):
         rows = np.arange(len(s))

@@ -14,16 +14,19 @@ Baselines use the same filled prompt, as in the other benchmarks (``text`` reads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from p2w.core.compose import MODES
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
-from p2w.evaluation.common import EvalResult, l2n, mapper_name, modes_of, query_vectors
+from p2w.evaluation.common import EvalResult, percent
+from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 from p2w.micro import world as mw
 from p2w.progress import Progress
 
@@ -105,31 +108,43 @@ def evaluate(
     if split != "test":
         raise P2WError(f"micro-fashion has one split, test (held-out Fashion-MNIST test items), not {split!r}")
     world = build_world(data, per_class, seed)
-    feats = gallery_features(engine, world, batch_size, progress)
-    gallery = l2n(feats)
-    results = []
-    for md in modes_of(mode):
-        result = EvalResult("micro-fashion", split, md, engine.backbone.id, mapper_name(engine), {}, {})
-        for task, template in TASKS.items():
-            refs, texts, asked = world.queries[task]
-            with torch.inference_mode():
-                q = query_vectors(engine, md, template, feats[refs] if md != "text" else None, texts)
-            scores = q @ gallery.T
-            scores[np.arange(len(refs)), refs] = -np.inf  # the reference image is never a result
-            top = min(TOP, gallery.shape[0] - 1)  # every gallery image but the reference
-            part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-            order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable"), 1)
-            if task == "class-change":
-                ref_colour = world.colour_of[refs][:, None]
-                hit = (world.items.labels[world.item_of[order]] == asked[:, None]) & (
-                    world.colour_of[order] == ref_colour
-                )
-                result.metrics[task] = {f"P@{k}": 100 * float(hit[:, :k].mean()) for k in (10, 50)}
-            else:
-                target = world.item_of[refs] * len(mw.COLOURS) + asked
-                ranks = m.target_ranks(q, gallery, target, exclude=refs)
-                result.metrics[task] = {k: 100 * v for k, v in m.recall_at(ranks, (1, 10, 50)).items()}
-            result.missing[f"{task}_queries"] = 0
-            result.predictions[task] = [[world.names[j] for j in row] for row in order]
-        results.append(result)
-    return results
+    images = dict(zip(world.names, gallery_features(engine, world, batch_size, progress), strict=True))
+    sets = [_task(world, images, task, engine.backbone.embed_dim) for task in TASKS]
+    rules = Rules("micro-fashion", partial(_score, world), grouped=True, top=_top)
+    return run(engine, rules, split, mode, sets)
+
+
+def _task(world: World, images: Mapping[str, np.ndarray], task: str, dim: int) -> QuerySet:
+    """One task's queries against the whole gallery, each reference image left out of its own ranking."""
+    refs, texts, asked = world.queries[task]
+    names = [world.names[r] for r in refs]
+    queries = [Query(n, (t,), int(a), exclude=n) for n, t, a in zip(names, texts, asked, strict=True)]
+    qs = query_set(task, dict.fromkeys(MODES, TASKS[task]), images, world.names, queries, dim)
+    return replace(qs, missing={f"{task}_queries": 0})
+
+
+def _order(scores: np.ndarray) -> np.ndarray:
+    """The top gallery rows ``(Q, top)`` of each row of ``scores``, best first: every image but the reference, up to
+    ``TOP``."""
+    top = min(TOP, scores.shape[1] - 1)
+    part = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+    return np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1, kind="stable"), 1)
+
+
+def _top(scores: np.ndarray, names: Sequence[str]) -> list[list[str]]:
+    """The names of ``_order``."""
+    return [[names[j] for j in row] for row in _order(scores)]
+
+
+def _score(world: World, scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:
+    """class-change: P@10/P@50 of the asked class in the reference's colour; colour-change: R@1/10/50 of the item
+    in the asked colour."""
+    refs, asked = qs.exclude, np.array(qs.truths())
+    assert refs is not None, "every query leaves its reference out"
+    if qs.name == "class-change":
+        order = _order(scores)
+        hit = world.items.labels[world.item_of[order]] == asked[:, None]
+        hit &= world.colour_of[order] == world.colour_of[refs][:, None]
+        return {f"P@{k}": 100 * float(hit[:, :k].mean()) for k in (10, 50)}
+    target = world.item_of[refs] * len(mw.COLOURS) + asked
+    return percent(m.recall_at(m.ranks_in(scores, target), (1, 10, 50)))
