@@ -20,7 +20,6 @@ import torch
 
 import p2w
 from p2w.evaluation.common import l2n, query_vectors
-from p2w.mappers.defaults import default_mapper
 from p2w.micro import world as mw
 from p2w.settings import Settings
 
@@ -33,8 +32,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     args = ap.parse_args()
     settings = Settings.from_env()
-    mapper = default_mapper(settings.backbone("p2w-micro-fashion").id, settings)
-    engine = p2w.load("p2w-micro-fashion", mapper=mapper, device="cpu")
+    engine = p2w.load("p2w-micro-fashion", mapper="default", device="cpu", settings=settings)
     bb = engine.backbone
     rng = np.random.default_rng(0)
     train, test = mw.load_items("train"), mw.load_items("test")

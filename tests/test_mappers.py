@@ -205,4 +205,48 @@ def test_hf_source_from_the_cache_offline(tmp_path, tiny, monkeypatch, p2w_home)
     cached = _put_in_hub_cache(tmp_path / "hub", "someone/mapper", "ckpt.pt", ckpt)
     got = download("hf://someone/mapper/ckpt.pt", name="hub", model=str(tiny.config), pretrained=str(tiny.weights))
     assert read_mapper(got.path).metadata["source"] == "hf://someone/mapper/ckpt.pt"
-    assert not cached.exists()  # the large source was dropped from the cache (no --keep-source)
+    # the file was in the Hugging Face cache before p2w ran (another tool's): it stays, whatever --keep-source says
+    assert cached.exists() and cached.read_bytes() == ckpt.read_bytes()
+    assert got.source_kept == cached
+
+
+def test_load_checks_the_widths_of_a_mapper_object(tiny):
+    """`p2w.load(mapper=Mapper(...))` skipped the width check: a wrong mapper failed at the first query with a torch
+    shape error instead of the message a file gets."""
+    import p2w
+
+    args = {"model": str(tiny.config), "pretrained": str(tiny.weights), "device": "cpu"}
+    with pytest.raises(MapperError, match=r"maps 64-d image features to 48-d tokens, but backbone .* has 32-d"):
+        p2w.load(mapper=Mapper(64, 48, hidden_dim=16), **args)
+    engine = p2w.load(mapper=Mapper(32, 48, hidden_dim=16), **args)
+    assert engine.encode_query(None, "a photo", mode="text").shape == (32,)
+
+
+def test_a_registered_name_wins_over_a_file_of_that_name_here(tiny, tmp_path, monkeypatch, p2w_home):
+    """A file called `mine` in the working folder shadowed the registered mapper `mine`; `./mine` names the file."""
+    from p2w.mappers.choice import choose_mapper
+    from p2w.mappers.files import import_mapper
+    from p2w.settings import Settings
+
+    settings = Settings.from_env()
+    registered = import_mapper(tiny.mapper, "mine", settings.mappers_dir, tiny.backbone_id, (32, 48))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").write_bytes(b"a note of the user's, not a mapper")
+    chosen = choose_mapper("mine", tiny.backbone_id, settings)
+    assert chosen is not None and chosen.path == registered and chosen.name == "mine"
+    local = choose_mapper("./mine", tiny.backbone_id, settings)
+    assert local is not None and local.path == Path("mine")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc")
+def test_a_catalog_of_another_backbone_is_refused_without_leaking_its_connection(tmp_path):
+    import os
+
+    from p2w.errors import P2WError
+    from p2w.library.catalog import Catalog
+
+    Catalog(tmp_path / "c", "a/x", create=True).close()
+    with pytest.raises(P2WError, match="belongs to a/x, not b/y") as refused:
+        Catalog(tmp_path / "c", "b/y")
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str((tmp_path / "c" / "catalog.sqlite").resolve()) not in open_files, refused.value

@@ -48,7 +48,7 @@ def baseline_args(row: dict) -> tuple[str | None, str]:
 
 
 def test_preprocessing_matches_reference(tv, tv_engine, image_paths):
-    pixels = tv_engine.pixels(image_paths).numpy()
+    pixels = tv_engine._pixels(image_paths).numpy()
     np.testing.assert_allclose(pixels, np.load(tv / "images.npy"), atol=1e-6, rtol=0)
 
 
@@ -159,7 +159,7 @@ def _batch_of_prompts(engine, imgs, prompts):  # type: ignore[no-untyped-def]
 
     bb = engine.backbone
     with torch.inference_mode():
-        tokens = engine.mapper(bb.encode_image(engine.pixels(imgs)))
+        tokens = engine.mapper(bb.encode_image(engine._pixels(imgs)))
         return bb.encode_text(prompt_ids(bb, prompts, need_star=True), tokens).numpy()
 
 

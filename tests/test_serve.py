@@ -55,26 +55,44 @@ def _search(*args: str) -> tuple[int, str, str]:
 
 
 def test_warm_search_prints_what_the_in_process_search_prints(catalog, tiny, p2w_home):
-    """Same results, same order, same JSON and table, through the server or not; the warm path loads no model."""
+    """Same results, same order, same JSON and table, the same errors, through the server or not, over the options:
+    a script that works without a server works the same with one (`-k 500` was refused with the server's per-request
+    limit of 200); the warm path loads no model."""
     query = sorted((catalog / "2024").glob("*.jpg"))[3]
     other_image = sorted((catalog / "2025").glob("*.jpg"))[5]
-    cases = [
-        [str(query), "in red", "--json", "--mapper", str(tiny.mapper)],
-        [str(query), "--json"],
-        ["a red photo", "--json", "-k", "7"],
-        [str(query), "brighter", "--mode", "average", "--in", str(catalog / "2025")],
-        [str(query), "in red", "--paths", "--mapper", str(tiny.mapper), "--prompt", "a * that is {text}"],
-        [str(query), str(other_image), "--json", "--mapper", str(tiny.mapper), "--prompt", "a * wearing the hat of *"],
-        [str(query), str(other_image), "smaller", "--mode", "average", "--prompt", "{text}", "--json"],
+    mapper = ["--mapper", str(tiny.mapper)]
+    answered = [  # (case, answered by the server)
+        ([str(query), "in red", "--json", *mapper], True),
+        ([str(query), "--json"], True),
+        (["a red photo", "--json", "-k", "7"], True),
+        ([str(query), "brighter", "--mode", "average", "--in", str(catalog / "2025")], True),
+        ([str(query), "in red", "--paths", *mapper, "--prompt", "a * that is {text}"], True),
+        ([str(query), str(other_image), "--json", *mapper, "--prompt", "a * wearing the hat of *"], True),
+        ([str(query), str(other_image), "smaller", "--mode", "average", "--prompt", "{text}", "--json"], True),
+        (["a red photo", "--paths", "-k", "500"], False),  # over the server's k: searched here, the same output
+        (["a red photo", "--json", "--ef", "20000"], False),
+        ([str(query), "in red", "--json", "--mode", "text", "-k", "3", "--in", str(catalog / "2024")], True),
     ]
+    refused = [  # the same one-line error either way
+        [str(query), "in red", *mapper, "--prompt", "a photo without a star {text}"],
+        [str(query), "in red", "--mode", "sideways"],
+        ["a red photo", "--in", str(catalog / "nowhere")],
+    ]
+    cases = [c for c, _ in answered] + refused
     cold = [_search(*c, *backbone_args(tiny), "--no-server") for c in cases]
-    with running_server(p2w_home, [*backbone_args(tiny), "--mapper", str(tiny.mapper)]):
+    with running_server(p2w_home, [*backbone_args(tiny), *mapper]):
         warm = [_search(*c, *backbone_args(tiny)) for c in cases]
         other = _search(str(query), "in red", *backbone_args(tiny), "--mapper", str(tiny.config))  # not a mapper
-    for c, (code, out, err), (wcode, wout, werr) in zip(cases, cold, warm, strict=True):
+    for (c, served), (code, out, err), (wcode, wout, werr) in zip(answered, cold, warm, strict=False):
         assert code == wcode == 0, (c, err, werr)
-        assert "searched through p2w serve" in werr and "searched through p2w serve" not in err
+        assert ("searched through p2w serve" in werr) == served and "searched through p2w serve" not in err, c
         assert wout == out, c
+    assert len(json.loads(cold[8][1])) == 10 and len(cold[7][1].splitlines()) == 30  # all 30 photos for k=500
+    for c, (code, out, err), (wcode, wout, werr) in zip(
+        refused, cold[len(answered) :], warm[len(answered) :], strict=True
+    ):
+        error = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == wcode == 1 and out == wout == "" and error and error[-1] in werr.splitlines(), (c, err, werr)
     assert other[0] == 1 and "searched through p2w serve" not in other[2]  # another mapper: searched here
 
 
@@ -112,7 +130,9 @@ def test_stale_records_are_ignored_and_removed(catalog, tiny, p2w_home):
         port = s.getsockname()[1]
     dead = 2**22 + 12345  # above Linux's default pid_max: no such process
     for pid in (dead, os.getpid()):  # a dead process, and a live one whose port refuses
-        record = discovery.ServerRecord(f"http://127.0.0.1:{port}", "t", pid, tiny.backbone_id, None, "0")
+        limits = {"upload_bytes": 1 << 20, "upload_pixels": 10**6, "k": 200, "ef": 10**4, "uploads_kept": 8}
+        limits["images"] = 8
+        record = discovery.ServerRecord(f"http://127.0.0.1:{port}", "t", pid, tiny.backbone_id, None, "0", limits)
         path = discovery.write(settings, record)
         code, out, err = _search("a red photo", "--json", *backbone_args(tiny))
         assert code == 0 and len(json.loads(out)) == 10, err
@@ -216,3 +236,26 @@ def test_what_is_checked_is_what_is_served(catalog, tiny_engine, p2w_home, tmp_p
     assert list(outcome) == ["symlink", "fifo", "other file"], outcome
     for swap, refusals in outcome.items():
         assert len(refusals) == 2 and all("run p2w index again" in r for r in refusals), (swap, refusals)
+
+
+def test_a_photo_whose_name_is_not_utf8_is_searched_and_served(catalog, tiny, p2w_home):
+    """Its path crossed JSON (``ensure_ascii=False``) and a Content-Disposition header: both refused a surrogate."""
+    import os
+    import shutil
+
+    from p2w import fspath
+
+    odd = catalog / os.fsdecode(b"caf\xe9 latin1.jpg")
+    shutil.copy(sorted((catalog / "2024").glob("*.jpg"))[0], odd)
+    assert runner.invoke(app, ["index", str(catalog), *backbone_args(tiny), "--workers", "0"]).exit_code == 0
+    with running_server(p2w_home, backbone_args(tiny)) as server:
+        status, answer = server.json("/api/search", {"text": "a photo", "k": 200})
+        assert status == 200
+        (hit,) = [h for h in answer["results"] if "path_bytes" in h]
+        assert fspath.from_json(hit) == str(odd) and hit["path"].endswith("caf\\xe9 latin1.jpg")
+        status, headers, body = server.request(f"/api/photo/{hit['id']}")
+        assert status == 200 and body == odd.read_bytes()
+        assert "caf%5Cxe9" in headers["content-disposition"]
+        code, out, err = _search(str(odd), "--json", "-k", "2", *backbone_args(tiny))  # warm: the exact path back
+        assert code == 0 and "searched through p2w serve" in err, err
+        assert str(odd) in {fspath.from_json(h) for h in json.loads(out)}  # it and its twin (same content) lead

@@ -1,5 +1,10 @@
 """The p2w engine: a frozen backbone plus (optionally) a mapper, encoding images and composed queries; ``load`` picks
-the backbone and the mapper by the library's policy (defaults from ``Settings``, the registry's default mapper)."""
+the backbone and the mapper by the library's policy (defaults from ``Settings``; the mapper by
+``p2w.mappers.choice.choose_mapper``, the template by ``query_template``).
+
+One decoding policy: every image given as a path is opened as ``p2w index`` opens it (``open_image`` with JPEG draft
+decoding at the model's input size), so the same file gives the same vector through ``encode_images``, a query,
+``p2w embed image`` and the catalog."""
 
 from __future__ import annotations
 
@@ -11,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
-from p2w.core.compose import DEFAULT_TEMPLATE, MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
 from p2w.core.images import ImageLike, open_image
 from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError, PromptError
-from p2w.mappers.defaults import DEFAULT, default_mapper
-from p2w.mappers.files import MapperFile, check_fits, read_mapper
-from p2w.mappers.network import Mapper, Phi, TokenMapper
-from p2w.mappers.registry import mapper_path, missing_mapper_hint
+from p2w.mappers.choice import DEFAULT, choose_mapper, query_template
+from p2w.mappers.files import MapperFile, check_dims, check_fits, read_mapper
+from p2w.mappers.methods import METHODS, Method
+from p2w.mappers.network import TokenMapper
+from p2w.mappers.registry import mapper_label, missing_mapper_hint
 from p2w.settings import Settings
 
 QueryImages = ImageLike | Sequence[ImageLike] | None  # one image, a list of images (``*`` by ``*``), or none
@@ -46,17 +52,25 @@ class Engine:
         self.missing_mapper = MAPPER_NEEDED  # what a pic2word query without a mapper is told
 
     @property
-    def default_prompt(self) -> str:
-        """The template of queries given no prompt: the mapper's method's (``a photo of * , {text}`` for Pic2Word's,
-        ``a photo of * that {text}`` for SEARLE's and LinCIR's), Pic2Word's without a mapper file."""
-        return self.mapper_file.method.prompt if self.mapper_file is not None else DEFAULT_TEMPLATE
+    def method(self) -> Method | None:
+        """The mapper's method (its file's record; a network given without a file: Pic2Word's for its network,
+        the phi methods' template otherwise); None without a mapper."""
+        if self.mapper_file is not None:
+            return self.mapper_file.method
+        if self.mapper is None:
+            return None
+        return METHODS["pic2word"] if self.mapper.network == "pic2word" else METHODS["lincir"]
 
-    def open_query_image(self, image: ImageLike | None) -> ImageLike | None:
-        """A query image opened as the catalog's images were (JPEG draft decoding at the model's input size), so a
-        catalogued photo used as a query gives its catalog vector."""
-        if image is None or not isinstance(image, (str, Path)):
-            return image
-        return open_image(image, draft=self.backbone.draft_size)
+    @property
+    def mapper_name(self) -> str | None:
+        """How the mapper is called (its registered name, the shipped model's name, or the file's stem)."""
+        return mapper_label(self.mapper_file.path) if self.mapper_file is not None else None
+
+    @property
+    def default_prompt(self) -> str:
+        """The template of queries given no prompt: ``query_template`` of the mapper's method (``a photo of * ,
+        {text}`` for Pic2Word's, ``a photo of * that {text}`` for SEARLE's and LinCIR's; Pic2Word's without one)."""
+        return query_template(self.method)
 
     # ---- public, numpy -----------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[ImageLike], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
@@ -117,7 +131,7 @@ class Engine:
         filled = [fill(qp.template, txt, qp.mode) if qp.needs_text_tower else "" for txt in texts]
 
         def run(i: int, j: int) -> torch.Tensor:
-            return self.query_features(qp, rows[i:j], filled[i:j])
+            return self._query_features(qp, rows[i:j], filled[i:j])
 
         return self._batched(run, len(texts), batch_size, normalize)
 
@@ -139,17 +153,18 @@ class Engine:
             feats = image_features.reshape(1, -1) if count == 1 else image_features.reshape(1, count, -1)
         return self._batched(lambda i, j: self.compose(qp, feats, [filled]), 1, 1, normalize=True)[0]
 
-    # ---- torch level (used by training and evaluation) ---------------------------------------------------------
-    def pixels(self, images: Sequence[ImageLike | None]) -> torch.Tensor:
-        """Preprocessed batch ``(batch, 3, H, W)`` float32 on the CPU."""
-        return torch.stack([self.backbone.preprocess(open_image(im)) for im in images if im is not None])
-
-    def image_features(self, images: Sequence[ImageLike | None]) -> torch.Tensor:
-        """Unnormalised image features ``(batch, embed_dim)`` float32."""
+    # ---- torch level (used by the server and evaluation) ---------------------------------------------------------
+    def image_features(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Unnormalised image features ``(batch, embed_dim)`` float32 (paths decoded as the catalog decodes them)."""
         with torch.inference_mode():
-            return self.backbone.encode_image(self.pixels(images))
+            return self.backbone.encode_image(self._pixels(images))
 
-    def query_features(
+    def _pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Preprocessed batch ``(batch, 3, H, W)`` float32 on the CPU: the one decoding policy (module docstring)."""
+        draft = self.backbone.draft_size
+        return torch.stack([self.backbone.preprocess(open_image(im, draft=draft)) for im in images])
+
+    def _query_features(
         self, qp: QueryPlan, images: Sequence[Sequence[ImageLike]], prompts: Sequence[str]
     ) -> torch.Tensor:
         """Unnormalised query features ``(batch, embed_dim)`` of already filled ``prompts``; ``images[i]`` are row
@@ -160,7 +175,7 @@ class Engine:
             if qp.mode != "text" and k:
                 # one batch per slot: a query's image is encoded in the same batch shape wherever it comes from (a
                 # file here, an upload to p2w serve), so its features, and the query, are the same to the bit
-                slots = [self.backbone.encode_image(self.pixels([row[j] for row in images])) for j in range(k)]
+                slots = [self.backbone.encode_image(self._pixels([row[j] for row in images])) for j in range(k)]
                 image = slots[0] if k == 1 else torch.stack(slots, dim=1)  # (batch, dim) or (batch, k, dim)
             return self.compose(qp, image, prompts)
 
@@ -208,29 +223,45 @@ def load(
     force_mapper: bool = False,
     download: bool = False,
     settings: Settings | None = None,
+    need_mapper: bool = False,
 ) -> Engine:
     """Load a backbone and its mapper, e.g. ``p2w.load("ViT-L-14", "openai")``.
 
-    ``model``: an open_clip model name or a model-config JSON; ``pretrained``: an open_clip tag, a weights file, or
-    ``"none"``; ``mapper``: ``"default"`` (the backbone's default mapper when it has one; with ``download=True`` the
-    known published one is fetched), a registered name, a file, a ``Mapper``, or None (no mapper: image, text and
-    average queries only). Defaults come from ``Settings.from_env()``.
+    Args:
+        model: an open_clip model name or a model-config JSON (default ``P2W_MODEL``, else ``ViT-L-14``).
+        pretrained: an open_clip tag, a weights file, or ``"none"`` (default ``P2W_PRETRAINED``, else the model's).
+        mapper: ``"default"`` (the backbone's default mapper when it has one; with ``download=True`` the known
+            published one is fetched), a registered name, a file, a ``Mapper``/``Phi`` object, or None (no mapper:
+            image, text and average queries only). Chosen by ``p2w.mappers.choice.choose_mapper``.
+        device, precision: ``auto`` (cuda > mps > cpu; fp16 autocast on CUDA), or as named.
+        force_mapper: use a mapper file made for another backbone of the same widths.
+        need_mapper: with ``mapper="default"``, a backbone without one is an error (before the model loads) instead
+            of an engine without a mapper.
+    Returns:
+        An ``Engine``.
+    Raises:
+        MapperError: the mapper is missing, unreadable, or does not fit the backbone (checked before the model is
+            built where the widths are known from the config).
+        ModelUnavailableError, ModelLoadError, DeviceError: the backbone cannot be had or run here.
     """
     settings = settings or Settings.from_env()
     spec = settings.backbone(model, pretrained)
-    if isinstance(mapper, str) and mapper == DEFAULT:
-        mapper = default_mapper(spec.id, settings, download=download, required=False)
     mapper_file = None
     if isinstance(mapper, (str, Path)):
-        mapper_file = read_mapper(mapper_path(str(mapper), settings.mappers_dir))
-        dims = mapper_dims(spec)  # cheap checks before the model is built
-        if dims is not None:
-            check_fits(mapper_file, spec.id, *dims, force=force_mapper)
+        required = need_mapper or mapper != DEFAULT
+        choice = choose_mapper(mapper, spec.id, settings, download=download, required=required)
+        if choice is not None:
+            mapper_file = read_mapper(choice.path)
+            dims = mapper_dims(spec)  # cheap checks before the model is built
+            if dims is not None:
+                check_fits(mapper_file, spec.id, *dims, force=force_mapper)
+        mapper = mapper_file.mapper if mapper_file is not None else None
     backbone = Backbone.load(spec, device=device or settings.device, precision=precision)
     if mapper_file is not None:
         check_fits(mapper_file, backbone.id, backbone.embed_dim, backbone.token_width, force=force_mapper)
-        mapper = mapper_file.mapper
-    engine = Engine(backbone, mapper if isinstance(mapper, (Mapper, Phi)) else None, mapper_file)
+    elif mapper is not None:
+        check_dims(mapper, "the mapper given", backbone.id, backbone.embed_dim, backbone.token_width)
+    engine = Engine(backbone, mapper, mapper_file)
     if engine.mapper is None:
         engine.missing_mapper = missing_mapper_hint(backbone.id)
     return engine

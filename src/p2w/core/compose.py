@@ -45,6 +45,29 @@ class QueryPlan:
         return self.mode != "image"
 
 
+def choose_mode(mode: str | None, has_image: bool | int, has_text: bool, prompt: str | None = None) -> str:
+    """The mode of a query, checked against what it has, e.g. ``choose_mode(None, 1, True)`` -> ``"pic2word"``.
+
+    Without an explicit mode: image + text (or a prompt) -> pic2word; image alone -> image; text alone -> text (a
+    plain text query). Raises ``PromptError`` for what no template can fix (an unknown mode, a missing image or text,
+    several images without a prompt); ``plan`` checks the template.
+    """
+    images = int(has_image)
+    if mode is None:
+        mode = ("pic2word" if (has_text or prompt) else "image") if has_image else "text"
+        if mode == "text":
+            return mode  # a plain text query: TEXT as written (``plan``), or the prompt alone
+    if mode not in MODES:
+        raise PromptError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode != "text" and not has_image:
+        raise PromptError(f"mode {mode} needs a query image")
+    if mode == "text" and not (has_text or prompt):
+        raise PromptError("mode text needs TEXT or a --prompt")
+    if mode == "pic2word" and images > 1 and prompt is None:
+        raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
+    return mode
+
+
 def plan(
     mode: str | None,
     has_image: bool | int,
@@ -54,34 +77,24 @@ def plan(
 ) -> QueryPlan:
     """Choose mode and template, e.g. ``plan(None, True, True)`` -> pic2word with ``a photo of * , {text}``.
 
-    Without an explicit mode: image + text (or a prompt) -> pic2word; image alone -> image; text alone -> a plain
-    text query (TEXT as written, no template). ``has_image`` may count the query images: with several, the i-th
-    ``*`` of a pic2word template takes the i-th image, so the template needs one ``*`` per image. ``default`` is the
-    template when no ``prompt`` is given (the mapper's method's, ``p2w.mappers.methods``).
+    The mode is ``choose_mode``'s; text alone without a mode is a plain text query (TEXT as written, no template).
+    ``has_image`` may count the query images: with several, the i-th ``*`` of a pic2word template takes the i-th
+    image, so the template needs one ``*`` per image. ``default`` is the template when no ``prompt`` is given (the
+    mapper's method's: ``p2w.mappers.choice.query_template``).
     """
     images = int(has_image)
-    if mode is None:
-        if has_image:
-            mode = "pic2word" if (has_text or prompt) else "image"
-        else:
-            mode, prompt = "text", prompt or SLOT
-    if mode not in MODES:
-        raise PromptError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    if mode != "text" and not has_image:
-        raise PromptError(f"mode {mode} needs a query image")
-    if mode == "text" and not (has_text or prompt):
-        raise PromptError("mode text needs TEXT or a --prompt")
-    if mode == "pic2word" and images > 1 and prompt is None:
-        raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
+    chosen = choose_mode(mode, has_image, has_text, prompt)
+    if mode is None and chosen == "text":
+        prompt = prompt or SLOT
     template = prompt if prompt is not None else default
-    if mode == "pic2word" and "*" not in template:
+    if chosen == "pic2word" and "*" not in template:
         raise PromptError(f"pic2word prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
     stars = template.count("*")
-    if mode == "pic2word" and images > 1 and stars != images:
+    if chosen == "pic2word" and images > 1 and stars != images:
         raise PromptError(
             f"prompt {template!r} has {stars} '*' but {images} images were given; the i-th '*' takes the i-th image"
         )
-    return QueryPlan(mode, template)
+    return QueryPlan(chosen, template)
 
 
 def fill(template: str, text: str | None, mode: str = "pic2word") -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from p2w.core.download import hub_file, url_file
+from p2w.core.download import cached_hub_file, hub_file, url_file
 from p2w.core.resolve import mapper_dims
 from p2w.digest import sha256_file
 from p2w.errors import MapperError
@@ -75,24 +75,26 @@ def download(
             method_name=method_name or (known.method if known else None),
         )
     except BaseException:
-        if ours:
-            path.unlink(missing_ok=True)  # a bad or partial download is never left behind
+        _drop(path, ours)  # a bad or partial download of p2w's is never left behind
         raise
-    kept = path if keep_source else None
+    kept = path if keep_source or not ours else None
     if not keep_source:
         _drop(path, ours)
     return Downloaded(name, stored, spec.id, digest, url, kept)
 
 
 def _fetch(url: str, settings: Settings, progress: Progress | None) -> tuple[Path, bool]:
-    """A local path for ``url`` and whether p2w downloaded it into its own folder (so may delete it)."""
+    """A local path for ``url`` and whether this run made it (downloaded it, so may delete it): a file that was in
+    the Hugging Face cache before, or a local file, belongs to someone else."""
     parsed = urlparse(url)
     if parsed.scheme == "hf":
         owner, repo, *rest = (parsed.netloc + parsed.path).split("/")
         if not rest:
             raise MapperError(f"hf:// sources are hf://owner/repo/path/to/file, not {url}")
         filename = "/".join(rest)
-        return hub_file(f"{owner}/{repo}", [filename], f"{filename} of {owner}/{repo}", _REMEDY, MapperError), False
+        there = cached_hub_file(f"{owner}/{repo}", [filename]) is not None  # another tool's (or an earlier run's)
+        path = hub_file(f"{owner}/{repo}", [filename], f"{filename} of {owner}/{repo}", _REMEDY, MapperError)
+        return path, not there
     if parsed.scheme in ("http", "https"):
         return url_file(url, settings.home / "downloads", "the mapper", _REMEDY, MapperError, progress), True
     path = Path(url).expanduser()
@@ -103,14 +105,11 @@ def _fetch(url: str, settings: Settings, progress: Progress | None) -> tuple[Pat
 
 
 def _drop(path: Path, ours: bool) -> None:
-    """Remove the downloaded source: p2w's own download, or the file's blob in the Hugging Face cache."""
-    if ours:
-        path.unlink(missing_ok=True)
+    """Remove a source this run downloaded (in the Hugging Face cache: its link and its blob); anything else is
+    someone else's and stays."""
+    if not ours:
         return
-    from huggingface_hub import constants
-
-    cache = Path(constants.HF_HUB_CACHE).resolve()
-    if cache in path.resolve().parents:
-        blob = path.resolve()
-        path.unlink(missing_ok=True)
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    if blob != path:
         blob.unlink(missing_ok=True)

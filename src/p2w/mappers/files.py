@@ -83,12 +83,7 @@ def _load_checkpoint(path: Path) -> Any:
 
 def check_fits(mf: MapperFile, backbone_id: str, embed_dim: int, token_width: int, force: bool = False) -> None:
     """Refuse a mapper whose dims differ from the backbone's, or (unless ``force``) made for another backbone."""
-    m = mf.mapper
-    if (m.embed_dim, m.token_width) != (embed_dim, token_width):
-        raise MapperError(
-            f"mapper {mf.path.name} maps {m.embed_dim}-d image features to {m.token_width}-d tokens, but backbone "
-            f"{backbone_id} has {embed_dim}-d features and {token_width}-d tokens; use a mapper made for it"
-        )
+    check_dims(mf.mapper, f"mapper {mf.path.name}", backbone_id, embed_dim, token_width)
     if mf.backbone and mf.backbone != backbone_id and not force:
         raise MapperError(
             f"mapper {mf.path.name} was made for backbone {mf.backbone}, not {backbone_id}; "
@@ -96,11 +91,25 @@ def check_fits(mf: MapperFile, backbone_id: str, embed_dim: int, token_width: in
         )
 
 
+def check_dims(mapper: TokenMapper, label: str, backbone_id: str, embed_dim: int, token_width: int) -> None:
+    """Refuse a mapper (a file's, or an object given to ``p2w.load``) whose widths differ from the backbone's."""
+    if (mapper.embed_dim, mapper.token_width) != (embed_dim, token_width):
+        raise MapperError(
+            f"{label} maps {mapper.embed_dim}-d image features to {mapper.token_width}-d tokens, but backbone "
+            f"{backbone_id} has {embed_dim}-d features and {token_width}-d tokens; use a mapper made for it"
+        )
+
+
 def save_mapper(mapper: TokenMapper, path: Path, backbone: str, extra: dict[str, str] | None = None) -> None:
     """Write atomically (temp file + rename) as safetensors with metadata (format, backbone, network, method, dims,
-    p2w version); ``extra`` adds entries (``method`` among them: ``pic2word`` unless given)."""
+    p2w version); ``extra`` adds entries. ``method``: Pic2Word's for its network unless given; a phi's must be given
+    (SEARLE's and LinCIR's networks look alike: a file that named the wrong one would carry the wrong provenance)."""
     from safetensors.torch import save_file
 
+    method_name = (extra or {}).get("method") or ("pic2word" if isinstance(mapper, Mapper) else None)
+    if method_name is None:
+        raise MapperError("a phi mapper is saved with its method: extra={'method': 'searle' or 'lincir'}")
+    method(method_name)  # a known one
     metadata = {
         "format": MAPPER_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,7 +118,7 @@ def save_mapper(mapper: TokenMapper, path: Path, backbone: str, extra: dict[str,
         "hidden_dim": str(mapper.hidden_dim),
         "token_width": str(mapper.token_width),
         "network": mapper.network,
-        "method": "pic2word" if isinstance(mapper, Mapper) else "lincir",
+        "method": method_name,
         **({"n_layer": str(mapper.n_layer)} if isinstance(mapper, Mapper) else {}),
         "p2w_version": version(),
         **(extra or {}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from p2w.core.compose import DEFAULT_TEMPLATE
 from p2w.errors import MapperError
 
 THAT = "a photo of * that {text}"  # SEARLE's and LinCIR's template (their '$' is p2w's '*')
@@ -35,7 +36,7 @@ METHODS = {
         Method(
             "pic2word",
             "pic2word",
-            "a photo of * , {text}",
+            DEFAULT_TEMPLATE,
             "contrastive (CLIP's loss) between an unlabeled image and 'a photo of *' holding its mapped token",
             "Saito et al., Pic2Word, CVPR 2023",
             "google-research/composed_image_retrieval",

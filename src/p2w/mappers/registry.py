@@ -211,15 +211,6 @@ def file_method(path: Path) -> Method | None:
     return method_of(meta, meta.get("network")) if meta else None
 
 
-def default_prompt(mapper: str, mappers_dir: Path) -> str:
-    """The template a query with ``mapper`` (a registered name or a file) uses when given no prompt: its method's
-    (read from the file's metadata, without loading it); Pic2Word's for files that do not say."""
-    from p2w.mappers.methods import METHODS
-
-    found = file_method(mapper_path(mapper, mappers_dir))
-    return (found or METHODS["pic2word"]).prompt
-
-
 def mapper_label(path: Path) -> str:
     """How a mapper file is called: its registered name (the file's stem), or its backbone's name when it is the
     mapper shipped with a builtin backbone."""
@@ -298,18 +289,21 @@ def free_name(mappers_dir: Path, name: str, overwrite: bool = False) -> Path:
 
 
 def mapper_path(name_or_path: str, mappers_dir: Path) -> Path:
-    """A registered name -> ``mappers_dir/NAME.safetensors``; anything that exists or looks like a path -> itself."""
-    path = Path(name_or_path).expanduser()
-    if path.exists() or os.sep in name_or_path or path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-        return path
-    registered = registry_file(mappers_dir, name_or_path)
-    if not registered.is_file():
+    """A registered name -> ``mappers_dir/NAME.safetensors`` (it wins over a file of that name in the working folder:
+    ``./NAME`` names the file); a shipped mapper's name -> its file; anything that exists or looks like a path ->
+    itself."""
+    if NAME_RE.match(name_or_path):
+        registered = registry_file(mappers_dir, name_or_path)
+        if registered.is_file():
+            return registered
         shipped = builtin_mappers().get(name_or_path)
         if shipped is not None:
             return shipped
-        known = sorted(p.stem for p in mappers_dir.glob("*.safetensors")) if mappers_dir.is_dir() else []
-        listing = f"registered: {', '.join(known)}" if known else f"none are registered in {mappers_dir}"
-        raise MapperError(
-            f"no mapper named {name_or_path!r} ({listing}); import one with: p2w mapper import FILE --name NAME"
-        )
-    return registered
+    path = Path(name_or_path).expanduser()
+    if path.exists() or os.sep in name_or_path or path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return path
+    known = sorted(p.stem for p in mappers_dir.glob("*.safetensors")) if mappers_dir.is_dir() else []
+    listing = f"registered: {', '.join(known)}" if known else f"none are registered in {mappers_dir}"
+    raise MapperError(
+        f"no mapper named {name_or_path!r} ({listing}); import one with: p2w mapper import FILE --name NAME"
+    )

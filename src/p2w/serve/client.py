@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2w import fspath
 from p2w.errors import P2WError
 from p2w.library.catalog import Hit
 from p2w.serve import discovery
@@ -20,7 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class Unreachable(Exception):
-    """The server did not answer (refused, timed out): the caller falls back to an in-process search."""
+    """The server did not answer: the caller falls back to an in-process search. ``dead``: nothing listens at its
+    address any more (the connection was refused), so its record can go; a timeout is a busy server, not a dead one."""
+
+    def __init__(self, message: str, dead: bool = False) -> None:
+        super().__init__(message)
+        self.dead = dead
 
 
 class Refused(P2WError):
@@ -31,7 +37,10 @@ class Refused(P2WError):
         self.status = status
 
 
-def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeout: float = 60.0) -> Any:
+TIMEOUT = 60.0  # seconds a busy server is given to answer one request
+
+
+def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeout: float = TIMEOUT) -> Any:
     """POST ``body`` to ``record.url + path`` with the token; the JSON answer, or ``P2WError`` with the server's
     one-line error, or ``Unreachable``."""
     request = urllib.request.Request(
@@ -51,17 +60,21 @@ def call(record: ServerRecord, path: str, body: bytes, content_type: str, timeou
         if message:
             raise Refused(message, exc.code) from exc
         raise Unreachable(f"HTTP {exc.code}") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise Unreachable(str(exc)) from exc
+    except urllib.error.URLError as exc:
+        raise Unreachable(str(exc.reason), dead=isinstance(exc.reason, ConnectionRefusedError)) from exc
+    except (OSError, ValueError) as exc:  # a timeout while reading the answer, a connection reset, bad JSON
+        raise Unreachable(str(exc) or type(exc).__name__, dead=isinstance(exc, ConnectionRefusedError)) from exc
 
 
-def search(record: ServerRecord, query: dict[str, Any], images: Sequence[bytes] = ()) -> list[dict[str, Any]]:
+def search(
+    record: ServerRecord, query: dict[str, Any], images: Sequence[bytes] = (), timeout: float = TIMEOUT
+) -> list[dict[str, Any]]:
     """The hits (``{"rank", "score", "path", "size", "mtime", "id"}``) of ``query`` (the fields of
     ``p2w.serve.service.Query``), the images' bytes uploaded first (in order: the i-th ``*`` takes the i-th)."""
     if images:
-        uploads = [call(record, "/api/upload", data, "application/octet-stream")["upload"] for data in images]
+        uploads = [call(record, "/api/upload", data, "application/octet-stream", timeout)["upload"] for data in images]
         query = {**query, "images": [{"upload": u} for u in uploads]}
-    answer = call(record, "/api/search", json.dumps(query).encode(), "application/json")
+    answer = call(record, "/api/search", json.dumps(query).encode(), "application/json", timeout)
     return list(answer["results"])
 
 
@@ -71,20 +84,24 @@ def warm_search(
     mapper: Path | None,
     query: dict[str, Any],
     images: Sequence[Path] = (),
+    timeout: float = TIMEOUT,
 ) -> list[Hit] | None:
     """``query`` answered by the running ``p2w serve`` of ``backbone`` — the hits an in-process search would give —
     or None when there is no such server, it holds another mapper than ``mapper`` (a resolved file, for pic2word
-    queries), or it does not answer (its stale record is then removed)."""
+    queries), the query is beyond what it takes (its limits), or it does not answer in ``timeout`` seconds. Only a
+    server found dead (its process gone, or nothing listening at its address) has its record removed."""
     record = discovery.find(settings, backbone)
     if record is None:
         return None
     if mapper is not None and (record.mapper is None or Path(record.mapper) != mapper.resolve()):
         log.debug("the server at %s holds mapper %s, not %s", record.url, record.mapper, mapper)
         return None
-    if not all(i.is_file() for i in images):
-        return None  # the in-process search names the problem
+    beyond = _beyond(record.limits, query, images)
+    if beyond:
+        log.info("p2w serve at %s takes %s; searching in this process", record.url, beyond)
+        return None
     try:
-        rows = search(record, query, [i.read_bytes() for i in images])
+        rows = search(record, query, [i.read_bytes() for i in images], timeout)
     except Refused as exc:
         if exc.status != 413:  # the server's limits are not this process's: search here instead
             raise
@@ -92,7 +109,28 @@ def warm_search(
         return None
     except Unreachable as exc:
         log.info("p2w serve at %s did not answer (%s); searching in this process", record.url, exc)
-        discovery.forget(settings, record)
+        if exc.dead:
+            discovery.forget(settings, record)
         return None
     log.info("searched through p2w serve at %s", record.url)
-    return [Hit(r["rank"], r["score"], r["path"], r["size"], r["mtime"], r["id"]) for r in rows]
+    return [Hit(r["rank"], r["score"], fspath.from_json(r), r["size"], r["mtime"], r["id"]) for r in rows]
+
+
+def _beyond(limits: dict[str, int], query: dict[str, Any], images: Sequence[Path]) -> str | None:
+    """What of the query a server with ``limits`` does not take (None: it takes all of it): a script that works
+    without a server must work the same with one, so such a query is searched in this process."""
+    if not limits:
+        return "requests of an older p2w"
+    try:
+        sizes = [i.stat().st_size for i in images]
+    except OSError:
+        return "no image that cannot be read"  # the in-process search names the problem
+    if query.get("k", 0) > limits["k"]:
+        return f"at most {limits['k']} results"
+    if query.get("ef") is not None and query["ef"] > limits["ef"]:
+        return f"an ef of at most {limits['ef']}"
+    if len(images) > limits["images"]:
+        return f"at most {limits['images']} images"
+    if any(size > limits["upload_bytes"] for size in sizes):
+        return f"images of at most {limits['upload_bytes']} bytes"
+    return None

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from p2w.atomic import atomic_path
@@ -29,6 +28,7 @@ class ServerRecord:
     backbone: str  # backbone id
     mapper: str | None  # the mapper file it loaded (resolved path), if any
     version: str
+    limits: dict[str, int] = field(default_factory=dict)  # what one request may ask for (``service.Limits``)
 
     def to_json(self) -> dict[str, object]:
         """The record's JSON form."""
@@ -44,10 +44,8 @@ def write(settings: Settings, record: ServerRecord) -> Path:
     """Publish ``record`` (owner-only permissions); an existing record of a dead server is replaced."""
     path = record_path(settings, record.backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f)
+    with atomic_path(path, mode=0o600) as tmp:
+        tmp.write_text(json.dumps(record.to_json()), encoding="utf-8")
     return path
 
 
@@ -63,7 +61,7 @@ def read(path: Path) -> ServerRecord | None:
     """The record in ``path``, or None when there is none or it is unreadable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return ServerRecord(**{k: data[k] for k in ServerRecord.__dataclass_fields__})
+        return ServerRecord(**{k: data[k] for k in ServerRecord.__dataclass_fields__})  # an older server's: unused
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

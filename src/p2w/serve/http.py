@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from p2w.errors import P2WError
+from p2w.fspath import shown
 from p2w.serve.service import NotFound, Query, ServeError, Service, TooLarge, engine_thread
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,9 @@ def _read(file: BinaryIO, size: int, chunk: int = 1 << 16) -> Iterator[bytes]:
 
 
 def _inline(name: str) -> str:
-    """``Content-Disposition: inline`` with the file's name (RFC 6266: quoted when ASCII, else ``filename*``)."""
+    """``Content-Disposition: inline`` with the file's name (RFC 6266: quoted when ASCII, else ``filename*``; a name
+    that is not UTF-8 as ``p2w.fspath.shown`` writes it)."""
+    name = shown(name)
     quoted = urllib.parse.quote(name)
     return f"inline; filename*=utf-8''{quoted}" if quoted != name else f'inline; filename="{name}"'
 

@@ -5,6 +5,7 @@ the first request."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -83,7 +84,8 @@ def serve(
     address = Address(host, sock.getsockname()[1], secrets.token_urlsafe(24))
     app = create_app(service, address.token, host, address.port, worker)
     mapper = str(engine.mapper_file.path.resolve()) if engine.mapper_file else None
-    record = discovery.ServerRecord(address.base, address.token, os.getpid(), service.backbone, mapper, version())
+    pid, published = os.getpid(), dataclasses.asdict(service.limits)
+    record = discovery.ServerRecord(address.base, address.token, pid, service.backbone, mapper, version(), published)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     discovery.write(settings, record)

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from p2w.core.compose import DEFAULT_TEMPLATE, MODES
+from p2w.core.compose import MODES
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
 from p2w.errors import ImageError, ImageTooLarge, P2WError
@@ -33,7 +33,6 @@ from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Row, catalog_dir
 from p2w.library.search import search
 from p2w.library.sheet import THUMB, thumbnail
-from p2w.mappers.registry import mapper_label
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +75,7 @@ class Limits:
     upload_bytes: int = 32 << 20  # 32 MiB
     upload_pixels: int = 50_000_000  # 50 megapixels, after JPEG draft reduction
     k: int = 200  # results per search
+    ef: int = 10_000  # the search breadth one query may ask for
     uploads_kept: int = 64  # uploads whose features are kept (least recently used dropped)
     images: int = 8  # reference images of one query
 
@@ -113,8 +113,8 @@ class Query:
         q = cls(**{k: v for k, v in data.items() if v is not None and v != ""})
         if not 1 <= q.k <= limits.k:
             raise ServeError(f"k must be between 1 and {limits.k}")
-        if q.ef is not None and not 1 <= q.ef <= 10_000:
-            raise ServeError("ef must be between 1 and 10000")
+        if q.ef is not None and not 1 <= q.ef <= limits.ef:
+            raise ServeError(f"ef must be between 1 and {limits.ef}")
         if sum((q.photo is not None, q.upload is not None, bool(q.images))) > 1:
             raise ServeError("give the reference images one way: photo, upload, or images")
         if q.within is not None and not os.path.isabs(q.within):
@@ -177,12 +177,12 @@ class Service:
     # ---- what the page asks first ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Backbone, mapper, catalog size and what is missing, for the page's header and messages."""
-        mapper = mapper_label(self.engine.mapper_file.path) if self.engine.mapper_file else None
+        mapper = self.engine.mapper_name
         out: dict[str, Any] = {
             "backbone": self.backbone,
             "mapper": mapper,
             "modes": list(MODES),
-            "prompt": DEFAULT_TEMPLATE,
+            "prompt": self.engine.default_prompt,  # the page's placeholder: the mapper's method's template
             "photos": 0,
             "message": None,
             "max_upload_bytes": self.limits.upload_bytes,
@@ -214,7 +214,7 @@ class Service:
             except ImageError as exc:
                 raise Unsupported(str(exc)) from exc
             with self._stage("preprocess"):
-                pixels = self.engine.pixels([image])
+                pixels = bb.preprocess(image).unsqueeze(0)  # (1, 3, H, W), as Engine.image_features would
             with self._stage("tower"), torch.inference_mode():  # as Engine.image_features, the stages apart
                 self._uploads[key] = bb.encode_image(pixels)[0].float().cpu()
             while len(self._uploads) > self.limits.uploads_kept:

@@ -1,0 +1,133 @@
+"""``search``: a catalog search, answered where it is answered best — the one place that chooses.
+
+A running ``p2w serve`` of the same backbone (and, for a pic2word query, the same mapper) answers at once, its model
+already loaded; otherwise, or when the request asks for what that server does not take (its limits), for a device or
+precision of its own, or for ``server=False``, this process loads the model and searches. Both take the same request
+and give the same hits, so a script behaves the same whether a server runs or not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2w.core.compose import QueryPlan
+from p2w.library.catalog import Hit
+from p2w.mappers.choice import MapperChoice, plan_query
+from p2w.serve.client import warm_search
+from p2w.settings import Settings
+from p2w.spec import BackboneSpec
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
+    template (None: the library's choice), how many results, only under a folder, the ANN's search breadth."""
+
+    images: tuple[str, ...] = ()
+    text: str | None = None
+    mode: str | None = None
+    prompt: str | None = None
+    k: int = 10
+    within: Path | None = None
+    ef: int | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Which model answers: ``p2w.load``'s options, and whether a running ``p2w serve`` may answer."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    mapper: str | None = None  # None: the backbone's default (``p2w.mappers.choice.choose_mapper``)
+    device: str | None = None
+    precision: str = "auto"
+    force_mapper: bool = False
+    download: bool = False
+    server: bool = True
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The hits, the plan the query was encoded with, and whether a running server answered."""
+
+    hits: list[Hit]
+    plan: QueryPlan
+    warm: bool
+
+
+def search(
+    request: Request,
+    backend: Backend | None = None,
+    settings: Settings | None = None,
+    notify: Callable[[str], object] | None = None,
+) -> Answer:
+    """The catalog's closest photos to ``request``, e.g. ``search(Request(("shirt.jpg",), "in red"))``.
+
+    The mode, template and mapper are chosen before any model loads (``p2w.mappers.choice.plan_query``); a missing
+    catalog fails before the model loads too. ``notify`` hears of a mapper download (``download=True`` only).
+    """
+    backend = backend or Backend()
+    settings = settings or Settings.from_env()
+    spec = settings.backbone(backend.model, backend.pretrained)
+    has_text = bool(request.text)
+    qp, choice = plan_query(
+        request.mode, len(request.images), has_text, request.prompt, backend.mapper, spec.id, settings,
+        backend.download, notify,
+    )  # fmt: skip
+    if _may_be_warm(backend):
+        hits = warm_search(settings, spec.id, choice.path if choice else None, _wire(request, qp), _paths(request))
+        if hits is not None:
+            return Answer(hits, qp, True)
+    return Answer(_here(spec, settings, backend, choice, qp, request), qp, False)
+
+
+def _may_be_warm(backend: Backend) -> bool:
+    """A server answers only for its own device, precision and mapper checks."""
+    return backend.server and not (backend.force_mapper or backend.device or backend.precision != "auto")
+
+
+def _wire(request: Request, qp: QueryPlan) -> dict[str, Any]:
+    """The server's JSON query (``p2w.serve.service.Query``)."""
+    query: dict[str, Any] = {"text": request.text, "mode": qp.mode, "prompt": qp.template, "k": request.k}
+    query["ef"] = request.ef
+    if request.within is not None:
+        query["within"] = os.path.abspath(request.within.expanduser())
+    return query
+
+
+def _paths(request: Request) -> list[Path]:
+    return [Path(i) for i in request.images]
+
+
+def _here(
+    spec: BackboneSpec,
+    settings: Settings,
+    backend: Backend,
+    choice: MapperChoice | None,
+    qp: QueryPlan,
+    request: Request,
+) -> list[Hit]:
+    """Load the model in this process and search (the cold path)."""
+    import p2w
+    from p2w.library.search import open_catalog
+    from p2w.library.search import search as search_catalog
+
+    catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
+    try:
+        engine = p2w.load(
+            model=backend.model,
+            pretrained=backend.pretrained,
+            mapper=choice.path if choice is not None else None,
+            device=backend.device,
+            precision=backend.precision,
+            force_mapper=backend.force_mapper,
+            settings=settings,
+        )
+        query = engine.encode_query(list(request.images), request.text, mode=qp.mode, prompt=qp.template)
+        return search_catalog(catalog, query, k=request.k, within=request.within, ef=request.ef)
+    finally:
+        catalog.close()
