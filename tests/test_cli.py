@@ -249,3 +249,27 @@ def test_import_p2w_does_not_import_torch():
     code = "import sys, p2w; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o600])
+def test_files_written_for_the_user_follow_the_umask(tmp_path, mode):
+    """Contact sheets, `--sheet`, exports were created 0600 by mkstemp; a token file stays 0600 on purpose."""
+    import os
+
+    from p2w.atomic import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.png", mode=mode) as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == (0o644 if mode == 0o666 else 0o600)
+
+
+@pytest.mark.parametrize("group", [[], ["embed"], ["mapper"]])
+def test_help_lists_every_command_without_cutting_its_summary(group):
+    """`p2w --help` cut every summary at its first period: `index  Add photos to the catalog of a model, e.g.`"""
+    done = runner.invoke(app, [*group, "--help"], terminal_width=80)
+    listing = done.stdout.split("Commands:")[1].strip().splitlines()
+    assert listing and all(not line.rstrip().endswith(("e.g.", "...")) for line in listing), listing

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -103,13 +104,13 @@ def test_builtin_backbone_defaults_and_id() -> None:
 
 def test_builtin_model_loads_with_its_mapper_offline() -> None:
     import p2w
-    from p2w.mappers.defaults import default_mapper
+    from p2w.mappers.choice import choose_mapper
 
     settings = Settings.from_env()
     spec = settings.backbone(MODEL)
-    mapper = default_mapper(spec.id, settings)  # no registry, no download: the shipped mapper
-    assert Path(mapper) == builtin_file(MODEL, "mapper.safetensors")
-    engine = p2w.load(MODEL, mapper=mapper, device="cpu")
+    mapper = choose_mapper(None, spec.id, settings)  # no registry, no download: the shipped mapper
+    assert mapper is not None and mapper.path == builtin_file(MODEL, "mapper.safetensors") and mapper.name == MODEL
+    engine = p2w.load(MODEL, mapper=mapper.path, device="cpu")
     assert engine.backbone.id == spec.id
     assert (engine.backbone.embed_dim, engine.backbone.token_width, engine.backbone.context_length) == (128, 128, 32)
     from PIL import Image
@@ -216,8 +217,18 @@ def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
     from p2w.micro import demo
 
     out = tmp_path / ("a long folder name with spaces " * 3).strip() / "demo out"  # > 80 columns: never wrapped
+    # the user's own photos in the micro model's catalog, one a copy of a query image: the demo crashed on their names
+    # (ValueError in parse_name) and its results could include them; it searches its own gallery only
+    query_image = demo.write_gallery(out / "gallery")[0]
+    mine = tmp_path / "my photos"
+    mine.mkdir()
+    shutil.copy(query_image, mine / "holiday.png")
+    indexed = runner.invoke(app, ["index", str(mine), "--model", MODEL, "--workers", "0"])
+    assert indexed.exit_code == 0, indexed.output
     result = runner.invoke(app, ["demo", "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    assert "holiday" not in result.stdout
+    assert "✓ = any red shirt" in result.stdout and "✓ = this very pullover, in purple" in result.stdout
     sheet = out / "contact-sheet.png"
     lines = result.stdout.splitlines()
     assert f"contact sheet: {sheet}" in lines
@@ -229,6 +240,9 @@ def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
     for query in demo.QUERIES:
         assert f"query: {query.describe()}" in result.stdout
     assert f"({len(labels) * len(mw.COLOURS)} newly indexed)" in result.stdout
+    # then a search without --model: the error names the micro catalog that exists and the option that selects it
+    after = runner.invoke(app, ["search", "a red shirt"])
+    assert after.exit_code == 1 and "search it with --model p2w-micro-fashion" in after.stderr, after.stderr
     # a second run reuses the files and the catalog: nothing is embedded again, the answers are the same
     import p2w
 

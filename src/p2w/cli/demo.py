@@ -11,16 +11,16 @@ from p2w.cli.root import (
     DeviceOpt,
     PrecisionOpt,
     app,
-    chosen_mapper,
     err_console,
     load_engine,
+    note,
     out_console,
     user_errors,
 )
 from p2w.settings import Settings
 
 
-@app.command("demo")
+@app.command("demo", short_help="See composed retrieval work, offline, on the embedded micro model")
 def demo_command(
     out: Annotated[
         Path | None,
@@ -42,18 +42,17 @@ def demo_command(
         from p2w.spec import BUILTIN_TAG
 
         if (model and model != demo.MODEL) or (pretrained and pretrained != BUILTIN_TAG):
-            err_console.print(f"note: p2w demo runs the embedded {demo.MODEL}; --model/--pretrained are not used")
+            note(f"note: p2w demo runs the embedded {demo.MODEL}; --model/--pretrained are not used")
         settings = Settings.from_env()
         folder = out or settings.home / "demo"
-        err_console.print(
+        note(
             f"p2w demo: the embedded model {demo.MODEL} (a micro CLIP trained by p2w on Fashion-MNIST items in "
             "eight colours) and its Pic2Word mapper; nothing is downloaded"
         )
-        mapper = chosen_mapper(None, demo.MODEL, BUILTIN_TAG, download=False)  # the shipped one
         with LibraryProgress(err_console) as progress:
             result = demo.run(
                 folder,
-                lambda: load_engine(demo.MODEL, BUILTIN_TAG, device, precision, mapper=mapper),
+                lambda: load_engine(demo.MODEL, BUILTIN_TAG, device, precision, mapper="default", need_mapper=True),
                 settings,
                 progress,
             )

@@ -21,11 +21,11 @@ from p2w.cli.root import (
     QueryArgs,
     RawOpt,
     embed_app,
-    err_console,
     load_engine,
-    query_plan,
+    note,
     user_errors,
 )
+from p2w.settings import Settings
 
 
 def _emit(records: list[dict[str, Any]], vectors: Any, output: Path | None, as_json: bool, force: bool) -> None:
@@ -33,12 +33,12 @@ def _emit(records: list[dict[str, Any]], vectors: Any, output: Path | None, as_j
 
     if output is not None:
         save_npy(vectors, output, overwrite=force)
-        err_console.print(f"wrote {len(vectors)} vector(s) of width {vectors.shape[1]} to {output}")
+        note(f"wrote {len(vectors)} vector(s) of width {vectors.shape[1]} to {output}")
     if as_json or output is None:
         typer.echo(vectors_json(records, vectors))
 
 
-@embed_app.command("image")
+@embed_app.command("image", short_help="Embed images: p2w embed image a.jpg b.png")
 def embed_image(
     paths: Annotated[list[Path], typer.Argument(help="image files")],
     model: ModelOpt = None,
@@ -61,7 +61,7 @@ def embed_image(
         _emit([{"input": str(p)} for p in paths], vectors, output, as_json, force)
 
 
-@embed_app.command("query")
+@embed_app.command("query", short_help="Embed a query: p2w embed query shirt.jpg 'in red'")
 def embed_query(
     query: QueryArgs = None,
     mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
@@ -84,11 +84,15 @@ def embed_query(
     """Embed a query, e.g. p2w embed query shirt.jpg "with a red logo" --mapper NAME"""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
+        from p2w.mappers.choice import plan_query
 
         check_output(output, overwrite=force)
         imgs, txt = split_query_args(query or [])
-        qp, mapper = query_plan(mode, len(imgs), bool(txt), prompt, mapper, model, pretrained, download)
-        engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+        settings = Settings.from_env()
+        backbone = settings.backbone(model, pretrained).id
+        qp, choice = plan_query(mode, len(imgs), bool(txt), prompt, mapper, backbone, settings, download, note)
+        chosen = choice.path if choice is not None else None
+        engine = load_engine(model, pretrained, device, precision, mapper=chosen, force_mapper=force_mapper)
         vectors = engine.encode_queries([imgs], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
         image = imgs[0] if len(imgs) == 1 else (imgs or None)  # one path as before; a list for several
         record = {"input": {"image": image, "text": txt}, "mode": qp.mode, "prompt": qp.template}

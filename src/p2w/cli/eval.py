@@ -18,7 +18,6 @@ from p2w.cli.root import (
     PretrainedOpt,
     WorkersOpt,
     app,
-    chosen_mapper,
     load_engine,
     out_console,
     user_errors,
@@ -26,7 +25,7 @@ from p2w.cli.root import (
 from p2w.settings import Settings
 
 
-@app.command("eval")
+@app.command("eval", short_help="Benchmark numbers: p2w eval fashioniq --data DIR")
 def eval_command(
     benchmark: Annotated[str, typer.Argument(help="fashioniq, cirr, imagenet-r, circo, coco or micro-fashion")],
     data: Annotated[
@@ -90,9 +89,16 @@ def eval_command(
         )
         folder = bench.folder(data)  # before a mapper is looked for or the model loaded
         model = model or bench.model
-        if mode in ("pic2word", "all"):
-            mapper = chosen_mapper(mapper, model, pretrained, download)
-        engine = load_engine(model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
+        engine = load_engine(
+            model,
+            pretrained,
+            device,
+            precision,
+            mapper=mapper or "default",
+            force_mapper=force_mapper,
+            download=download,
+            need_mapper=mode in ("pic2word", "all"),  # else: image, text and average need none
+        )
         results = bench.evaluate(
             engine,
             folder,

@@ -17,6 +17,7 @@ from p2w.cli.root import (
     UnusedPretrainedOpt,
     err_console,
     mapper_app,
+    note,
     out_console,
     user_errors,
 )
@@ -31,7 +32,7 @@ MethodOpt = Annotated[
 ]
 
 
-@mapper_app.command("import")
+@mapper_app.command("import", short_help="Import a mapper file for a backbone")
 def mapper_import(
     file: Annotated[Path, typer.Argument(help="reference checkpoint (.pt), p2w or plain safetensors file")],
     name: Annotated[str, typer.Option("--name", help="name to register it under")],
@@ -52,11 +53,11 @@ def mapper_import(
         target = import_mapper(
             file, name, settings.mappers_dir, spec.id, mapper_dims(spec), overwrite=force, method_name=method
         )
-        err_console.print(f"imported {file} as mapper {name!r} for {spec.id}: {target}")
+        note(f"imported {file} as mapper {name!r} for {spec.id}: {target}")
         typer.echo(str(target))
 
 
-@mapper_app.command("download")
+@mapper_app.command("download", short_help="Download a published mapper and register it")
 def mapper_download(
     source: Annotated[str, typer.Argument(help="known name (pic2word-vit-l-14), hf://owner/repo/file, URL or file")],
     name: Annotated[str | None, typer.Option("--name", help="name to register it under")] = None,
@@ -86,13 +87,13 @@ def mapper_download(
                 progress=progress,
                 method_name=method,
             )
-        err_console.print(f"registered mapper {got.name!r} for {got.backbone} (source sha256 {got.sha256})")
+        note(f"registered mapper {got.name!r} for {got.backbone} (source sha256 {got.sha256})")
         if got.source_kept:
-            err_console.print(f"the source checkpoint stays at {got.source_kept}")
+            note(f"the source checkpoint stays at {got.source_kept}")
         typer.echo(str(got.path))
 
 
-@mapper_app.command("list")
+@mapper_app.command("list", short_help="List the registered mappers")
 def mapper_list(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
     model: Annotated[str | None, typer.Option("--model", help="only the mappers of this model's backbone")] = None,
@@ -113,7 +114,7 @@ def mapper_list(
         if as_json:
             typer.echo(json.dumps([r.to_json() for r in rows]))
         elif not rows:
-            err_console.print("no mappers yet: p2w mapper download pic2word-vit-l-14, p2w mapper import, or p2w train")
+            note("no mappers yet: p2w mapper download pic2word-vit-l-14, p2w mapper import, or p2w train")
         else:
             out_console().print(mappers_table(rows))
 
@@ -130,10 +131,10 @@ def mapper_remove(
     with user_errors():
         from p2w.mappers.registry import remove
 
-        err_console.print(f"removed {remove(name)}")
+        note(f"removed {remove(name)}")
 
 
-@mapper_app.command("default")
+@mapper_app.command("default", short_help="Make a mapper the default of its backbone")
 def mapper_default(
     name: Annotated[str, typer.Argument(help="registered mapper name")],
     model: UnusedModelOpt = None,
@@ -145,4 +146,4 @@ def mapper_default(
     with user_errors():
         from p2w.mappers.registry import set_default
 
-        err_console.print(f"{name!r} is now the default mapper of {set_default(name)}")
+        note(f"{name!r} is now the default mapper of {set_default(name)}")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
+from p2w import fspath
 from p2w.cli.root import (
     DeviceOpt,
     DownloadOpt,
@@ -27,19 +25,15 @@ from p2w.cli.root import (
     app,
     err_console,
     load_engine,
+    note,
     out_console,
-    query_plan,
     user_errors,
 )
 from p2w.errors import P2WError
 from p2w.settings import Settings
 
-if TYPE_CHECKING:
-    from p2w.library.catalog import Hit
-    from p2w.spec import BackboneSpec
 
-
-@app.command("index")
+@app.command("index", short_help="Add photos to a model's catalog: p2w index ~/Pictures")
 def index_command(
     paths: Annotated[list[Path] | None, typer.Argument(help="folders or files to index", show_default=False)] = None,
     model: ModelOpt = None,
@@ -83,13 +77,15 @@ def index_command(
         else:
             out_console().print(index_table(report))
             if show_skipped and report.skipped:
-                out_console().print(skipped_table(report))
+                out_console().print(skipped_table(report.skipped))
+        for folder, reason in report.unreadable:
+            note(f"warning: {folder} {reason}; the photos catalogued under it are kept until it can be read")
         if report.interrupted:
-            err_console.print("interrupted: what was embedded is kept; run the same command to continue")
+            note("interrupted: what was embedded is kept; run the same command to continue")
             raise typer.Exit(130)
 
 
-@app.command("search")
+@app.command("search", short_help="Search the catalog: p2w search shirt.jpg 'in red'")
 def search_command(
     query: QueryArgs = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
@@ -124,24 +120,20 @@ def search_command(
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
+        from p2w.serve.query import Backend, Request, search
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
-        qp, mapper = query_plan(mode, len(imgs), bool(txt), prompt, mapper, model, pretrained, download)
-        settings = Settings.from_env()
-        spec = settings.backbone(model, pretrained)
-        ask = _Ask(tuple(imgs), txt, qp.mode, qp.template, k, within, ef)
-        hits = None
-        if not (no_server or force_mapper or device or precision != "auto"):
-            hits = _warm(settings, spec.id, mapper if qp.needs_mapper else None, ask)
-        if hits is None:
-            load = partial(load_engine, model, pretrained, device, precision, mapper=mapper, force_mapper=force_mapper)
-            hits = _in_process(spec, settings, load, ask)
+        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef)
+        backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
+        answer = search(request, backend, notify=note)
+        hits = answer.hits
         if as_json:
             typer.echo(json.dumps([h.to_json() for h in hits]))
         elif paths_only:
             for h in hits:
-                typer.echo(h.path)
+                sys.stdout.buffer.write(fspath.raw(h.path) + b"\n")  # the exact name, for xargs
+            sys.stdout.flush()
         else:
             from p2w.cli.render import NO_PREVIEW, hits_table
             from p2w.cli.render import preview as show
@@ -149,52 +141,32 @@ def search_command(
             console = out_console()
             console.print(hits_table(hits))
             if preview and not show(hits, console):
-                err_console.print(NO_PREVIEW)
+                note(NO_PREVIEW)
         if sheet is not None:
             from p2w.library.sheet import search_sheet
 
-            words = f"{qp.mode}: {txt}" if txt else qp.mode
+            words = f"{answer.plan.mode}: {txt}" if txt else answer.plan.mode
             drawn = search_sheet(hits, sheet, [Path(i) for i in imgs], words)
-            err_console.print(f"contact sheet: {drawn}")
+            note(f"contact sheet: {drawn}")
 
 
-@dataclass(frozen=True)
-class _Ask:
-    """One search as the command line gave it, the mode and template already chosen."""
+@app.command("forget", short_help="Drop the photos of a folder gone for good")
+def forget_command(
+    paths: Annotated[list[Path], typer.Argument(help="folders (or files) gone from disk", show_default=False)],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="also drop the photos of a folder that still exists")] = False,
+    device: UnusedDeviceOpt = None,
+    precision: UnusedPrecisionOpt = "auto",
+) -> None:
+    """Drop the photos of a folder gone for good from the catalog of a model (p2w status lists such folders). No
+    file on disk is touched."""
+    with user_errors():
+        from p2w.library.index import forget
 
-    images: tuple[str, ...]
-    text: str | None
-    mode: str
-    prompt: str
-    k: int
-    within: Path | None
-    ef: int | None
-
-
-def _warm(settings: Settings, backbone: str, mapper: str | None, ask: _Ask) -> list[Hit] | None:
-    """The hits from a running ``p2w serve`` of this backbone (and, for pic2word, mapper), or None."""
-    from p2w.mappers.registry import mapper_path
-    from p2w.serve.client import warm_search
-
-    query = {"text": ask.text, "mode": ask.mode, "prompt": ask.prompt, "k": ask.k, "ef": ask.ef}
-    if ask.within is not None:
-        query["within"] = os.path.abspath(ask.within.expanduser())
-    mapper_file = mapper_path(mapper, settings.mappers_dir) if mapper else None
-    return warm_search(settings, backbone, mapper_file, query, [Path(i) for i in ask.images])
-
-
-def _in_process(spec: BackboneSpec, settings: Settings, load: Callable[[], Any], ask: _Ask) -> list[Hit]:
-    """Load the model here and search the catalog (the cold path)."""
-    from p2w.library.search import open_catalog, search
-
-    catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
-    try:
-        engine = load()
-        images = [engine.open_query_image(i) for i in ask.images]
-        query = engine.encode_query(images, ask.text, mode=ask.mode, prompt=ask.prompt)
-        return search(catalog, query, k=ask.k, within=ask.within, ef=ask.ef)
-    finally:
-        catalog.close()
+        settings = Settings.from_env()
+        for path, count in forget(paths, settings.backbone(model, pretrained), settings, force=force).items():
+            note(f"forgot {count} photos under {path}")
 
 
 @app.command("status")
@@ -209,7 +181,7 @@ def status_command(
 ) -> None:
     """Show the catalogs: backbone, photos, size on disk, location."""
     with user_errors():
-        from p2w.cli.render import status_table
+        from p2w.cli.render import gone_lines, status_table
         from p2w.library.status import status
 
         settings = Settings.from_env()
@@ -217,6 +189,8 @@ def status_command(
         if as_json:
             typer.echo(json.dumps([c.to_json() for c in infos]))
         elif not infos:
-            err_console.print(f"no catalogs in {settings.home}; build one with: p2w index DIR")
+            note(f"no catalogs in {settings.home}; build one with: p2w index DIR")
         else:
             out_console().print(status_table(infos))
+            for line in gone_lines(infos):
+                err_console.print(line)

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+from p2w.fspath import shown
 
 if TYPE_CHECKING:
     from p2w.evaluation.common import EvalResult
@@ -133,33 +136,36 @@ def index_table(report: IndexReport) -> Table:
         " (interrupted)" if report.interrupted else ""
     )
     table = Table(title=title)
-    for column in ("added", "updated", "moved", "removed", "unchanged", "skipped", "seconds"):
+    values = {
+        "added": report.added,
+        "updated": report.updated,
+        "moved": report.moved,
+        "removed": report.removed,
+        "unchanged": report.unchanged,
+        "skipped": len(report.skipped),
+        **({"unreadable folders": len(report.unreadable)} if report.unreadable else {}),
+        "seconds": f"{report.seconds:.1f}",
+    }
+    for column in values:
         table.add_column(column, justify="right")
-    table.add_row(
-        *(
-            str(v)
-            for v in (
-                report.added,
-                report.updated,
-                report.moved,
-                report.removed,
-                report.unchanged,
-                len(report.skipped),
-                f"{report.seconds:.1f}",
-            )
-        )
-    )
+    table.add_row(*(str(v) for v in values.values()))
     return table
 
 
-def skipped_table(report: IndexReport) -> Table:
-    """The files an index run could not use, with the reason."""
-    table = Table(title="skipped files")
+def skipped_table(rows: list[tuple[str, str]], title: str = "skipped files") -> Table:
+    """Paths an index run could not use (files, or folders it could not list), with the reason."""
+    table = Table(title=title)
     table.add_column("path", overflow="fold")
     table.add_column("reason", overflow="fold")
-    for path, reason in report.skipped:
-        table.add_row(path, reason)
+    for path, reason in rows:
+        table.add_row(plain(path), plain(reason))
     return table
+
+
+def plain(value: object) -> Text:
+    """Data for a table cell or a line: printed as it is (a ``[draft]`` in a file name is not markup), a path's bytes
+    that are not UTF-8 as ``\\xNN`` (``p2w.fspath.shown``)."""
+    return Text(shown(str(value)))
 
 
 def hits_table(hits: list[Hit]) -> Table:
@@ -174,7 +180,7 @@ def hits_table(hits: list[Hit]) -> Table:
     table.add_column("date")
     for h in hits:
         date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.path, _size(h.size), date)
+        table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), date)
     return table
 
 
@@ -197,7 +203,7 @@ def preview(hits: list[Hit], console: Console, width: int = 24) -> bool:
         return False
     for h in hits:
         console.print(renderable.Image(h.path, width=width))
-        console.print(f"{h.rank}. {h.score:.3f}  {h.path}", markup=False, highlight=False, soft_wrap=True)
+        console.print(plain(f"{h.rank}. {h.score:.3f}  {h.path}"), soft_wrap=True)
     return True
 
 
@@ -208,14 +214,39 @@ def status_table(infos: list[CatalogInfo]) -> Table:
         table.add_column(column, overflow="fold")
     for c in infos:
         table.add_row(
-            c.backbone,
+            plain(c.backbone),
             str(c.files),
             str(c.skipped),
             _size(c.bytes_on_disk),
             "current" if c.ann_current else "rebuilt on next use",
-            str(c.folder),
+            plain(c.folder),
         )
     return table
+
+
+def gone_lines(infos: list[CatalogInfo]) -> list[Text]:
+    """For each indexed folder gone from disk that the catalog still holds photos from: what, and the command that
+    drops them."""
+    from p2w.spec import options_for
+
+    lines = []
+    for c in infos:
+        options = options_for(c.backbone)
+        select = f" {options}" if options else (" --model ... --pretrained ..." if options is None else "")
+        for path, photos in c.gone:
+            lines.append(
+                plain(
+                    f"gone from disk: {path} ({photos} photos still in the catalog of {c.backbone}); if it will not "
+                    f"come back: p2w forget {_quoted(path)}{select}"
+                )
+            )
+    return lines
+
+
+def _quoted(path: str) -> str:
+    import shlex
+
+    return shlex.quote(shown(path))
 
 
 def _size(n: int) -> str:
@@ -266,12 +297,12 @@ def mappers_table(rows: list[Registered]) -> Table:
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
-            r.name,
+            plain(r.name),
             r.method,
-            r.backbone,
+            plain(r.backbone),
             f"{r.embed_dim} -> {r.token_width}",
             _size(r.size),
-            r.source,
+            plain(r.source),
             "*" if r.is_default else "",
         )
     return table
@@ -318,22 +349,23 @@ def _pct(values: dict[str, float], key: str) -> str:
 
 
 def demo_table(query: DemoQuery, results: list[DemoResult]) -> Table:
-    """One demo query: per mode, its top results (class and colour) with right answers ticked."""
+    """One demo query: per mode, its top results (class and colour) with right answers ticked, and what a tick
+    means for this query (a colour change asks for the very same item, not any item of that class and colour)."""
     from p2w.micro.demo import parse_name
     from p2w.micro.world import CLASSES, COLOUR_NAMES
 
-    table = Table(title=f"query: {query.describe()}", title_justify="left")
+    table = Table(title=Text(f"query: {query.describe()}"), title_justify="left")
     table.add_column("mode")
     table.add_column("right", justify="right")
-    table.add_column("top results (✓ = what was asked for)", overflow="fold")
+    table.add_column(f"top results (✓ = {query.wanted()})", overflow="fold")
     for r in results:
-        shown = []
-        for path, right in zip(r.paths, r.right, strict=True):
+        cell = Text()
+        for i, (path, right) in enumerate(zip(r.paths, r.right, strict=True)):
             label, colour, _ = parse_name(path)
-            mark = "[green]✓[/green]" if right else "[dim]·[/dim]"
-            shown.append(f"{mark} {COLOUR_NAMES[colour]} {CLASSES[label]}")
-        style = "bold" if r.mode == "pic2word" else ""
+            cell.append(", " if i else "")
+            cell.append("✓" if right else "·", style="green" if right else "dim")
+            cell.append(f" {COLOUR_NAMES[colour]} {CLASSES[label]}")
         table.add_row(
-            f"[{style}]{r.mode}[/{style}]" if style else r.mode, f"{sum(r.right)}/{len(r.right)}", ", ".join(shown)
+            Text(r.mode, style="bold" if r.mode == "pic2word" else ""), f"{sum(r.right)}/{len(r.right)}", cell
         )
     return table

@@ -10,18 +10,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from p2w.core.devices import workers_help
 from p2w.errors import P2WError
-from p2w.settings import Settings
-
-if TYPE_CHECKING:
-    from p2w.core.compose import QueryPlan
+from p2w.fspath import shown
 
 app = typer.Typer(
     name="p2w",
@@ -39,8 +36,9 @@ mapper_app = typer.Typer(help="Manage Pic2Word mappers.", no_args_is_help=True, 
 app.add_typer(embed_app, name="embed")
 app.add_typer(mapper_app, name="mapper")
 
-# soft_wrap: a path or a command printed for the user to copy is never broken over two lines, whatever the width
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# soft_wrap: a path or a command printed for the user to copy is never broken over two lines, whatever the width;
+# markup and emoji off: what p2w prints is data (a file named "[draft] :x: shirt.jpg" is printed as it is named)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 _verbose = False  # -v: tracebacks of errors too
 
 
@@ -80,9 +78,19 @@ UnusedDeviceOpt = Annotated[str | None, typer.Option("--device", help="accepted 
 UnusedPrecisionOpt = Annotated[str, typer.Option("--precision", help="accepted for uniformity; no model is loaded")]
 
 
+def note(text: str) -> None:
+    """A line for the user on stderr (a path in it shown with ``p2w.fspath.shown``)."""
+    err_console.print(shown(text))
+
+
 def out_console() -> Console:
-    """The console for results on stdout (made per command: tests swap ``sys.stdout``)."""
-    return Console(soft_wrap=True)
+    """The console for results on stdout (made per command: tests swap ``sys.stdout``): data printed as data, and
+    written to a pipe or a file, tables as wide as their rows (a path is never folded at 80 columns)."""
+    wide = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(soft_wrap=True, markup=False, emoji=False, highlight=False, width=wide)
+
+
+PIPE_WIDTH = 100_000  # "unlimited": rich sizes a table to its content and wraps nothing below this
 
 
 def _version(value: bool) -> None:
@@ -136,11 +144,11 @@ def user_errors() -> Iterator[None]:
         yield
     except P2WError as exc:
         if _verbose:
-            err_console.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+            err_console.print(shown("".join(traceback.format_exception(exc))))
+        err_console.print(Text.assemble(("error:", "bold red"), " ", shown(str(exc))))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        note("interrupted")
         raise typer.Exit(130) from None
 
 
@@ -149,46 +157,13 @@ def load_engine(
     pretrained: str | None,
     device: str | None,
     precision: str,
-    mapper: str | None = None,
+    mapper: str | Path | None = None,
     **kw: Any,
 ) -> Any:
     """``p2w.load`` with the command's options; no mapper unless the command names one (or ``"default"``)."""
     import p2w
 
     return p2w.load(model=model, pretrained=pretrained, device=device, precision=precision, mapper=mapper, **kw)
-
-
-def chosen_mapper(mapper: str | None, model: str | None, pretrained: str | None, download: bool) -> str:
-    """``--mapper`` as given, else the backbone's default, else (only with ``--download``) the known published one."""
-    if mapper is not None:
-        return mapper
-    from p2w.mappers.defaults import default_mapper
-
-    settings = Settings.from_env()
-    spec = settings.backbone(model, pretrained)
-    return default_mapper(spec.id, settings, download, notify=err_console.print)
-
-
-def query_plan(
-    mode: str | None,
-    images: int,
-    has_text: bool,
-    prompt: str | None,
-    mapper: str | None,
-    model: str | None,
-    pretrained: str | None,
-    download: bool,
-) -> tuple[QueryPlan, str | None]:
-    """The query's mode and template, and the mapper it needs (None when it needs none), resolved before any model
-    loads; with a mapper and no --prompt, the template is the mapper's method's."""
-    from p2w.core.compose import plan
-    from p2w.mappers.registry import default_prompt
-
-    qp = plan(mode, images, has_text, prompt)
-    if not qp.needs_mapper:
-        return qp, None
-    chosen = chosen_mapper(mapper, model, pretrained, download)
-    return plan(mode, images, has_text, prompt, default_prompt(chosen, Settings.from_env().mappers_dir)), chosen
 
 
 def main(argv: list[str] | None = None) -> None:

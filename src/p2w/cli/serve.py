@@ -16,8 +16,8 @@ from p2w.cli.root import (
     PrecisionOpt,
     PretrainedOpt,
     app,
-    err_console,
     load_engine,
+    note,
     user_errors,
 )
 from p2w.settings import Settings
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from p2w.serve.run import Address
 
 
-@app.command("serve")
+@app.command("serve", short_help="A web page for composed search: p2w serve --open")
 def serve_command(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -48,7 +48,7 @@ def serve_command(
         from p2w.serve.run import serve
 
         if not _loopback(host):
-            err_console.print(
+            note(
                 f"warning: listening on {host}: anyone who can reach this machine and has the token can search and "
                 "see your photos"
             )
@@ -64,13 +64,13 @@ def serve_command(
                 download=download,
             )
             if engine.mapper is None:
-                err_console.print(f"note: {engine.missing_mapper}; image, text and average modes still work")
+                note(f"note: {engine.missing_mapper}; image, text and average modes still work")
             return engine
 
         def ready(address: Address, engine: Engine) -> None:
             url = address.url
             typer.echo(url)  # the first line on stdout, for scripts
-            err_console.print(f"p2w serve: {engine.backbone.id}; Ctrl-C stops")
+            note(f"p2w serve: {engine.backbone.id}; Ctrl-C stops")
             if open_browser:
                 import webbrowser
 

@@ -41,6 +41,13 @@ class DemoQuery:
         """E.g. ``"red dress + 'shirt'"``."""
         return f"{mw.COLOUR_NAMES[self.colour]} {mw.CLASSES[self.label]} + {self.text!r}"
 
+    def wanted(self) -> str:
+        """What a right answer is, e.g. ``"any red shirt"`` or ``"this very pullover, in purple"`` (a colour change
+        asks for the same item: another item of that class and colour is not ticked)."""
+        if self.same_item:
+            return f"this very {mw.CLASSES[self.want_label]}, in {mw.COLOUR_NAMES[self.want_colour]}"
+        return f"any {mw.COLOUR_NAMES[self.want_colour]} {mw.CLASSES[self.want_label]}"
+
 
 # class changes keep the colour ("a * {text}"); colour changes keep the item ("a photo of * , in {text}.")
 QUERIES = (
@@ -145,7 +152,8 @@ def run(
             _, _, qrow = parse_name(qpath)
             for mode in MODES:
                 vec = engine.encode_query(qpath, q.text, mode=mode, prompt=q.template)
-                hits = [Path(h.path) for h in search(catalog, vec, k=SHOW + 1) if Path(h.path) != qpath][:SHOW]
+                found = search(catalog, vec, k=SHOW + 1, within=gallery)  # the demo's own photos only
+                hits = [Path(h.path) for h in found if Path(h.path) != qpath][:SHOW]
                 row.append(Result(mode, hits, [_right(q, qrow, h) for h in hits]))
             out.results.append(row)
     finally:
