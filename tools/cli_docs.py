@@ -62,8 +62,8 @@ def root_command() -> Any:
     root = typer.main.get_command(app)
     for cmd in _all(root):
         for param in cmd.params:
-            if "--workers" in getattr(param, "opts", ()):
-                param.help = workers_help(cpus=DOC_CPUS)  # the same on every machine that renders the docs
+            if "--workers" in getattr(param, "opts", ()):  # the same on every machine that renders the docs
+                param.help = param.help.replace(workers_help(), workers_help(cpus=DOC_CPUS))
     return root
 
 

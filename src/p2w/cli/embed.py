@@ -21,10 +21,13 @@ from p2w.cli.root import (
     QueryArgs,
     RawOpt,
     embed_app,
+    err_console,
     load_engine,
     note,
+    out_console,
     user_errors,
 )
+from p2w.core.devices import workers_help
 from p2w.settings import Settings
 
 
@@ -97,3 +100,68 @@ def embed_query(
         image = imgs[0] if len(imgs) == 1 else (imgs or None)  # one path as before; a list for several
         record = {"input": {"image": image, "text": txt}, "mode": qp.mode, "prompt": qp.template}
         _emit([record], vectors, output, as_json, force)
+
+
+@embed_app.command("dataset", short_help="Embed a collection into clip-retrieval's layout")
+def embed_dataset(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="folders, path lists (.txt .csv .tsv .parquet), webdataset shards (a.tar, {00000..00099}.tar)"
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="the layout's folder (new, or a run of the same sources to resume)")
+    ],
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="float16 (clip-retrieval's) or float32")] = "float16",
+    text: Annotated[bool, typer.Option("--text", help="also the captions' text embeddings (text_emb/)")] = False,
+    part_rows: Annotated[int, typer.Option("--part-rows", min=1, help="rows per part of a folder or list")] = 10_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=0, help=f"{workers_help()}; with --ray: the tower's actors [default: 1]"),
+    ] = None,
+    path_column: Annotated[str | None, typer.Option("--path-column", help="a list's path column")] = None,
+    caption_column: Annotated[str | None, typer.Option("--caption-column", help="a list's caption column")] = None,
+    ray: Annotated[
+        str | None, typer.Option("--ray", help="run on Ray: local (a private cluster), auto, or ray://HOST:PORT")
+    ] = None,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0, help="GPUs of each tower actor")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Embed an image collection into clip-retrieval's layout (img_emb/, metadata/, p2w.json), part by part; a re-run
+    with the same sources resumes, e.g. p2w embed dataset 'shards/{00000..00019}.tar' --out emb/"""
+    with user_errors():
+        import json
+
+        import p2w
+        from p2w.cli.render import LibraryProgress, dataset_table
+        from p2w.datasets.embed import Options, embed_dataset
+
+        settings = Settings.from_env()
+        spec = settings.backbone(model, pretrained)
+        options = Options(part_rows, dtype, text, batch_size, None if ray else workers, path_column, caption_column)
+
+        def load() -> Any:
+            return p2w.load(model, pretrained, mapper=None, device=device, precision=precision).backbone
+
+        with LibraryProgress(err_console) as progress:
+            report = embed_dataset(
+                sources,
+                out,
+                spec,
+                load,
+                options,
+                progress,
+                ray,
+                ray_workers=workers or 1,
+                gpus_per_worker=gpus_per_worker,
+            )
+        if as_json:
+            typer.echo(json.dumps(report.to_json()))
+        else:
+            out_console().print(dataset_table(report))

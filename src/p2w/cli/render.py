@@ -13,6 +13,7 @@ from rich.text import Text
 from p2w.fspath import shown
 
 if TYPE_CHECKING:
+    from p2w.datasets.embed import EmbedReport
     from p2w.evaluation.common import EvalResult
     from p2w.library.catalog import Hit
     from p2w.library.index import IndexReport
@@ -111,7 +112,8 @@ class LibraryProgress:
             self.tasks[stage] = self.bar.add_task(stage, total=total, rate="")
             self.started[stage] = time.perf_counter()
         rate = done / max(time.perf_counter() - self.started[stage], 1e-9)
-        self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.0f} files/s")
+        unit = "files" if stage in ("hashing", "embedding") else stage
+        self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.1f} {unit}/s")
 
 
 def train_table(result: TrainResult) -> Table:
@@ -149,6 +151,22 @@ def index_table(report: IndexReport) -> Table:
     for column in values:
         table.add_column(column, justify="right")
     table.add_row(*(str(v) for v in values.values()))
+    return table
+
+
+def dataset_table(report: EmbedReport) -> Table:
+    """Summary of ``p2w embed dataset``: parts and rows written, what was skipped and why."""
+    summary = report.to_json()
+    table = Table(title=Text(f"{report.rows} rows of {report.backbone} into {report.out}"))
+    for column in ("parts", "written now", "done before", "rows", "rows/s", "seconds"):
+        table.add_column(column, justify="right")
+    rate = summary["rows_per_s"]
+    table.add_row(
+        str(report.parts), str(report.written), str(report.resumed), str(report.rows),
+        "-" if rate is None else f"{rate:,.1f}", f"{report.seconds:.1f}",
+    )  # fmt: skip
+    for reason, count in report.problems.counts().items():
+        table.caption = (table.caption or "skipped: ") + f"{reason} {count}; "
     return table
 
 

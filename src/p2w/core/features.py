@@ -214,7 +214,8 @@ class ViewDataset(torch.utils.data.Dataset[Any]):
             torch.set_rng_state(state)
 
 
-def _collate(batch: list[Any]) -> list[Any]:
+def as_given(batch: Any) -> Any:
+    """A DataLoader ``collate_fn`` that keeps a batch (or an item) as it is."""
     return batch
 
 
@@ -248,7 +249,7 @@ class FileDataset(torch.utils.data.Dataset[Any]):
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _worker_init(parent: int, _worker_id: int) -> None:
+def worker_init(parent: int, _worker_id: int) -> None:
     """A DataLoader worker's start: it stops with its parent process (``kill -9``, OOM), not seconds later.
 
     On Linux the kernel kills it when the parent thread that started it ends (``PR_SET_PDEATHSIG``); on other POSIX
@@ -294,8 +295,8 @@ def iter_encoded(
         dataset,
         batch_size=batch_size,
         num_workers=workers,
-        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
-        collate_fn=_collate,
+        worker_init_fn=functools.partial(worker_init, os.getpid()) if workers else None,
+        collate_fn=as_given,
         pin_memory=backbone.placement.device.type == "cuda",
         persistent_workers=False,
     )
