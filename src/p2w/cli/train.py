@@ -30,6 +30,10 @@ def train_command(
         Path | None,
         typer.Option("--captions", help="caption file (a caption a line, JSONL or reference CSV): LinCIR's objective"),
     ] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option("--embeddings", help="a layout of p2w embed dataset: its vectors x norm instead of --data"),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="name to register the mapper under")] = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -105,6 +109,7 @@ def train_command(
         cfg = TrainConfig(
             data=str(data) if data else "",
             captions=str(captions) if captions else None,
+            embeddings=str(embeddings) if embeddings else None,
             name=name,
             model=model,
             pretrained=pretrained,

@@ -13,6 +13,7 @@ from p2w.settings import Settings
 # fields that define a run: a resumed run must match them
 RUN_FIELDS = (
     "data",
+    "embeddings",
     "captions",
     "network",
     "noise",
@@ -47,6 +48,7 @@ class TrainConfig:
 
     data: str = ""
     captions: str | None = None
+    embeddings: str | None = None  # a layout of `p2w embed dataset`: its vectors x norm instead of --data's images
     name: str | None = None
     model: str | None = None
     pretrained: str | None = None
@@ -76,10 +78,15 @@ class TrainConfig:
 
     @property
     def objective(self) -> str:
-        """``pic2word`` (images), ``lincir`` (captions) or ``mixed`` (both)."""
-        if self.captions and self.data:
+        """``pic2word`` (images, or their embeddings), ``lincir`` (captions) or ``mixed`` (both)."""
+        if self.captions and self.has_images:
             return "mixed"
         return "lincir" if self.captions else "pic2word"
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the run trains on images: ``data`` (decoded and encoded once) or ``embeddings`` (a layout)."""
+        return bool(self.data or self.embeddings)
 
     def with_defaults(self) -> TrainConfig:
         """Every option left at None set to its objective's (and network's) default; with captions ``epochs``,
@@ -215,11 +222,13 @@ class RunPaths:
 def check_start(cfg: TrainConfig, name: str, paths: RunPaths) -> None:
     """Refuse, before any work, what would lose or clobber the user's files."""
     check_name(name, "name")
-    if not cfg.data and not cfg.captions and not cfg.resume:
+    if not cfg.has_images and not cfg.captions and not cfg.resume:
         raise P2WError(
-            "--data or --captions is required: an image folder, list file or CSV, and/or a caption file "
-            "(or --resume a run)"
+            "--data, --embeddings or --captions is required: an image folder, list file or CSV, a layout of "
+            "p2w embed dataset, and/or a caption file (or --resume a run)"
         )
+    if cfg.data and cfg.embeddings:
+        raise P2WError("give the images one way: --data (files) or --embeddings (a layout of p2w embed dataset)")
     if cfg.resume and not paths.checkpoint.is_file():
         raise P2WError(f"no checkpoint to resume for {name!r} ({paths.checkpoint}); start it without --resume")
     if not cfg.resume and not cfg.force:

@@ -61,7 +61,7 @@ def _train(cfg: TrainConfig, settings: Settings, cb: Callbacks, d: Dist) -> Trai
     check_start(cfg, name, paths)
     if cfg.resume:
         cfg = resumed_config(cfg, read_checkpoint(paths.checkpoint))
-    if not cfg.data and not cfg.captions:  # a resumed run's checkpoint without either (check_start asks a new one)
+    if not cfg.has_images and not cfg.captions:  # a resumed run's checkpoint without any (check_start asks a new one)
         raise P2WError("nothing to train on: give --data (images) and/or --captions (a caption file)")
     spec = settings.backbone(cfg.model, cfg.pretrained)
     cfg = replace(cfg.with_defaults(), model=spec.model, pretrained=spec.pretrained)
@@ -93,7 +93,7 @@ def _metadata(run: Run) -> dict[str, str]:
     """What the mapper file records of the run: the method decides the prompt a query uses by default (LinCIR's
     for anything trained on captions, Pic2Word's for images alone), the objective says what it was trained on."""
     cfg = run.cfg
-    trained_on = [Path(p).name for p in (cfg.data, cfg.captions) if p]
+    trained_on = [Path(p).name for p in (cfg.data, cfg.embeddings, cfg.captions) if p]
     extra = {
         "trained_on": " + ".join(trained_on),
         "steps": str(run.step),

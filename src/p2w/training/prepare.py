@@ -33,7 +33,7 @@ from p2w.training.schedule import (
 )
 from p2w.training.state import Run
 from p2w.training.step import TrainStep, adamw, lincir_adamw
-from p2w.training.trainset import FeatureSource, load_features, split_rows
+from p2w.training.trainset import FeatureSource, layout_features, load_features, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +106,29 @@ def _cursors(
 def _images(
     cfg: TrainConfig, backbone: Backbone, files: list[Path], settings: Settings, d: Dist, cb: Callbacks
 ) -> tuple[FeatureSource | None, torch.Tensor, torch.Tensor, Skipped]:
-    """The image features (from the cache) and the held-out split; nothing without ``--data``."""
+    """The image features (from the cache, or a layout's vectors) and the held-out split; nothing without images."""
     none = torch.zeros(0, dtype=torch.long)
-    if not cfg.data:
+    if not cfg.has_images:
         return None, none, none, []
-    cb.stage(f"image features of {len(files)} files")
-    source, images = load_features(
-        backbone,
-        files,
-        settings.home,
-        d,
-        views=cfg.augment_views,
-        cache=cfg.cache,
-        workers=cfg.workers,
-        batch_size=cfg.batch_size or 128,
-        progress=cb.progress,
-    )
+    if cfg.embeddings:
+        cb.stage(f"image features from the layout {cfg.embeddings}")
+        source, images = layout_features(Path(cfg.embeddings).expanduser(), backbone)
+    else:
+        cb.stage(f"image features of {len(files)} files")
+        source, images = load_features(
+            backbone,
+            files,
+            settings.home,
+            d,
+            views=cfg.augment_views,
+            cache=cfg.cache,
+            workers=cfg.workers,
+            batch_size=cfg.batch_size or 128,
+            progress=cb.progress,
+        )
     if len(images.hashes) < 2:
-        raise P2WError(f"{cfg.data} has {len(images.hashes)} readable image(s); training needs at least 2")
+        where = cfg.data or cfg.embeddings
+        raise P2WError(f"{where} has {len(images.hashes)} readable image(s); training needs at least 2")
     train_rows, val_rows = split_rows(images.hashes, cfg.val_fraction, cfg.seed)
     return source, train_rows, val_rows, list(images.skipped)
 

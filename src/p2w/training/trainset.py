@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from p2w.core import layout
 from p2w.core.backbone import Backbone
 from p2w.core.features import FeatureCache, ImageSet, Views, hash_files, missing_views, store_views, view_dataset
 from p2w.core.images import open_image
@@ -164,6 +165,60 @@ def _table(backbone: Backbone, hashes: list[str], views: Views, cache: FeatureCa
     if device.type == "cuda" and table.numel() * 4 < 0.25 * torch.cuda.mem_get_info(device)[0]:
         table = table.to(device)
     return table
+
+
+class LayoutSource:
+    """Image features from a layout of ``p2w embed dataset``: its unit vectors times their ``norm``, memory-mapped,
+    so a batch reads only its own rows (a rank reads its share; nothing is loaded whole)."""
+
+    views_per_image = 1
+
+    def __init__(self, files: list[np.ndarray], starts: np.ndarray, rows: np.ndarray, norms: np.ndarray, device: Any):
+        self.files, self.starts = files, starts  # per file: its memory map and its first global row
+        self.rows, self.norms, self.device = rows, norms, device  # per kept row: its global row and its norm
+
+    def get(self, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Features ``(len(rows), embed_dim)`` float32 of kept rows ``rows`` (one view each)."""
+        picked = rows.cpu().numpy()
+        wanted = self.rows[picked]
+        which = np.searchsorted(self.starts, wanted, side="right") - 1
+        out = np.empty((len(wanted), self.files[0].shape[1]), dtype=np.float32)
+        for f in np.unique(which):
+            at = which == f
+            out[at] = self.files[f][wanted[at] - self.starts[f]]
+        out *= self.norms[picked][:, None]
+        return torch.from_numpy(out).to(self.device)
+
+
+def layout_features(folder: Path, backbone: Backbone) -> tuple[FeatureSource, ImageSet]:
+    """The training images of a layout: one row per content (the first of copies, by ``hash``), in linear time;
+    a layout of another backbone, or without ``norm`` (written by another tool), is refused."""
+    manifest = layout.Manifest.read(folder)
+    if manifest is not None and manifest.backbone != backbone.id:
+        raise P2WError(f"{folder} holds embeddings of {manifest.backbone}, not {backbone.id}; pass its --model")
+    files = layout.vector_files(folder)
+    maps = [np.load(f, mmap_mode="r") for f in files]
+    if maps[0].shape[1] != backbone.embed_dim:
+        raise P2WError(f"{folder} holds {maps[0].shape[1]}-d vectors; {backbone.id} makes {backbone.embed_dim}-d")
+    starts = np.cumsum([0] + [len(m) for m in maps[:-1]]).astype(np.int64)
+    first: dict[str, int] = {}
+    norms: list[float] = []
+    skipped: list[tuple[str, str]] = []
+    for f, start in zip(files, starts, strict=True):
+        cols = layout.read_columns(f, ["image_path", "norm", "hash"])
+        if any(n is None for n in cols["norm"]):
+            raise P2WError(f"{layout.metadata_file(f)} has no norm: mappers take the features before normalising; "
+                           "make the layout with: p2w embed dataset SOURCE --out DIR")  # fmt: skip
+        for i, (path, norm, digest) in enumerate(zip(cols["image_path"], cols["norm"], cols["hash"], strict=True)):
+            key = digest or f"row-{start + i}"
+            if key in first:
+                skipped.append((str(path), "same content as an earlier row"))
+                continue
+            first[key] = int(start + i)
+            norms.append(float(norm))
+    source = LayoutSource(maps, starts, np.fromiter(first.values(), dtype=np.int64, count=len(first)),
+                          np.asarray(norms, dtype=np.float32), backbone.placement.device)  # fmt: skip
+    return source, ImageSet([], list(first), skipped)
 
 
 def split_rows(hashes: Sequence[str], fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
