@@ -369,7 +369,7 @@ def test_cli_train_captions_json_and_errors(tiny, captions, p2w_home, tmp_path):
     assert missing.exit_code == 1 and missing.stderr.strip().count("\n") == 0
     assert "caption file not found" in missing.stderr
     nothing = runner.invoke(app, ["train", *backbone])
-    assert nothing.exit_code == 1 and "--data or --captions is required" in nothing.stderr
+    assert nothing.exit_code == 1 and "--data, --embeddings or --captions is required" in nothing.stderr
 
 
 @pytest.mark.slow
