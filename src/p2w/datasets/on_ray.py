@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from p2w.core.backbone import Backbone
-from p2w.core.devices import Placement
+from p2w.core.devices import Placement, available_cpus
 from p2w.core.sources import Part, Problems
-from p2w.datasets.embed import Job, write
 from p2w.datasets.rows import Transform, decode_part
+from p2w.datasets.tower import Job, write
 from p2w.errors import P2WError
 from p2w.spec import BackboneSpec
 
@@ -98,6 +98,10 @@ class _Tower:
     """Stage 2 (an actor): the backbone loaded once; each part through the tower and written from here."""
 
     def __init__(self, spec: BackboneSpec, device: str, precision: str, job: Job, transform: Transform) -> None:
+        if device == "cpu":  # Ray gives a 1-CPU actor one OpenMP thread; a tower on the CPU uses the machine's, as
+            import torch  # it does in a process of its own (decoding tasks are mostly waiting on it anyway)
+
+            torch.set_num_threads(available_cpus())
         self.backbone = Backbone.load(spec, device=device, precision=precision)
         self.job, self.transform = job, transform
 
