@@ -239,3 +239,24 @@ def _tower_workers() -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.mark.slow
+def test_the_command_on_a_private_local_cluster(tiny, tmp_path):
+    """`--ray local` from the command line: a cluster of its own, started and stopped by the run."""
+    _folder(tmp_path / "photos", 4)
+    out = tmp_path / "emb"
+    cmd = [sys.executable, "-m", "p2w", "embed", "dataset", str(tmp_path / "photos"), "--out", str(out), "--json"]
+    cmd += ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--ray", "local", "--part-rows", "2"]
+    env = {**os.environ, "P2W_HOME": str(tmp_path / "home"), "RAY_ADDRESS": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert (summary["engine"], summary["parts"], summary["rows"]) == ("local", 2, 4)
+    vectors, rows = read_layout(out)
+    assert len(vectors) == 4 and [r["image_path"] for r in rows] == sorted(
+        str(p) for p in (tmp_path / "photos").iterdir()
+    )
+    cmd[cmd.index("local")] = "nowhere:1"
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "unknown --ray address" in bad.stderr

@@ -81,6 +81,8 @@ def embed_dataset(
     this machine belongs to) or ``"ray://HOST:PORT"``; ``ray_workers`` tower actors of ``gpus_per_worker`` GPUs each.
     """
     start = time.perf_counter()
+    if ray is not None and ray not in ("local", "auto") and not ray.startswith("ray://"):
+        raise P2WError(f"unknown --ray address {ray!r}: use local, auto or ray://HOST:PORT")
     options = options or Options()
     if options.dtype not in layout.DTYPES:
         raise P2WError(f"unknown --dtype {options.dtype!r}; use {' or '.join(layout.DTYPES)}")

@@ -76,8 +76,6 @@ def _connect(ray: Any, address: str) -> bool:
     """Connect to ``address``; True when this call started the connection (so ends it)."""
     if ray.is_initialized():
         return False
-    if address != "local" and address != "auto" and not address.startswith("ray://"):
-        raise P2WError(f"unknown --ray address {address!r}: use local, auto or ray://HOST:PORT")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
