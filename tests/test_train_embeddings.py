@@ -1,7 +1,10 @@
-"""`p2w train --embeddings DIR`: Pic2Word's objective on a layout's vectors times their norm, no image tower; the same
-run as training on the same images' feature cache; linear in the rows."""
+"""Training from what `p2w embed dataset` reads and writes: `--embeddings DIR` (Pic2Word's objective on a layout's
+vectors times their norm, no image tower; the same run as from the images' feature cache; linear in the rows), and
+`--captions` from webdataset shards or a layout."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -72,3 +75,29 @@ def test_a_layout_without_norms_or_of_another_backbone_is_refused(tiny, tmp_path
     layout.start(tmp_path / "other", layout.Manifest("ViT-B-32/openai", 32, "float32", 1, 4, []))
     with pytest.raises(P2WError, match="holds embeddings of ViT-B-32/openai"):
         layout_features(tmp_path / "other", backbone)
+
+
+def test_captions_from_shards_and_from_a_layout(tiny, tmp_path):
+    from p2w.datasets.embed import Options, embed_dataset
+    from p2w.training.captions import read_captions
+    from test_datasets import _shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "00000.tar", 0, 3)
+    _shard(shards / "00001.tar", 3, 3, bad=True)  # a key without an image is no sample: its caption is not read
+    from_shards = read_captions(shards / "{00000..00001}.tar")
+    assert [c.text for c in from_shards] == [f"a photo number {i}" for i in range(6)]
+    assert [c.text for c in read_captions(shards)] == [c.text for c in from_shards]  # a folder of shards
+    spec = BackboneSpec(str(tiny.config), str(tiny.weights))
+    embed_dataset([str(shards)], tmp_path / "emb", spec, lambda: Backbone.load(spec, device="cpu"), Options())
+    from_layout = read_captions(tmp_path / "emb")
+    assert [c.text for c in from_layout] == [f"a photo number {i}" for i in range(6)]  # the rows that were embedded
+    result = runner.invoke(
+        app,
+        ["train", "--captions", str(tmp_path / "emb"), "--model", str(tiny.config), "--pretrained", str(tiny.weights),
+         "--device", "cpu", "--max-steps", "2", "--batch-size", "4", "--hidden-dim", "16", "--keywords", "rule",
+         "--name", "from-layout", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["captions"] == 6

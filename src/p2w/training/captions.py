@@ -2,7 +2,10 @@
 
 A caption file is plain text (one caption a line), JSON Lines (``.jsonl``/``.ndjson``: an object a line with a
 ``caption`` or ``text`` field), or the reference's CSV (``.csv``/``.tsv``: tab-separated, a header naming ``title``
-or ``caption``, e.g. the Pic2Word reference's CC3M ``filepath<TAB>title``). No image is read.
+or ``caption``, e.g. the Pic2Word reference's CC3M ``filepath<TAB>title``). Captions also come from the sources
+``p2w embed dataset`` reads (``p2w.core.sources``): webdataset shards (their ``txt`` members: a shard, a brace pattern,
+a folder of shards) and ``.parquet`` lists (their caption column), and from a layout (its metadata's ``caption``
+column). No image is decoded.
 """
 
 from __future__ import annotations
@@ -29,11 +32,49 @@ class Caption:
 
 
 def read_captions(path: Path) -> list[Caption]:
-    """Every non-blank caption of ``path`` in file order; a missing, unreadable or empty file is an error."""
+    """Every non-blank caption of ``path`` in file (or source) order; ``line`` numbers a file's lines, or a source's
+    rows; a missing, unreadable or empty source is an error."""
+    if (path / "metadata").is_dir():
+        found = _layout_captions(path)
+    elif _is_source(path):
+        found = _source_captions(str(path))
+    else:
+        found = _file_captions(path)
+    found = [c for c in found if c.text.strip()]
+    if not found:
+        raise P2WError(f"no captions in {path} (one caption a line, JSONL, CSV, shards with .txt members, a layout)")
+    return found
+
+
+def _is_source(path: Path) -> bool:
+    """Shards (a folder of them too) or a parquet list: what ``p2w.core.sources`` reads."""
+    name = str(path).lower()
+    if path.is_dir():
+        if not any(p.suffix.lower() == ".tar" for p in path.iterdir()):
+            raise P2WError(f"{path} is a folder without shards; --captions takes a caption file, shards or a layout")
+        return True
+    return name.endswith((".tar", ".tar.gz", ".tgz", ".parquet")) or "{" in name
+
+
+def _source_captions(source: str) -> list[Caption]:
+    from p2w.core.sources import Problems, plan, read
+
+    found = plan([source])
+    problems = Problems()
+    rows = (s.caption for part in found.parts for s in read(part, problems))
+    return [Caption(i, text) for i, text in enumerate(rows, 1) if text]
+
+
+def _layout_captions(folder: Path) -> list[Caption]:
+    from p2w.core import layout
+
+    texts = (t for f in layout.vector_files(folder) for t in layout.read_columns(f, ["caption"])["caption"])
+    return [Caption(i, text) for i, text in enumerate(texts, 1) if text]
+
+
+def _file_captions(path: Path) -> list[Caption]:
     if not path.exists():
         raise P2WError(f"caption file not found: {path}")
-    if path.is_dir():
-        raise P2WError(f"{path} is a folder; --captions takes a file (one caption a line, JSONL or CSV)")
     text = _text(path)
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
@@ -42,9 +83,6 @@ def read_captions(path: Path) -> list[Caption]:
         found = _read_csv(path, text)
     else:
         found = [Caption(i, line.strip()) for i, line in enumerate(text.splitlines(), 1)]
-    found = [c for c in found if c.text.strip()]
-    if not found:
-        raise P2WError(f"no captions in {path}: it is empty (one caption a line, JSONL or CSV)")
     return found
 
 
