@@ -26,7 +26,7 @@ from p2w.core.backbone import Backbone
 from p2w.core.devices import default_workers
 from p2w.core.features import as_given, worker_init
 from p2w.core.sources import Part, Problems, plan
-from p2w.datasets.rows import Decoded, PartRows, Tally, Transform
+from p2w.datasets.rows import PartRows, Transform, gather
 from p2w.datasets.tower import Job, Options, write
 from p2w.errors import P2WError
 from p2w.progress import Progress
@@ -142,13 +142,7 @@ def _in_process(
     if workers is None:
         workers = default_workers(backbone.placement.device)
     for part in parts:
-        rows: list[Decoded] = []
-        problems = Problems()
-        for item in _loader(part, transform, workers):
-            if isinstance(item, Tally):
-                problems.merge(item.problems)
-            else:
-                rows.append(item)
+        rows, problems = gather(_loader(part, transform, workers))
         done = write(backbone, transform, part, rows, problems, job)
         _count(report, done, progress)
 

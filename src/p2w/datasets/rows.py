@@ -6,7 +6,7 @@ DataLoader workers, or Ray CPU tasks) and ships uint8, four times smaller than t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,13 +116,18 @@ class PartRows(torch.utils.data.IterableDataset[Any]):
             yield tally
 
 
-def decode_part(part: Part, transform: Transform) -> tuple[list[Decoded], Problems]:
-    """Every row of a part decoded in this process (a Ray CPU task's work), and what was found bad."""
+def gather(items: Iterable[Decoded | Tally]) -> tuple[list[Decoded], Problems]:
+    """A part's decoded rows and what its readers found bad, from what ``PartRows`` yields (here or from workers)."""
     rows: list[Decoded] = []
-    tally = Tally()
-    for item in PartRows(part, transform):
+    problems = Problems()
+    for item in items:
         if isinstance(item, Tally):
-            tally = item
+            problems.merge(item.problems)
         else:
             rows.append(item)
-    return rows, tally.problems
+    return rows, problems
+
+
+def decode_part(part: Part, transform: Transform) -> tuple[list[Decoded], Problems]:
+    """Every row of a part decoded in this process (a Ray CPU task's work), and what was found bad."""
+    return gather(PartRows(part, transform))
