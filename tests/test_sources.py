@@ -17,7 +17,6 @@ from PIL import Image
 
 from p2w.core.sources import Part, Problems, Sample, expand_braces, plan, read
 from p2w.errors import P2WError
-from p2w.training.data import _read_csv
 
 
 def jpeg(seed: int) -> bytes:
@@ -117,12 +116,12 @@ def test_csv_and_tsv_lists_take_path_caption_and_meta_columns(tmp_path: Path) ->
     )
 
 
-def test_the_reference_csv_reads_as_training_reads_it(tmp_path: Path) -> None:
-    photos(tmp_path / "cc3m", ["0.jpg", "1.jpg", "2.jpg"])
+def test_the_reference_csv_is_a_list_of_paths_and_captions(tmp_path: Path) -> None:
+    made = photos(tmp_path / "cc3m", ["0.jpg", "1.jpg", "2.jpg"])
     listing = tmp_path / "cc3m" / "train.csv"
     listing.write_text("filepath\ttitle\n2.jpg\tsunset over a lake\n0.jpg\ta red car\n\n1.jpg\tan old man\n")
     rows = [row for part in plan([str(listing)]).parts for row in part.rows]
-    assert [Path(r.path) for r in rows] == _read_csv(listing)
+    assert [Path(r.path) for r in rows] == [made[2], made[0], made[1]]  # relative to the list's folder, in its order
     assert [r.caption for r in rows] == ["sunset over a lake", "a red car", "an old man"]
     assert all(r.meta == {} for r in rows)
 

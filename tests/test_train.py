@@ -19,7 +19,7 @@ from p2w.core import features
 from p2w.errors import P2WError, TrainingInterrupted
 from p2w.mappers.files import read_mapper
 from p2w.training.config import TrainConfig
-from p2w.training.data import list_images
+from p2w.training.data import training_data
 from p2w.training.loop import train
 from p2w.training.step import lr_at
 from training_runs import assert_same_run, two_and_one_process
@@ -194,7 +194,7 @@ def test_names_are_never_clobbered(tiny, photos):
 def test_bad_data(tiny, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(P2WError, match="no images found"):
+    with pytest.raises(P2WError, match="no images"):
         train(config(tiny, empty))
     one = tmp_path / "one"
     one.mkdir()
@@ -204,21 +204,6 @@ def test_bad_data(tiny, tmp_path):
         train(config(tiny, one))
     with pytest.raises(P2WError, match="not found"):
         train(config(tiny, tmp_path / "missing"))
-
-
-def test_list_file_and_reference_csv(photos, tmp_path):
-    pngs = sorted(photos.rglob("*.png"))[:3]
-    listing = tmp_path / "list.txt"
-    listing.write_text("# comment\n" + "\n".join(str(p) for p in pngs) + "\n")
-    assert list_images(listing) == pngs
-    csv = tmp_path / "cc3m.csv"
-    rel = [os.path.relpath(p, tmp_path) for p in pngs]
-    csv.write_text("title\tfilepath\n" + "".join(f"a caption\t{r}\n" for r in rel))
-    assert list_images(csv) == sorted(tmp_path / r for r in rel)
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a\tb\n")
-    with pytest.raises(P2WError, match="filepath"):
-        list_images(bad)
 
 
 def test_train_walks_a_folder_as_index_does(tmp_path):
@@ -236,7 +221,7 @@ def test_train_walks_a_folder_as_index_does(tmp_path):
     (tmp_path / "outside").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "outside" / "e.png")
     walked = sorted(Path(f.path) for f in scan([root]))
-    assert list_images(root) == walked
+    assert training_data(str(root)).files == walked
     assert {p.name for p in walked} == {"a.png", "b.jpg", "d.png", "e.png"}
 
 

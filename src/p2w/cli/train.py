@@ -24,7 +24,20 @@ from p2w.cli.root import (
 @app.command("train", short_help="Train a mapper: p2w train --data imgs/ --name mine")
 def train_command(
     data: Annotated[
-        Path | None, typer.Option("--data", help="image folder (recursive), list file, or reference CSV")
+        str | None,
+        typer.Option(
+            "--data",
+            help="image folder (recursive), list (.txt, .csv, .tsv, .parquet; the reference CSV), or webdataset "
+            "shards (shards/{00000..00099}.tar, a folder of them, a URL)",
+        ),
+    ] = None,
+    path_column: Annotated[
+        str | None,
+        typer.Option(
+            "--path-column",
+            help="--data's list: the column of paths [default: image_path, path, "
+            "filepath or filename, the first present]",
+        ),
     ] = None,
     captions: Annotated[
         Path | None,
@@ -107,7 +120,8 @@ def train_command(
         from p2w.training.loop import train
 
         cfg = TrainConfig(
-            data=str(data) if data else "",
+            data=data or "",
+            path_column=path_column,
             captions=str(captions) if captions else None,
             embeddings=str(embeddings) if embeddings else None,
             name=name,

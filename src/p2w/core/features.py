@@ -313,12 +313,13 @@ def iter_encoded(
 
 def encode_views(
     backbone: Backbone,
-    dataset: ViewDataset,
+    dataset: torch.utils.data.Dataset[Any],
     batch_size: int = 64,
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[tuple[int, int], torch.Tensor], list[tuple[int, str]]]:
-    """Encode every item of ``dataset``: {(row, view): features (embed_dim,) float32 on CPU}, and failures."""
+    """Encode every ``(row, view, pixels or None, reason)`` item of ``dataset`` (a ``ViewDataset``, or another with a
+    length that gives such items): {(row, view): features (embed_dim,) float32 on CPU}, and failures."""
     out: dict[tuple[int, int], torch.Tensor] = {}
     failed: list[tuple[int, str]] = []
     done = 0
@@ -330,7 +331,7 @@ def encode_views(
                 out[key] = feat
         done += len(batch)
         if progress:
-            progress("features", done, len(dataset))
+            progress("features", done, len(dataset))  # type: ignore[arg-type]
     return out, failed
 
 

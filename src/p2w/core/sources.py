@@ -64,6 +64,7 @@ def plan(
     rows_per_part: int = 10_000,
     path_column: str | None = None,
     caption_column: str | None = None,
+    other_files_are_lists: bool = False,
 ) -> Plan:
     """The parts that ``sources`` make, e.g. ``plan(["photos/", "shards/{00000..00099}.tar"])``.
 
@@ -72,12 +73,14 @@ def plan(
     before any is walked or read. ``inputs`` describes each source as given: its kind ("folder", "list", "tar",
     "image", or "mixed" for a pattern naming several kinds), total ``size`` and newest ``mtime_ns`` of what it names
     (for a folder, of its images; None for URLs), and ``matches``, how many paths it named.
+    ``other_files_are_lists``: a file of another suffix is a list, a path a line (``p2w train``'s list files),
+    not an error.
     """
     if rows_per_part < 1:
         raise P2WError(f"rows per part must be at least 1, not {rows_per_part}")
     if not sources:
         raise P2WError(f"no sources given; name {KINDS}")
-    resolved = [(source, _resolve(source)) for source in sources]
+    resolved = [(source, _resolve(source, other_files_are_lists)) for source in sources]
     options = _Options(rows_per_part, path_column, caption_column)
     problems = Problems()
     parts: list[Part] = []
@@ -107,7 +110,7 @@ def read(part: Part, problems: Problems) -> Iterator[Sample]:
     raise P2WError(f"unknown part kind {part.kind!r}; plan the sources again with this version of p2w")
 
 
-def _resolve(source: str) -> list[tuple[str, str]]:
+def _resolve(source: str, other_files_are_lists: bool = False) -> list[tuple[str, str]]:
     """``(kind, path or URL)`` for each thing ``source`` names, in order; a P2WError when any of it is missing."""
     names = expand_braces(source)
     if URL.match(source):
@@ -129,7 +132,8 @@ def _resolve(source: str) -> list[tuple[str, str]]:
             f"{len(missing)} of the {len(names)} paths {shown(source)} names do not exist (the first: "
             f"{shown(missing[0])}); fix the pattern, or name the shards that exist"
         )
-    resolved = [(_kind(path), os.path.abspath(path)) for path in paths]  # absolute: a Ray worker may run elsewhere
+    # absolute: a Ray worker may run elsewhere
+    resolved = [(_kind(path, other_files_are_lists), os.path.abspath(path)) for path in paths]
     return [pair for kind, path in resolved for pair in (_shard_folder(path) if kind == "folder" else [(kind, path)])]
 
 
@@ -146,7 +150,7 @@ def _shard_folder(folder: str) -> list[tuple[str, str]]:
     return [("tar", os.path.join(folder, n)) for n in shards]
 
 
-def _kind(path: str) -> str:
+def _kind(path: str, other_files_are_lists: bool = False) -> str:
     lower = path.lower()
     if os.path.isdir(path):
         return "folder"
@@ -156,6 +160,8 @@ def _kind(path: str) -> str:
         return "list"
     if lower.endswith(IMAGE_SUFFIXES):
         return "image"
+    if other_files_are_lists:
+        return "list"
     raise P2WError(f"{shown(path)} is not {KINDS}; rename it, or narrow the pattern that named it")
 
 
@@ -216,12 +222,12 @@ def _list_rows(path: str, options: _Options, problems: Problems) -> Iterator[Row
     """A list's rows, streamed; a list that cannot be read at all is a P2WError, a bad row a problem."""
     lower = path.lower()
     try:
-        if lower.endswith(".txt"):
-            yield from _txt_rows(path)
-        elif lower.endswith(".parquet"):
+        if lower.endswith(".parquet"):
             yield from _parquet_rows(path, options, problems)
-        else:
+        elif lower.endswith((".csv", ".tsv")):
             yield from _csv_rows(path, options, problems)
+        else:  # .txt, or a list file of another suffix (``other_files_are_lists``)
+            yield from _txt_rows(path)
     except (OSError, ValueError, csv.Error) as exc:
         raise P2WError(f"cannot read the list {shown(path)}: {summary(exc)}") from exc
 

@@ -13,6 +13,7 @@ from p2w.settings import Settings
 # fields that define a run: a resumed run must match them
 RUN_FIELDS = (
     "data",
+    "path_column",
     "embeddings",
     "captions",
     "network",
@@ -46,7 +47,8 @@ class TrainConfig:
     ``CAPTION_EPOCHS`` passes over the captions, at least ``MIN_CAPTION_STEPS`` and at most LinCIR's 50,000 steps
     (``schedule.caption_steps``), the warm-up 10% of that, at most LinCIR's 500 steps."""
 
-    data: str = ""
+    data: str = ""  # a folder, a list, webdataset shards (``p2w.training.data``)
+    path_column: str | None = None  # a .csv/.tsv/.parquet list's path column; None: the first of the usual names
     captions: str | None = None
     embeddings: str | None = None  # a layout of `p2w embed dataset`: its vectors x norm instead of --data's images
     name: str | None = None

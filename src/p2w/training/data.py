@@ -1,57 +1,49 @@
-"""Training inputs: a folder (walked as ``p2w index`` walks it: ``p2w.core.walk``), a list file (a path a line), or
-the reference CSV (filepath<TAB>title)."""
+"""Training images: every source ``p2w embed dataset`` reads (``p2w.core.sources``): a folder (walked as ``p2w index``
+walks it), a list (a path a line, ``.csv``/``.tsv``/``.parquet`` with a path column: the reference's CC3M CSV
+``filepath<TAB>title`` is one), webdataset shards (paths, brace patterns, a folder of shards, URLs through fsspec).
+A list file of any other suffix is read as a path a line, as p2w always read it."""
 
 from __future__ import annotations
 
-import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2w.core.images import IMAGE_SUFFIXES
-from p2w.core.walk import scan
+from p2w.core.sources import Part, Problems, plan
 from p2w.errors import P2WError
 
+Skipped = list[tuple[str, str]]
 
-def list_images(source: Path) -> list[Path]:
-    """Image paths named by ``source``, sorted and de-duplicated; an empty source is an error."""
-    if not source.exists():
-        raise P2WError(f"training data not found: {source}")
-    if source.is_dir():
-        paths = [Path(found.path) for found in scan([source])]
-    elif source.suffix.lower() in (".csv", ".tsv"):
-        paths = _read_csv(source)
-    else:
-        paths = _read_list(source)
-    unique = sorted(dict.fromkeys(paths))
-    if not unique:
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a ``--data`` source names: local files (sorted, each once) and shards (in order), and the rows planning
+    found bad (a list's empty path cell, a folder that cannot be listed). Picklable: rank 0 plans, others take it."""
+
+    files: list[Path]
+    shards: list[Part]
+    skipped: Skipped = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.shards)
+
+
+def training_data(source: str, path_column: str | None = None) -> TrainingData:
+    """The images ``source`` names; a missing or empty source is an error, e.g. ``training_data("cc3m.csv")``."""
+    found = plan([source], rows_per_part=1 << 30, path_column=path_column, other_files_are_lists=True)
+    files = sorted({Path(row.path) for part in found.parts if part.kind == "files" for row in part.rows})
+    shards = [part for part in found.parts if part.kind == "tar"]
+    if not files and not shards:
         raise P2WError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return unique
+    return TrainingData(files, shards, problem_rows(found.problems))
 
 
-def _read_list(path: Path) -> list[Path]:
-    base = path.parent
-    lines = (line.strip() for line in _text(path).splitlines())
-    return [_resolve(base, line) for line in lines if line and not line.startswith("#")]
-
-
-def _read_csv(path: Path) -> list[Path]:
-    """The reference's CC3M CSV: tab-separated with a header naming ``filepath`` (titles are ignored)."""
-    rows = list(csv.reader(_text(path).splitlines(), delimiter="\t"))
-    if not rows:
-        return []
-    header = [h.strip().lower() for h in rows[0]]
-    if "filepath" not in header:
-        raise P2WError(f"{path}: the first line must name the columns, one of them 'filepath' (tab-separated)")
-    col = header.index("filepath")
-    return [_resolve(path.parent, row[col].strip()) for row in rows[1:] if len(row) > col and row[col].strip()]
-
-
-def _resolve(base: Path, entry: str) -> Path:
-    p = Path(entry).expanduser()
-    return p if p.is_absolute() else base / p
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise P2WError(f"cannot read {path}: {exc}") from exc
+def problem_rows(problems: Problems) -> Skipped:
+    """``(place, reason)`` per bad input counted: the places kept, then one row per further input of that reason
+    (``Problems`` keeps a few places each), so that counting the rows counts the inputs."""
+    rows: Skipped = []
+    for reason, count in problems.counts().items():
+        places = problems.examples(reason)
+        rows += [(place, reason) for place in places]
+        rows += [("(more)", reason)] * (count - len(places))
+    return rows

@@ -7,12 +7,14 @@ and shared, as open_clip_train does: never derived by each rank from its own rea
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from p2w.errors import P2WError
 from p2w.training.objective import LossParts, contrastive_loss
 
 T = TypeVar("T")
@@ -66,6 +68,22 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def once(self, decide: Callable[[], T]) -> T:
+        """``decide()`` run by rank 0 alone, its answer on every rank; a ``P2WError`` it raises is raised on every rank
+        (the others would otherwise wait for an answer that never comes), e.g. ``d.once(lambda: plan(sources))``."""
+        if self.world == 1:
+            return decide()
+        answer: tuple[T | None, str | None] = (None, None)
+        if self.is_main:
+            try:
+                answer = (decide(), None)
+            except P2WError as exc:
+                answer = (None, str(exc))
+        value, error = self.broadcast(answer)
+        if error is not None:
+            raise P2WError(error)
+        return value  # type: ignore[return-value]
 
     def gather(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order, on every rank (it waits for them all, as a barrier does)."""

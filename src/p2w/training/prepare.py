@@ -4,6 +4,7 @@ batches, the schedule, the mapper (Pic2Word's or phi), its optimiser and the ste
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from p2w.training.caption_set import CaptionSet, load_captions
 from p2w.training.caption_step import CaptionStep
 from p2w.training.captions import Caption, read_captions
 from p2w.training.config import Callbacks, TrainConfig
-from p2w.training.data import list_images
+from p2w.training.data import TrainingData, training_data
 from p2w.training.distributed import Dist
 from p2w.training.keywords import keyword_rule
 from p2w.training.schedule import (
@@ -45,13 +46,13 @@ def prepare(
 ) -> tuple[Run, Skipped]:
     """Everything ``cfg`` (with its defaults filled in) needs before the first step; bad inputs fail before the
     model is loaded."""
-    files = list_images(Path(cfg.data).expanduser()) if cfg.data else []
+    data = d.once(lambda: training_data(os.path.expanduser(cfg.data), cfg.path_column)) if cfg.data else None
     read = read_captions(Path(cfg.captions).expanduser()) if cfg.captions else None
     device = d.device(cfg.device)
     cb.stage(f"loading {Path(str(cfg.model)).name} with weights {Path(str(cfg.pretrained)).name}")
     precision = resolve_precision(cfg.precision, resolve_device(device), training=True)
     backbone = Backbone.load(spec, device=device, precision=precision)
-    source, train_rows, val_rows, skipped = _images(cfg, backbone, files, settings, d, cb)
+    source, train_rows, val_rows, skipped = _images(cfg, backbone, data, settings, d, cb)
     captions = _captions(cfg, backbone, read, settings, d, cb) if read is not None else None
     images, texts = _cursors(cfg, d, train_rows, source, captions)
     skipped += captions.skipped if captions is not None else []
@@ -104,7 +105,7 @@ def _cursors(
 
 
 def _images(
-    cfg: TrainConfig, backbone: Backbone, files: list[Path], settings: Settings, d: Dist, cb: Callbacks
+    cfg: TrainConfig, backbone: Backbone, data: TrainingData | None, settings: Settings, d: Dist, cb: Callbacks
 ) -> tuple[FeatureSource | None, torch.Tensor, torch.Tensor, Skipped]:
     """The image features (from the cache, or a layout's vectors) and the held-out split; nothing without images."""
     none = torch.zeros(0, dtype=torch.long)
@@ -114,10 +115,12 @@ def _images(
         cb.stage(f"image features from the layout {cfg.embeddings}")
         source, images = layout_features(Path(cfg.embeddings).expanduser(), backbone)
     else:
-        cb.stage(f"image features of {len(files)} files")
+        assert data is not None, "cfg.has_images: --data or --embeddings"
+        named = [f"{len(data.files)} files"] * bool(data.files) + [f"{len(data.shards)} shards"] * bool(data.shards)
+        cb.stage(f"image features of {' and '.join(named)}")
         source, images = load_features(
             backbone,
-            files,
+            data,
             settings.home,
             d,
             views=cfg.augment_views,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,11 +16,14 @@ from p2w.core import layout
 from p2w.core.backbone import Backbone
 from p2w.core.features import FeatureCache, ImageSet, Views, hash_files, missing_views, store_views, view_dataset
 from p2w.core.images import open_image
+from p2w.core.sources import Part
 from p2w.errors import ImageError, P2WError
 from p2w.mappers.network import TokenMapper
 from p2w.progress import Progress
+from p2w.training.data import TrainingData
 from p2w.training.distributed import Dist
 from p2w.training.objective import photo_of_star_features
+from p2w.training.shard_set import Member, hash_shards, store_shard_views
 
 
 class FeatureSource(Protocol):
@@ -63,7 +67,7 @@ class LiveSource:
 
 def load_features(
     backbone: Backbone,
-    files: Sequence[Path],
+    data: TrainingData,
     home: Path,
     d: Dist,
     views: int = 1,
@@ -72,38 +76,57 @@ def load_features(
     batch_size: int = 128,
     progress: Progress | None = None,
 ) -> tuple[FeatureSource, ImageSet]:
-    """Hash the files, encode what the cache in ``home`` lacks (split over ranks; ``cache=False``: encode at every
-    step instead), and return the readable, distinct images. ``views``: cached random crops per image (0: none)."""
+    """Hash the images (files, then shard members), encode what the cache in ``home`` lacks (split over ranks;
+    ``cache=False``: encode at every step instead, files only), and return the readable, distinct images.
+    ``views``: cached random crops per image (0: none)."""
+    if data.shards and not cache:
+        raise P2WError("--no-cache decodes every image at every step, which needs files; webdataset shards are read "
+                       "as streams: train on them with the feature cache (leave out --no-cache)")  # fmt: skip
     kinds = Views(views)
     store = FeatureCache.for_backbone(home, backbone.id) if cache else None
     try:
-        if d.is_main or store is None:
-            images = hash_files(files, store, workers)
-        d.barrier()
-        if not d.is_main and store is not None:
-            images = hash_files(files, store, workers)  # all known now: no file is read
-        images = _distinct(images)
+        images = _hashed(data.files, store, workers, d)
+        where: list[Member | None] = [None] * len(images.hashes)
+        if data.shards:
+            members, found = hash_shards(data.shards, d)
+            images = ImageSet(images.paths + members.paths, images.hashes + members.hashes,
+                              images.skipped + members.skipped)  # fmt: skip
+            where += found
+        images.skipped[:0] = data.skipped
+        images, rows = _distinct(images)
         _check_same_files(images, d)
         if store is None:
             source, kept = _live(backbone, images, kinds)
             _check_same_files(kept, d)
             return source, kept
-        return _cached(backbone, images, kinds, store, max(8, batch_size), workers, d, progress)
+        job = _Job(backbone, kinds, store, [where[r] for r in rows], data.shards, max(8, batch_size), workers, progress)
+        return _cached(images, job, d)
     finally:
         if store is not None:
             store.close()
 
 
-def _distinct(images: ImageSet) -> ImageSet:
-    """One row per content: copies of a file would be each other's negatives."""
-    first: dict[str, Path] = {}
+def _hashed(files: Sequence[Path], store: FeatureCache | None, workers: int | None, d: Dist) -> ImageSet:
+    """The files' hashes: rank 0 hashes (and caches) them, then the others read them from the cache."""
+    if d.is_main or store is None:
+        images = hash_files(files, store, workers)
+    d.barrier()
+    if not d.is_main and store is not None:
+        images = hash_files(files, store, workers)  # all known now: no file is read
+    return images
+
+
+def _distinct(images: ImageSet) -> tuple[ImageSet, list[int]]:
+    """One row per content (copies of a file would be each other's negatives), and the rows kept."""
+    first: dict[str, int] = {}
     skipped = list(images.skipped)
-    for path, digest in zip(images.paths, images.hashes, strict=True):
+    for row, (path, digest) in enumerate(zip(images.paths, images.hashes, strict=True)):
         if digest in first:
-            skipped.append((str(path), f"same content as {first[digest]}"))
+            skipped.append((str(path), f"same content as {images.paths[first[digest]]}"))
         else:
-            first[digest] = path
-    return ImageSet(list(first.values()), list(first), skipped)
+            first[digest] = row
+    rows = list(first.values())
+    return ImageSet([images.paths[r] for r in rows], list(first), skipped), rows
 
 
 def _live(backbone: Backbone, images: ImageSet, views: Views) -> tuple[FeatureSource, ImageSet]:
@@ -128,25 +151,35 @@ def _check_same_files(images: ImageSet, d: Dist) -> None:
         raise P2WError("the ranks found different training images (files changed while the run started); run again")
 
 
-def _cached(
-    backbone: Backbone,
-    images: ImageSet,
-    views: Views,
-    cache: FeatureCache,
-    batch_size: int,
-    workers: int | None,
-    d: Dist,
-    progress: Progress | None,
-) -> tuple[FeatureSource, ImageSet]:
-    """Rank 0 lists what the cache lacks, every rank encodes its share of that one list, and the failures of all
-    ranks are known to all: a row is kept unless some rank failed to read it."""
-    todo = d.broadcast(missing_views(images, views, cache) if d.is_main else None)
+@dataclass(frozen=True)
+class _Job:
+    """What a cached pass needs besides the images: where each row's image is (None: its path is a file)."""
+
+    backbone: Backbone
+    views: Views
+    cache: FeatureCache
+    where: list[Member | None]
+    shards: list[Part]
+    batch_size: int
+    workers: int | None
+    progress: Progress | None
+
+
+def _cached(images: ImageSet, job: _Job, d: Dist) -> tuple[FeatureSource, ImageSet]:
+    """Rank 0 lists what the cache lacks, every rank encodes its share of that one list (files by item, shards by
+    shard), and the failures of all ranks are known to all: a row is kept unless some rank failed to read it."""
+    todo = d.broadcast(missing_views(images, job.views, job.cache) if d.is_main else None)
     assert todo is not None
-    failed = store_views(backbone, images, todo[d.rank :: d.world], views, cache, batch_size, workers, progress)
+    files = [item for item in todo if job.where[item[0]] is None]
+    members = [item for item in todo if job.where[item[0]] is not None]
+    failed = store_views(job.backbone, images, files[d.rank :: d.world], job.views, job.cache, job.batch_size,
+                         job.workers, job.progress)  # fmt: skip
+    failed |= store_shard_views(job.backbone, images, job.where, job.shards, members, job.views, job.cache, d,
+                                job.batch_size, job.workers, job.progress)  # fmt: skip
     reasons = {row: why for part in d.gather(failed) for row, why in part.items()}  # every rank has stored its share
     ok = [r for r in range(len(images.hashes)) if r not in reasons]
     skipped = list(images.skipped) + [(str(images.paths[r]), why) for r, why in sorted(reasons.items())]
-    table = _table(backbone, [images.hashes[r] for r in ok], views, cache)
+    table = _table(job.backbone, [images.hashes[r] for r in ok], job.views, job.cache)
     kept = ImageSet([images.paths[r] for r in ok], [images.hashes[r] for r in ok], skipped)
     return CachedSource(table), kept
 
