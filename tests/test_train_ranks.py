@@ -85,3 +85,10 @@ def test_ctrl_c_on_one_rank_stops_both_at_the_same_step_and_resumes(tiny, eight,
     straight = train(TrainConfig(**{**cfg, "batch_size": 4, "name": "straight"}))
     for rank in resumed:
         np.testing.assert_allclose(rank["step_losses"], straight.step_losses, atol=1e-5)
+
+
+def test_a_source_rank_0_cannot_read_stops_every_rank_with_its_message(tiny, tmp_path, p2w_home):
+    """Rank 0 alone plans ``--data``; its error reaches the other rank, which would otherwise wait for the plan."""
+    (tmp_path / "empty").mkdir()
+    ranks = torchrun_train({"config": options(tiny, tmp_path / "empty")}, p2w_home, port=29545, timeout=120)
+    assert ranks[0]["error"] == ranks[1]["error"] and "no images" in ranks[0]["error"], ranks

@@ -52,7 +52,8 @@ def torchrun_train(spec: dict[str, Any], home: Path, port: int, timeout: float =
     """``train(TrainConfig(**spec["config"]))`` under torchrun, 2 CPU processes in ``P2W_HOME=home``; rank 1 first
     sleeps ``spec["late_start"]`` s, sleeps ``spec["late_reads"]`` s before each ``FeatureCache.get`` and sends
     itself SIGINT (Ctrl-C) before step ``spec["sigint_at"]``; ``spec["report_every"]`` sets ``loop.REPORT_EVERY``.
-    Returns what each rank saw (``name``, ``images``, ``skipped``, ``step_losses``, or ``interrupted``). A run that
+    Returns what each rank saw (``name``, ``images``, ``skipped``, ``step_losses``, or ``interrupted``, or ``error``,
+    a ``P2WError``'s message). A run that
     does not end in ``timeout`` s (a rank waiting for another forever) fails the test."""
     out = home / "ranks"
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def _late_rank(spec: dict[str, Any]) -> None:
 
 
 def _rank_main(spec_file: str) -> None:
-    from p2w.errors import TrainingInterrupted
+    from p2w.errors import P2WError, TrainingInterrupted
     from p2w.training import loop
     from p2w.training.config import TrainConfig
 
@@ -115,6 +116,8 @@ def _rank_main(spec_file: str) -> None:
         seen["step_losses"] = result.step_losses
     except TrainingInterrupted as exc:
         seen["interrupted"] = str(exc)
+    except P2WError as exc:
+        seen["error"] = str(exc)
     Path(spec["out"], f"rank{rank}.json").write_text(json.dumps(seen))
 
 
