@@ -46,6 +46,7 @@ class EmbedReport:
     problems: Problems = field(default_factory=Problems)
     seconds: float = 0.0
     engine: str = "process"
+    engine_stats: str = ""  # on Ray: Ray Data's per-stage statistics (report.json's "ray_stats")
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` summary."""
@@ -105,7 +106,8 @@ def embed_dataset(
         run = _in_process if ray is None else functools.partial(_on_ray, ray, ray_workers, gpus_per_worker, spec)
         run(backbone, transform, todo, job, report, progress)
     report.resumed = len(before)
-    layout.write_report(out, {"problems": report.problems.to_json(), "summary": report.to_json()})
+    stats = {"ray_stats": report.engine_stats.splitlines()} if report.engine_stats else {}
+    layout.write_report(out, {"problems": report.problems.to_json(), "summary": report.to_json(), **stats})
     report.seconds = time.perf_counter() - start
     return report
 
@@ -180,5 +182,7 @@ def _on_ray(
 ) -> None:
     from p2w.datasets.on_ray import run  # Ray: only with --ray
 
-    for done in run(address, parts, job, spec, backbone.placement, workers, gpus, transform):
+    stats: list[str] = []
+    for done in run(address, parts, job, spec, backbone.placement, workers, gpus, transform, stats):
         _count(report, done, progress)
+    report.engine_stats = "".join(stats)

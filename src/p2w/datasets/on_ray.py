@@ -42,8 +42,10 @@ def run(
     workers: int,
     gpus: float,
     transform: Transform,
+    stats: list[str] | None = None,
 ) -> Iterator[tuple[int, Problems]]:
-    """Embed ``parts`` on the cluster at ``address``; yields each part's (rows written, problems) as it is done."""
+    """Embed ``parts`` on the cluster at ``address``; yields each part's (rows written, problems) as it is done. At
+    the end Ray Data's per-stage statistics (wall and CPU time, rows and bytes of each stage) go to ``stats``."""
     try:
         import ray
     except ImportError as exc:
@@ -67,6 +69,8 @@ def run(
         )
         for row in ds.iter_rows():
             yield int(row["rows"]), pickle.loads(row["problems"])
+        if stats is not None:
+            stats.append(ds.stats())
     finally:
         if ours:
             ray.shutdown()
