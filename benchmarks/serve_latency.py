@@ -99,9 +99,9 @@ def build_catalog(
 ) -> None:
     """``n`` rows: the photos, then hard links to them; vectors and norms synthetic; then the ANN, as p2w index.
     Seconds and sizes go into ``times`` as they are known (a build stopped by the deadline keeps what it timed)."""
+    from p2w.core.lock import writer_lock
     from p2w.library import ann as ann_mod
     from p2w.library.catalog import Catalog, catalog_dir
-    from p2w.library.lock import writer_lock
 
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((32, DIM), dtype=np.float32)

@@ -198,7 +198,9 @@ def test_on_ray_the_layout_is_the_one_this_process_writes(spec, tmp_path, ray_cl
         assert {k: v for k, v in ra.items() if k != "norm"} == {k: v for k, v in rb.items() if k != "norm"}
         assert abs(ra["norm"] - rb["norm"]) <= 1e-6 * ra["norm"]
     stages = "\n".join(json.loads((tmp_path / "ray" / "report.json").read_text())["ray_stats"])
-    assert "_decode" in stages and "_Tower" in stages and "Remote wall time" in stages  # Ray Data's per-stage statistics
+    assert (
+        "_decode" in stages and "_Tower" in stages and "Remote wall time" in stages
+    )  # Ray Data's per-stage statistics
     assert "ray_stats" not in json.loads((tmp_path / "here" / "report.json").read_text())
 
 

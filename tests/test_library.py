@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 import p2w
 from p2w.cli import app
+from p2w.core.lock import writer_lock
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, catalog_for
 from p2w.library.index import index
-from p2w.library.lock import writer_lock
 from p2w.library.search import open_catalog, search
 from p2w.library.status import status
 from p2w.spec import BackboneSpec

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from p2w.core.lock import writer_lock
 from p2w.errors import P2WError
-from p2w.library.lock import writer_lock
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="forks and signals")
 
@@ -23,7 +23,7 @@ HOLDER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from p2w.library.lock import writer_lock
+    from p2w.core.lock import writer_lock
     with writer_lock(Path(sys.argv[1])):
         child = os.fork() if sys.argv[2] == "fork" else -1
         if child == 0:
@@ -85,7 +85,7 @@ def test_a_stale_record_is_not_named_as_a_running_process(tmp_path, holder):
 
 def probe(folder: Path) -> subprocess.CompletedProcess[str]:
     """Try the lock from another process (reading the lock file here would drop this process's lock)."""
-    code = f"import pathlib, p2w.library.lock as m\nwith m.writer_lock(pathlib.Path({str(folder)!r})): pass"
+    code = f"import pathlib, p2w.core.lock as m\nwith m.writer_lock(pathlib.Path({str(folder)!r})): pass"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
 
 
@@ -124,7 +124,7 @@ WINDOWS = textwrap.dedent(
     sys.modules["msvcrt"], sys.modules["fcntl"] = msvcrt, None
     sys.platform = "win32"
     import p2w.library.catalog
-    from p2w.library.lock import writer_lock
+    from p2w.core.lock import writer_lock
     with writer_lock(Path(sys.argv[1])):
         pass
     assert calls == [(2, 1), (0, 1)], calls

@@ -90,7 +90,7 @@ def test_lists_of_every_kind_name_the_same_images(photos, tmp_path):  # noqa: F8
         assert (found.files, found.shards) == (files, []), name  # sorted: the order of a list does not matter
     assert [reason for _, reason in training_data(str(tmp_path / "list.csv")).skipped] == ["no path"]
     assert training_data(str(tmp_path / "mine.csv"), path_column="where").files == files
-    with pytest.raises(P2WError, match="no path column.*--path-column"):
+    with pytest.raises(P2WError, match=r"no path column.*--path-column"):
         training_data(str(tmp_path / "mine.csv"))
     with pytest.raises(P2WError, match="not found"):
         training_data(str(tmp_path / "missing"))
@@ -105,7 +105,7 @@ def test_bad_members_are_skipped_by_reason_and_shards_need_the_cache(tiny, photo
     reasons = sorted(reason for _, reason in result.skipped)
     assert result.images == 6 and len(reasons) == 2, reasons
     assert reasons[1] == "no image" and "000000101" in reasons[0], reasons
-    with pytest.raises(P2WError, match="--no-cache .* shards"):
+    with pytest.raises(P2WError, match=r"--no-cache .* shards"):
         train(config(tiny, photos, data=pattern, name="live", cache=False))
 
 

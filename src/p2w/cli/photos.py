@@ -46,11 +46,30 @@ def index_command(
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="also index hidden files/folders")] = False,
     show_skipped: Annotated[bool, typer.Option("--show-skipped", help="list the files that were skipped")] = False,
     show_status: Annotated[bool, typer.Option("--status", help="show the catalogs (as p2w status) and exit")] = False,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="instead of photos: build DIR/image.index (FAISS) over a layout of p2w "
+            "embed dataset or clip-retrieval",
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str, typer.Option("--max-memory", help="with --embeddings: the index's size budget (e.g. 4G, 512M)")
+    ] = "4G",
+    index_key: Annotated[
+        str | None,
+        typer.Option("--index-key", help="with --embeddings: a FAISS factory string instead of p2w's choice"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
-    """Add photos to the catalog of a model, e.g. p2w index ~/Pictures"""
+    """Add photos to the catalog of a model, e.g. p2w index ~/Pictures; or build a FAISS index over a layout:
+    p2w index --embeddings DIR"""
     if show_status:
         status_command(as_json=as_json, model=model, pretrained=pretrained)
+        return
+    if embeddings is not None:
+        _index_embeddings(paths, embeddings, max_memory, index_key, as_json)
         return
     with user_errors():
         from p2w.cli.render import LibraryProgress, index_table, skipped_table
@@ -85,6 +104,22 @@ def index_command(
             raise typer.Exit(130)
 
 
+def _index_embeddings(paths: list[Path] | None, folder: Path, max_memory: str, key: str | None, as_json: bool) -> None:
+    with user_errors():
+        from p2w.cli.render import LibraryProgress, index_build_table
+        from p2w.datasets.faiss_index import build_index, parse_memory
+
+        if paths:
+            raise P2WError("give photos to index, or --embeddings DIR to build a layout's index, not both")
+        with LibraryProgress(err_console) as progress:
+            built = build_index(folder.expanduser(), parse_memory(max_memory), key, progress)
+        summary = {"index": str(folder / "image.index"), **{k: v for k, v in vars(built).items() if k != "vectors"}}
+        if as_json:
+            typer.echo(json.dumps(summary))
+        else:
+            out_console().print(index_build_table(summary))
+
+
 @app.command("search", short_help="Search the catalog: p2w search shirt.jpg 'in red'")
 def search_command(
     query: QueryArgs = None,
@@ -115,6 +150,10 @@ def search_command(
     no_server: Annotated[
         bool, typer.Option("--no-server", help="search in this process even when p2w serve runs for this model")
     ] = False,
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="search the FAISS index of this layout (p2w index --embeddings) instead"),
+    ] = None,
 ) -> None:
     """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME. A running p2w serve of the same
     model (and mapper) answers at once; --device or --precision search in this process."""
@@ -124,7 +163,7 @@ def search_command(
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
-        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef)
+        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, index)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)
         hits = answer.hits

@@ -116,6 +116,23 @@ class LibraryProgress:
         self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.1f} {unit}/s")
 
 
+def index_build_table(summary: dict[str, Any]) -> Table:
+    """What ``p2w index --embeddings`` built: the file, its type, rows, search breadth, recall, time."""
+    table = Table(title=f"index {summary['index']}")
+    for column in ("rows", "key", "search", "recall@10", "size", "seconds"):
+        table.add_column(column, justify="right" if column in ("rows", "size", "seconds") else "left")
+    recall = summary["recall_at_10"]
+    table.add_row(
+        f"{summary['rows']:,}",
+        Text(summary["key"]),
+        Text(summary["params"] or "exact"),
+        "-" if recall is None else f"{recall:.3f}",
+        f"{summary['size'] / 2**20:,.1f} MiB",
+        f"{summary['seconds']:.1f}",
+    )
+    return table
+
+
 def train_table(result: TrainResult) -> Table:
     """The per-epoch summary of a run; its title counts what it trained on (images, captions or both)."""
     if result.captions:

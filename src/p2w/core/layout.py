@@ -146,7 +146,7 @@ def write_part(
     if text is not None:
         _save_npy(files["text"], text.astype(dtype, copy=False))
     table = _table({k: v for k, v in metadata.items() if k != "meta"}, metadata.get("meta"))
-    pq = _pyarrow_parquet()
+    pq = pyarrow_parquet()
     with atomic_path(files["metadata"]) as tmp:
         pq.write_table(table, tmp)
 
@@ -187,7 +187,8 @@ def flatten(meta: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _pyarrow_parquet() -> Any:
+def pyarrow_parquet() -> Any:
+    """``pyarrow.parquet``, or a one-line error saying how to install it."""
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
@@ -224,7 +225,7 @@ def metadata_file(vectors_file: Path) -> Path:
 
 def read_columns(vectors_file: Path, columns: Sequence[str]) -> dict[str, list[Any]]:
     """Columns of a part's metadata (absent ones are None per row: a layout made by another tool has no ``norm``)."""
-    pq = _pyarrow_parquet()
+    pq = pyarrow_parquet()
     path = metadata_file(vectors_file)
     schema = pq.read_schema(path)
     there = [c for c in columns if c in schema.names]

@@ -31,9 +31,9 @@ import hnswlib
 import numpy as np
 
 from p2w.atomic import atomic_path
+from p2w.core.lock import writer_lock
 from p2w.errors import P2WError
 from p2w.library.catalog import Catalog
-from p2w.library.lock import writer_lock
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2w.core.gallery import Hit
 from p2w.errors import P2WError
-from p2w.fspath import from_db, gone, to_db, to_json
+from p2w.fspath import from_db, gone, to_db
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec, safe_name
+
+__all__ = ["Catalog", "Hit", "Row", "catalog_dir", "catalog_for"]
 
 SCHEMA_VERSION = 3
 # path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
@@ -56,23 +59,6 @@ class Row:
     size: int
     mtime_ns: int
     hash: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: its rank (1 = best), cosine score, the file and its catalog id."""
-
-    rank: int
-    score: float
-    path: str
-    size: int
-    mtime: float
-    id: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``p2w search --json`` form: ``{"rank", "score", "path"}`` (and ``"path_bytes"`` for a name that is not
-        UTF-8: ``p2w.fspath.to_json``)."""
-        return {"rank": self.rank, "score": self.score, **to_json(self.path)}
 
 
 def catalog_dir(home: Path, backbone_id: str) -> Path:

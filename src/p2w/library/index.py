@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from p2w import fspath
+from p2w.core.lock import writer_lock
 from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
 from p2w.fspath import gone
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Row, Stored, catalog_for
-from p2w.library.lock import writer_lock
 from p2w.progress import Progress
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec

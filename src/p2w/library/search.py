@@ -1,4 +1,5 @@
-"""``search``: the catalogued photos closest to a query vector (approximate, or exact under a folder)."""
+"""``search``: the catalogued photos closest to a query vector (approximate, or exact under a folder); the catalog as
+a ``p2w.core.gallery.Gallery`` (``CatalogGallery``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from p2w.core.gallery import LocalFile
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Hit, catalog_for
@@ -57,6 +59,44 @@ def search(
         if len(hits) == k:
             break
     return hits
+
+
+class CatalogGallery:
+    """The photo catalog of one backbone as a ``Gallery``: its ANN (or exact search under ``--in``), the vectors and
+    norms it keeps, its files."""
+
+    def __init__(self, catalog: Catalog, ann: ann_mod.Ann | None = None) -> None:
+        self.catalog, self.ann = catalog, ann
+
+    @property
+    def name(self) -> str:
+        return f"the catalog of {self.catalog.backbone}"
+
+    @property
+    def dim(self) -> int:
+        return self.catalog.dim
+
+    def count(self) -> int | None:
+        return self.catalog.count()
+
+    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
+        return search(self.catalog, query, k, within, ef, self.ann)
+
+    def features(self, item: int) -> np.ndarray | None:
+        """The catalog's unit vector of photo ``item`` times its norm (None for a photo indexed before norms were
+        kept, or not catalogued)."""
+        norm = self.catalog.norms_for([item]).get(item)
+        vector = self.catalog.vectors_for([item]).get(item)
+        if norm is None or vector is None:
+            return None
+        return np.frombuffer(vector, dtype=np.float32) * np.float32(norm)
+
+    def local_file(self, item: int) -> LocalFile | None:
+        row = self.catalog.rows_for([item]).get(item)
+        return None if row is None else LocalFile(row.path, row.size, row.mtime_ns, row.hash)
+
+    def close(self) -> None:
+        self.catalog.close()
 
 
 def _exact_within(catalog: Catalog, query: np.ndarray, folder: str, k: int) -> tuple[np.ndarray, np.ndarray]:

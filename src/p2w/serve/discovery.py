@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from p2w.atomic import atomic_path
-from p2w.library.lock import pid_alive
+from p2w.core.lock import pid_alive
 from p2w.settings import Settings
 from p2w.spec import safe_name
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from p2w.core.compose import QueryPlan
-from p2w.library.catalog import Hit
+from p2w.core.gallery import Gallery, Hit
+from p2w.errors import P2WError
 from p2w.mappers.choice import MapperChoice, plan_query
 from p2w.serve.client import warm_search
 from p2w.settings import Settings
@@ -25,7 +26,8 @@ from p2w.spec import BackboneSpec
 @dataclass(frozen=True)
 class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
-    template (None: the library's choice), how many results, only under a folder, the ANN's search breadth."""
+    template (None: the library's choice), how many results, only under a folder, the ANN's search breadth, and in
+    what: the catalog (None) or the FAISS index over a layout (``index``: the layout's folder)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None
@@ -34,6 +36,7 @@ class Request:
     k: int = 10
     within: Path | None = None
     ef: int | None = None
+    index: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def search(
         request.mode, len(request.images), has_text, request.prompt, backend.mapper, spec.id, settings,
         backend.download, notify,
     )  # fmt: skip
-    if _may_be_warm(backend):
+    if _may_be_warm(backend) and request.index is None:  # a server searches its catalog
         hits = warm_search(settings, spec.id, choice.path if choice else None, _wire(request, qp), _paths(request))
         if hits is not None:
             return Answer(hits, qp, True)
@@ -113,10 +116,8 @@ def _here(
 ) -> list[Hit]:
     """Load the model in this process and search (the cold path)."""
     import p2w
-    from p2w.library.search import open_catalog
-    from p2w.library.search import search as search_catalog
 
-    catalog = open_catalog(spec, settings)  # before the model: a missing catalog fails fast
+    gallery = open_gallery(spec, settings, request.index)  # before the model: a missing gallery fails fast
     try:
         engine = p2w.load(
             model=backend.model,
@@ -128,6 +129,25 @@ def _here(
             settings=settings,
         )
         query = engine.encode_query(list(request.images), request.text, mode=qp.mode, prompt=qp.template)
-        return search_catalog(catalog, query, k=request.k, within=request.within, ef=request.ef)
+        return gallery.search(query, request.k, request.within, request.ef)
     finally:
-        catalog.close()
+        gallery.close()
+
+
+def open_gallery(spec: BackboneSpec, settings: Settings, index: Path | None = None) -> Gallery:
+    """What a search of ``spec``'s vectors runs on: the FAISS index over the layout in ``index``, else the catalog of
+    ``spec``; an index of another backbone's vectors is refused, naming the options that search it."""
+    if index is None:
+        from p2w.library.search import CatalogGallery, open_catalog
+
+        return CatalogGallery(open_catalog(spec, settings))
+    from p2w.datasets.index_gallery import IndexGallery
+    from p2w.spec import options_for
+
+    gallery = IndexGallery(index.expanduser())
+    if gallery.backbone is not None and gallery.backbone != spec.id:
+        gallery.close()
+        hint = options_for(gallery.backbone)
+        raise P2WError(f"{gallery.name} holds embeddings of {gallery.backbone}, not {spec.id}"
+                       + (f"; search it with {hint}" if hint else ""))  # fmt: skip
+    return gallery

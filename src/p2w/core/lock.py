@@ -1,4 +1,5 @@
-"""The writer lock of a catalog: one process at a time changes it, and the lock is that process's alone.
+"""The writer lock of a folder (a catalog, a layout being indexed): one process at a time changes it, and the lock is
+that process's alone.
 
 On POSIX it is a record lock (``fcntl.lockf``): it belongs to the process that took it, so the DataLoader workers
 forked while it is held never hold it, and a ``kill -9`` or an OOM kill frees it at once. A process drops its
@@ -91,16 +92,16 @@ class WriterLock:
 
 
 @contextlib.contextmanager
-def writer_lock(folder: Path) -> Iterator[WriterLock]:
-    """Exclusive lock for changing the catalog in ``folder``; a second writer fails at once with a clear message."""
+def writer_lock(folder: Path, what: str = "the catalog") -> Iterator[WriterLock]:
+    """Exclusive lock for changing ``what`` in ``folder``; a second writer fails at once with a clear message."""
     key = os.path.normcase(os.path.abspath(folder / LOCK_NAME))
     with _guard:
         if _held.get(key) == os.getpid():
             raise P2WError(
-                f"another p2w task in this process (pid {os.getpid()}) is updating the catalog in {folder}; "
+                f"another p2w task in this process (pid {os.getpid()}) is updating {what} in {folder}; "
                 "wait for it to finish"
             )
-        lock = WriterLock(folder, _acquire(folder))
+        lock = WriterLock(folder, _acquire(folder, what))
         _held[key] = os.getpid()
     try:
         yield lock
@@ -110,7 +111,7 @@ def writer_lock(folder: Path) -> Iterator[WriterLock]:
             lock.release()
 
 
-def _acquire(folder: Path) -> int:
+def _acquire(folder: Path, what: str) -> int:
     """The locked descriptor of ``folder/lock``, its pid record written; P2WError when another process holds it."""
     path = folder / LOCK_NAME
     for _ in range(10):
@@ -126,7 +127,7 @@ def _acquire(folder: Path) -> int:
             holder = _holder(fd)
             os.close(fd)
             named = f" (pid {holder})" if holder else ""
-            raise P2WError(f"another p2w process{named} is updating the catalog in {folder}; wait for it to finish")
+            raise P2WError(f"another p2w process{named} is updating {what} in {folder}; wait for it to finish")
         if _is_current(fd, path):
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)

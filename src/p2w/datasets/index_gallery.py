@@ -1,0 +1,164 @@
+"""``IndexGallery``: a FAISS index over a layout as a ``p2w.core.gallery.Gallery``, memory-mapped.
+
+The index file is mapped, not read (``IO_FLAG_MMAP_IFC``: its codes and lists stay in the page cache, so the
+process's own memory follows the index's small parts, not the rows); a query's top ``RERANK`` candidates are
+re-ranked with their exact vectors, read from the memory-mapped npy rows; a result's metadata (``image_path``,
+``caption``, ``url``, ``norm``) is read from its parquet row group alone. Works on p2w's layouts and on
+clip-retrieval's (no ``norm``, no manifest: refining from a result then has no features to give, see ``features``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2w.core import layout
+from p2w.core.gallery import Hit, LocalFile
+from p2w.datasets.faiss_index import INDEX, RERANK, IndexInfo, Rows, faiss_module, rerank, vector_facts
+from p2w.errors import P2WError
+from p2w.fspath import shown
+
+COLUMNS = ("image_path", "caption", "url", "norm", "hash")  # what a hit may carry, where the metadata has it
+
+
+def rebuild_hint(folder: Path) -> str:
+    return f"build it again with: p2w index --embeddings {shown(str(folder))}"
+
+
+class Metadata:
+    """A layout's metadata, read a parquet row group at a time (the last few kept), by global row."""
+
+    def __init__(self, vector_files: list[Path], starts: np.ndarray) -> None:
+        pq = layout.pyarrow_parquet()
+        self.files = [layout.metadata_file(f) for f in vector_files]
+        missing = [f for f in self.files if not f.is_file()]
+        if missing:
+            raise P2WError(f"{shown(str(missing[0]))} is missing: a layout's every img_emb file needs its metadata")
+        self.parquet = [pq.ParquetFile(f) for f in self.files]
+        self.starts = starts
+        self.groups = [np.cumsum([0] + [p.metadata.row_group(g).num_rows for g in range(p.num_row_groups)])
+                       for p in self.parquet]  # fmt: skip
+        self.columns = [[c for c in COLUMNS if c in p.schema_arrow.names] for p in self.parquet]
+        self._group = functools.lru_cache(maxsize=64)(self._read_group)  # the last row groups read
+
+    def row(self, item: int) -> dict[str, Any]:
+        """The metadata of global row ``item``: the columns of ``COLUMNS`` it has."""
+        f = int(np.searchsorted(self.starts, item, side="right") - 1)
+        at = item - int(self.starts[f])
+        g = int(np.searchsorted(self.groups[f], at, side="right") - 1)
+        table = self._group(f, g)
+        return {c: table[c][at - int(self.groups[f][g])] for c in table}
+
+    def _read_group(self, f: int, g: int) -> dict[str, list[Any]]:
+        table = self.parquet[f].read_row_group(g, columns=self.columns[f])
+        return {c: table.column(c).to_pylist() for c in self.columns[f]}
+
+
+class IndexGallery:
+    """The FAISS index ``folder/image.index`` over the layout in ``folder``, e.g. ``IndexGallery(Path("emb"))``.
+
+    Refused with a one-line error: no index (build it), an index that is not the one ``index.json`` records, a layout
+    whose vector files changed since the build, an index and a layout of different sizes, a truncated npy file, a
+    metadata file missing."""
+
+    def __init__(self, folder: Path) -> None:
+        faiss = faiss_module()
+        self.folder = folder
+        path = folder / INDEX
+        if not path.exists():
+            raise P2WError(f"no {INDEX} in {shown(str(folder))}; {rebuild_hint(folder)}")
+        info = IndexInfo.read(folder)
+        built = info.current(folder) if info is not None else None
+        if info is not None and built is None:
+            raise P2WError(
+                f"{shown(str(path))} is not the index {folder / 'index.json'} records; {rebuild_hint(folder)}"
+            )
+        if built is not None and built.vectors != vector_facts(folder):
+            raise P2WError(
+                f"the layout in {shown(str(folder))} changed since its index was built; {rebuild_hint(folder)}"
+            )
+        self.manifest = layout.Manifest.read(folder)
+        self.rows = Rows.of(folder)
+        self.index = _read(faiss, path)
+        if self.index.ntotal != self.rows.count:
+            raise P2WError(f"{shown(str(path))} holds {self.index.ntotal:,} vectors, the layout {self.rows.count:,}; "
+                           f"{rebuild_hint(folder)}")  # fmt: skip
+        if built is not None and built.params:
+            faiss.ParameterSpace().set_index_parameters(self.index, built.params)
+        self.metadata = Metadata(layout.vector_files(folder), self.rows.starts)
+        self.backbone = self.manifest.backbone if self.manifest is not None else (info.backbone if info else None)
+
+    @property
+    def name(self) -> str:
+        return f"the index in {shown(str(self.folder))}"
+
+    @property
+    def dim(self) -> int:
+        return self.rows.dim
+
+    def count(self) -> int | None:
+        return self.rows.count
+
+    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
+        """The ``k`` rows closest to ``query``: the index's candidates, re-ranked by their exact vectors."""
+        if within is not None:
+            raise P2WError("--in FOLDER narrows a photo catalog's search; an index searches all its rows")
+        if query.shape != (self.dim,):
+            raise P2WError(f"the query has {query.shape[-1]} dimensions but {self.name} holds {self.dim}-d vectors")
+        wanted = min(max(RERANK, 10 * k), self.rows.count)
+        _, found = self.index.search(np.ascontiguousarray(query[None], dtype=np.float32), wanted)
+        ids, scores = rerank(self.rows, query, found[0], k)
+        hits = []
+        for rank, (item, score) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1):
+            meta = self.metadata.row(item)
+            path = str(meta.get("image_path") or "")
+            hits.append(Hit(rank, float(score), path, id=item, caption=meta.get("caption"), url=meta.get("url")))
+        return hits
+
+    def features(self, item: int) -> np.ndarray | None:
+        """Row ``item``'s unit vector times its ``norm``; None when the layout has no ``norm`` (made by another
+        tool): a query that refines from such a result needs the image itself (``local_file``)."""
+        self._check(item)
+        norm = self.metadata.row(item).get("norm")
+        if norm is None:
+            return None
+        return self.rows.get(np.array([item]))[0] * np.float32(norm)
+
+    def local_file(self, item: int) -> LocalFile | None:
+        """Row ``item``'s ``image_path`` when it is a regular local file now, else None (a key, a URL, gone)."""
+        self._check(item)
+        path = self.metadata.row(item).get("image_path")
+        if not path or not os.path.isabs(path):
+            return None
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return LocalFile(path, hash=self.metadata.row(item).get("hash"))
+
+    def _check(self, item: int) -> None:
+        if not 0 <= item < self.rows.count:
+            raise P2WError(f"no row {item} in {self.name}")
+
+    def close(self) -> None:
+        self.metadata._group.cache_clear()
+
+
+def _read(faiss: Any, path: Path) -> Any:
+    """The index memory-mapped: a file (``IO_FLAG_MMAP_IFC`` maps flat codes and inverted lists alike), or the
+    folder clip-retrieval's index combiner writes (``populated.index`` + its ``.ivfdata``)."""
+    try:
+        if path.is_dir():
+            return faiss.read_index(str(path / "populated.index"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        mapped = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)  # older FAISS: lists only, flat codes read
+        return faiss.read_index(str(path), mapped | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise P2WError(f"cannot read {shown(str(path))} ({str(exc).splitlines()[-1][:200]}); "
+                       f"{rebuild_hint(path.parent)}") from exc  # fmt: skip
