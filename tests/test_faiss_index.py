@@ -174,11 +174,16 @@ def test_a_changed_truncated_or_incomplete_layout_is_a_clear_error(tmp_path):
     files[1].write_bytes(files[1].read_bytes()[:-100])  # truncated
     with pytest.raises(P2WError, match="cannot read .*img_emb"):
         build_index(folder)
-    make_layout(tmp_path / "other", vectors, parts=3)
-    build_index(tmp_path / "other", queries=20)
-    layout.metadata_file(layout.vector_files(tmp_path / "other")[2]).unlink()
-    with pytest.raises(P2WError, match="is missing"):
-        IndexGallery(tmp_path / "other")
+    other = tmp_path / "other"
+    make_layout(other, vectors, parts=3)
+    foreign = faiss.IndexFlatIP(16)
+    foreign.add(vectors)
+    faiss.write_index(foreign, str(other / "image.index"))  # as another tool builds it: no record
+    layout.metadata_file(layout.vector_files(other)[2]).unlink()
+    with pytest.raises(P2WError, match="metadata_2.parquet is missing"):
+        build_index(other)
+    with pytest.raises(P2WError, match="metadata_2.parquet is missing"):
+        IndexGallery(other)
 
 
 def test_index_embeddings_and_search_index_from_the_command_line(tiny, images, tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 from p2w.atomic import atomic_path
 from p2w.core import layout
 from p2w.core.lock import writer_lock
+from p2w.datasets.hit_metadata import write_arrow
 from p2w.errors import P2WError
 
 FAISS_HINT = "FAISS indexes need faiss: pip install 'p2w[faiss]' (faiss-cpu; faiss-gpu where you have it)"
@@ -101,6 +102,7 @@ class Built:
     rows: int
     seconds: float
     vectors: list[dict[str, Any]]  # the layout's img_emb files it was built from: {"name", "size", "mtime_ns"}
+    metadata: dict[str, int] | None = None  # its index_metadata.arrow: {"size", "mtime_ns"}
 
 
 @dataclass(frozen=True)
@@ -238,20 +240,23 @@ def build_index(
     """Build ``folder/image.index`` over the layout in ``folder`` and record it in ``index.json``, e.g.
     ``build_index(Path("emb"), parse_memory("4G"))``. ``key`` forces a FAISS factory string; ``queries`` held-out
     rows measure the recall at 10 (and choose the search breadth). One build of a folder at a time (its ``lock``);
-    what a build killed before left behind (``.image.index.*.tmp``) is removed first."""
+    what a build killed before left behind (``.image.index.*.tmp``) is removed first. The hits' metadata is also
+    written as ``index_metadata.arrow`` (``p2w.datasets.hit_metadata``)."""
     faiss = faiss_module()
     start = time.perf_counter()
     rows = Rows.of(folder)
     key = key or choose_key(rows.count, rows.dim, budget)
     with writer_lock(folder, "the index"):
-        for stale in folder.glob(f".{INDEX}.*.tmp"):
+        for stale in (*folder.glob(f".{INDEX}.*.tmp"), *folder.glob(".index_metadata.arrow.*.tmp")):
             stale.unlink(missing_ok=True)
         index = _filled(faiss, key, rows, progress)
         params, recall = _tune(faiss, index, rows, np.random.default_rng(1), queries)
+        if progress:
+            progress("metadata", 0, rows.count)
+        arrow = write_arrow(folder, layout.vector_files(folder))  # a hit's metadata by row
         seconds = round(time.perf_counter() - start, 2)
-        return _commit(
-            faiss, index, folder, Built(0, 0, key, params, recall, rows.count, seconds, vector_facts(folder))
-        )
+        built = Built(0, 0, key, params, recall, rows.count, seconds, vector_facts(folder), arrow)
+        return _commit(faiss, index, folder, built)
 
 
 def _filled(faiss: Any, key: str, rows: Rows, progress: Progress | None) -> Any:

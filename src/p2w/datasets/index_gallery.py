@@ -3,13 +3,12 @@
 The index file is mapped, not read (``IO_FLAG_MMAP_IFC``: its codes and lists stay in the page cache, so the
 process's own memory follows the index's small parts, not the rows); a query's top ``RERANK`` candidates are
 re-ranked with their exact vectors, read from the memory-mapped npy rows; a result's metadata (``image_path``,
-``caption``, ``url``, ``norm``) is read from its parquet row group alone. Works on p2w's layouts and on
+``caption``, ``url``, ``norm``) is read by row (``p2w.datasets.hit_metadata``). Works on p2w's layouts and on
 clip-retrieval's (no ``norm``, no manifest: refining from a result then has no features to give, see ``features``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 from pathlib import Path
@@ -20,43 +19,13 @@ import numpy as np
 from p2w.core import layout
 from p2w.core.gallery import Hit, LocalFile
 from p2w.datasets.faiss_index import INDEX, RERANK, IndexInfo, Rows, faiss_module, rerank, vector_facts
+from p2w.datasets.hit_metadata import ParquetRows, open_rows
 from p2w.errors import P2WError
 from p2w.fspath import shown
-
-COLUMNS = ("image_path", "caption", "url", "norm", "hash")  # what a hit may carry, where the metadata has it
 
 
 def rebuild_hint(folder: Path) -> str:
     return f"build it again with: p2w index --embeddings {shown(str(folder))}"
-
-
-class Metadata:
-    """A layout's metadata, read a parquet row group at a time (the last few kept), by global row."""
-
-    def __init__(self, vector_files: list[Path], starts: np.ndarray) -> None:
-        pq = layout.pyarrow_parquet()
-        self.files = [layout.metadata_file(f) for f in vector_files]
-        missing = [f for f in self.files if not f.is_file()]
-        if missing:
-            raise P2WError(f"{shown(str(missing[0]))} is missing: a layout's every img_emb file needs its metadata")
-        self.parquet = [pq.ParquetFile(f) for f in self.files]
-        self.starts = starts
-        self.groups = [np.cumsum([0] + [p.metadata.row_group(g).num_rows for g in range(p.num_row_groups)])
-                       for p in self.parquet]  # fmt: skip
-        self.columns = [[c for c in COLUMNS if c in p.schema_arrow.names] for p in self.parquet]
-        self._group = functools.lru_cache(maxsize=64)(self._read_group)  # the last row groups read
-
-    def row(self, item: int) -> dict[str, Any]:
-        """The metadata of global row ``item``: the columns of ``COLUMNS`` it has."""
-        f = int(np.searchsorted(self.starts, item, side="right") - 1)
-        at = item - int(self.starts[f])
-        g = int(np.searchsorted(self.groups[f], at, side="right") - 1)
-        table = self._group(f, g)
-        return {c: table[c][at - int(self.groups[f][g])] for c in table}
-
-    def _read_group(self, f: int, g: int) -> dict[str, list[Any]]:
-        table = self.parquet[f].read_row_group(g, columns=self.columns[f])
-        return {c: table.column(c).to_pylist() for c in self.columns[f]}
 
 
 class IndexGallery:
@@ -90,7 +59,8 @@ class IndexGallery:
                            f"{rebuild_hint(folder)}")  # fmt: skip
         if built is not None and built.params:
             faiss.ParameterSpace().set_index_parameters(self.index, built.params)
-        self.metadata = Metadata(layout.vector_files(folder), self.rows.starts)
+        files = layout.vector_files(folder)
+        self.metadata = open_rows(folder, files, self.rows.starts, built.metadata if built is not None else None)
         self.backbone = self.manifest.backbone if self.manifest is not None else (info.backbone if info else None)
 
     @property
@@ -148,7 +118,7 @@ class IndexGallery:
             raise P2WError(f"no row {item} in {self.name}")
 
     def close(self) -> None:
-        self.metadata._group.cache_clear()
+        self.metadata = ParquetRows([], np.zeros(1, dtype=np.int64))  # the maps and row groups go
 
 
 def _read(faiss: Any, path: Path) -> Any:

@@ -1,0 +1,137 @@
+"""A FAISS index over a layout bigger than what a catalog holds: build, memory, recall, latency.
+
+    python benchmarks/faiss_index.py --rows 1000000 --folder /var/tmp/p2w-1m       # writes the layout once
+    python benchmarks/faiss_index.py --rows 10000000 --folder /var/tmp/p2w-10m     # about 10 GB on disk
+
+Synthetic 512-d unit vectors on a 32-d subspace plus noise (as benchmarks/ann_quality.py makes them; real CLIP
+embeddings occupy a low-dimensional part of the space), written as a float16 layout in parts of 100,000 rows with
+p2w's metadata (image_path, caption, norm, hash). Then, each in a fresh process so that its memory is its own:
+
+- ``build``: ``build_index`` (p2w's choice of index type for ``--max-memory``), its time and peak RSS (VmHWM);
+- ``search``: ``IndexGallery`` opened, ``--queries`` held-out queries (other vectors of the same distribution) one at
+  a time on one thread: the gallery's share of a query (FAISS search, re-ranking with the exact vectors, metadata),
+  p50 and p99; recall@10 against exact search over every row (streamed); the process's own memory (``RssAnon``) and
+  the mapped files' resident pages (``RssFile``, the page cache's) before and after.
+
+One JSON object on stdout. The layout is kept in ``--folder`` (a re-run reuses it; ``--rebuild`` builds again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ann_quality import unit
+
+from p2w.core import layout
+
+PART = 100_000
+
+
+def status_kib(*names: str) -> dict[str, int]:
+    """Fields of /proc/self/status in KiB, e.g. ``status_kib("RssAnon", "RssFile", "VmHWM")``."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in names:
+            out[key] = int(line.split()[1])
+    return out
+
+
+def write_layout(folder: Path, rows: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((32, dim), dtype=np.float32)
+    parts = -(-rows // PART)
+    layout.start(folder, layout.Manifest("synthetic/none", dim, "float16", parts, PART, []))
+    for part in range(parts):
+        lo, hi = part * PART, min(rows, (part + 1) * PART)
+        meta = {"image_path": [f"/photos/{i:09d}.jpg" for i in range(lo, hi)],
+                "caption": [f"photo {i}" for i in range(lo, hi)], "norm": [10.0] * (hi - lo),
+                "hash": [f"{i:064x}" for i in range(lo, hi)]}  # fmt: skip
+        layout.write_part(folder, part, parts, unit(rng, hi - lo, dim, basis), meta, "float16")
+    np.save(folder / "basis.npy", basis)
+
+
+def build(folder: Path, budget: str) -> dict[str, object]:
+    from p2w.datasets.faiss_index import build_index, parse_memory
+
+    start = time.perf_counter()
+    built = build_index(folder, parse_memory(budget), queries=200)
+    out = {k: v for k, v in vars(built).items() if k != "vectors"}
+    return {**out, "wall_s": round(time.perf_counter() - start, 1), "peak_rss_mib": status_kib("VmHWM")["VmHWM"] >> 10}
+
+
+def search(folder: Path, queries: int) -> dict[str, object]:
+    from p2w.datasets.faiss_index import Rows, exact_top
+    from p2w.datasets.index_gallery import IndexGallery
+
+    before = status_kib("RssAnon", "RssFile")
+    gallery = IndexGallery(folder)
+    opened = status_kib("RssAnon", "RssFile")
+    basis = np.load(folder / "basis.npy")
+    q = unit(np.random.default_rng(99), queries, basis.shape[1], basis)
+    times, found = [], []
+    for vector in q:
+        start = time.perf_counter()
+        hits = gallery.search(vector, 10)
+        times.append(1000 * (time.perf_counter() - start))
+        found.append([h.id for h in hits])
+    after = status_kib("RssAnon", "RssFile", "VmHWM")
+    truth = exact_top(Rows.of(folder), q[:200], 10)
+    recall = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found[:200], truth, strict=False)])
+    return {
+        "queries": queries,
+        "ms_p50": round(float(np.percentile(times, 50)), 2),
+        "ms_p99": round(float(np.percentile(times, 99)), 2),
+        "first_query_ms": round(times[0], 1),
+        "recall_at_10": round(float(recall), 4),
+        "rss_anon_mib": {
+            "before_open": before["RssAnon"] >> 10,
+            "opened": opened["RssAnon"] >> 10,
+            "after_queries": after["RssAnon"] >> 10,
+        },
+        "rss_file_mib_after_queries": after["RssFile"] >> 10,
+        "index_bytes": (folder / "image.index").stat().st_size,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--folder", type=Path, required=True)
+    ap.add_argument("--max-memory", default="4G")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--step", choices=("all", "build", "search"), default="all")
+    args = ap.parse_args()
+    if args.step == "build":
+        print(json.dumps(build(args.folder, args.max_memory)))
+        return
+    if args.step == "search":
+        print(json.dumps(search(args.folder, args.queries)))
+        return
+    out: dict[str, object] = {"rows": args.rows, "dim": args.dim, "load": os.getloadavg()}
+    if not (args.folder / layout.MANIFEST).is_file():
+        start = time.perf_counter()
+        write_layout(args.folder, args.rows, args.dim)
+        out["layout_s"] = round(time.perf_counter() - start, 1)
+    out["layout_bytes"] = sum(f.stat().st_size for f in args.folder.rglob("*") if f.is_file())
+    me = [sys.executable, __file__, "--folder", str(args.folder), "--max-memory", args.max_memory]
+    if args.rebuild or not (args.folder / "image.index").is_file():
+        out["build"] = json.loads(subprocess.check_output([*me, "--step", "build"]))
+    out["search"] = json.loads(subprocess.check_output([*me, "--step", "search", "--queries", str(args.queries)]))
+    out["load_after"] = os.getloadavg()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
