@@ -154,6 +154,13 @@ def search_command(
         Path | None,
         typer.Option("--index", help="search the FAISS index of this layout (p2w index --embeddings) instead"),
     ] = None,
+    knn_service: Annotated[
+        str | None,
+        typer.Option("--knn-service", help="search a running clip-retrieval back end instead (its URL)"),
+    ] = None,
+    knn_index: Annotated[
+        str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
+    ] = None,
 ) -> None:
     """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME. A running p2w serve of the same
     model (and mapper) answers at once; --device or --precision search in this process."""
@@ -163,7 +170,7 @@ def search_command(
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
-        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, index)
+        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, index, knn_service, knn_index)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)
         hits = answer.hits

@@ -27,7 +27,8 @@ from p2w.spec import BackboneSpec
 class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
     template (None: the library's choice), how many results, only under a folder, the ANN's search breadth, and in
-    what: the catalog (None) or the FAISS index over a layout (``index``: the layout's folder)."""
+    what: the catalog (by default), the FAISS index over a layout (``index``: the layout's folder) or a running
+    clip-retrieval back end (``knn_service``: its URL, ``knn_index``: the name of one of its indexes)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None
@@ -37,6 +38,8 @@ class Request:
     within: Path | None = None
     ef: int | None = None
     index: Path | None = None
+    knn_service: str | None = None
+    knn_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def search(
         request.mode, len(request.images), has_text, request.prompt, backend.mapper, spec.id, settings,
         backend.download, notify,
     )  # fmt: skip
-    if _may_be_warm(backend) and request.index is None:  # a server searches its catalog
+    if _may_be_warm(backend) and request.index is None and request.knn_service is None:  # a server: its catalog
         hits = warm_search(settings, spec.id, choice.path if choice else None, _wire(request, qp), _paths(request))
         if hits is not None:
             return Answer(hits, qp, True)
@@ -117,7 +120,7 @@ def _here(
     """Load the model in this process and search (the cold path)."""
     import p2w
 
-    gallery = open_gallery(spec, settings, request.index)  # before the model: a missing gallery fails fast
+    gallery = open_gallery(spec, settings, request)  # before the model: a missing gallery fails fast
     try:
         engine = p2w.load(
             model=backend.model,
@@ -134,17 +137,26 @@ def _here(
         gallery.close()
 
 
-def open_gallery(spec: BackboneSpec, settings: Settings, index: Path | None = None) -> Gallery:
-    """What a search of ``spec``'s vectors runs on: the FAISS index over the layout in ``index``, else the catalog of
-    ``spec``; an index of another backbone's vectors is refused, naming the options that search it."""
-    if index is None:
+def open_gallery(spec: BackboneSpec, settings: Settings, request: Request | None = None) -> Gallery:
+    """What a search of ``spec``'s vectors runs on: ``request.index`` (the FAISS index over a layout), else
+    ``request.knn_service`` (a clip-retrieval back end), else the catalog of ``spec``. An index of another backbone's
+    vectors is refused, naming the options that search it."""
+    if request is not None and request.index is not None and request.knn_service is not None:
+        raise P2WError("search an --index or a --knn-service, not both")
+    if request is not None and request.knn_index is not None and request.knn_service is None:
+        raise P2WError("--knn-index names an index of a --knn-service URL; give the URL too")
+    if request is not None and request.knn_service is not None:
+        from p2w.datasets.knn_service import KnnService
+
+        return KnnService(request.knn_service, request.knn_index)
+    if request is None or request.index is None:
         from p2w.library.search import CatalogGallery, open_catalog
 
         return CatalogGallery(open_catalog(spec, settings))
     from p2w.datasets.index_gallery import IndexGallery
     from p2w.spec import options_for
 
-    gallery = IndexGallery(index.expanduser())
+    gallery = IndexGallery(request.index.expanduser())
     if gallery.backbone is not None and gallery.backbone != spec.id:
         gallery.close()
         hint = options_for(gallery.backbone)
