@@ -4,6 +4,7 @@ with -9; a layout changed, truncated or missing a part; `p2w index --embeddings`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ def make_layout(folder: Path, vectors: np.ndarray, parts: int = 3, p2w: bool = T
     if not p2w:
         (folder / layout.MANIFEST).unlink()
     bounds = np.linspace(0, n, parts + 1).astype(int)
-    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         meta = {
             "image_path": [f"key{i:07d}" for i in range(lo, hi)],
             "caption": [f"caption {i}" for i in range(lo, hi)],
@@ -164,7 +165,7 @@ def test_a_changed_truncated_or_incomplete_layout_is_a_clear_error(tmp_path):
     vectors = clustered(1_500, 16, seed=5)
     folder = tmp_path / "emb"
     make_layout(folder, vectors, parts=3)
-    with pytest.raises(P2WError, match="no image.index .* p2w index --embeddings"):
+    with pytest.raises(P2WError, match=r"no image.index .* p2w index --embeddings"):
         IndexGallery(folder)
     build_index(folder, queries=20)
     files = layout.vector_files(folder)
@@ -172,7 +173,7 @@ def test_a_changed_truncated_or_incomplete_layout_is_a_clear_error(tmp_path):
     with pytest.raises(P2WError, match="changed since its index was built; build it again"):
         IndexGallery(folder)
     files[1].write_bytes(files[1].read_bytes()[:-100])  # truncated
-    with pytest.raises(P2WError, match="cannot read .*img_emb"):
+    with pytest.raises(P2WError, match=r"cannot read .*img_emb"):
         build_index(folder)
     other = tmp_path / "other"
     make_layout(other, vectors, parts=3)
@@ -180,9 +181,9 @@ def test_a_changed_truncated_or_incomplete_layout_is_a_clear_error(tmp_path):
     foreign.add(vectors)
     faiss.write_index(foreign, str(other / "image.index"))  # as another tool builds it: no record
     layout.metadata_file(layout.vector_files(other)[2]).unlink()
-    with pytest.raises(P2WError, match="metadata_2.parquet is missing"):
+    with pytest.raises(P2WError, match=r"metadata_2.parquet is missing"):
         build_index(other)
-    with pytest.raises(P2WError, match="metadata_2.parquet is missing"):
+    with pytest.raises(P2WError, match=r"metadata_2.parquet is missing"):
         IndexGallery(other)
 
 

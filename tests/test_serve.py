@@ -197,6 +197,10 @@ def test_what_is_checked_is_what_is_served(catalog, tiny_engine, p2w_home, tmp_p
     secret = tmp_path / "secret.bin"
     outcome: dict[str, list[str]] = {}
 
+    from p2w.serve import service as service_module
+
+    checking = service_module.servable
+
     def scenario() -> None:  # on a thread of its own, the Service's (so that a hung open fails the test, not CI)
         service = Service(tiny_engine, Settings.from_env())
         try:
@@ -207,7 +211,7 @@ def test_what_is_checked_is_what_is_served(catalog, tiny_engine, p2w_home, tmp_p
                 original = service.original(pid)  # the control: served while it is the catalogued file
                 with original.file:
                     assert original.file.read() == photo.read_bytes() and original.size == photo.stat().st_size
-                row = service._servable(service._open(), pid)
+                checked = service_module.servable(service._gallery(), pid)  # the check, before the swap
                 st = photo.stat()
                 photo.unlink()
                 if swap == "symlink":  # a secret of the same size and mtime, as a link-following stat would see
@@ -218,15 +222,16 @@ def test_what_is_checked_is_what_is_served(catalog, tiny_engine, p2w_home, tmp_p
                     os.mkfifo(photo)
                 else:
                     photo.write_bytes(b"x" * (st.st_size + 1))
-                service._servable = lambda catalog, photo, row=row: row  # type: ignore[method-assign]
+                service_module.servable = lambda gallery, item, file=checked: file  # the swap after the check
                 outcome[swap] = []
                 for call in (service.original, service.thumbnail):
                     try:
                         call(pid)
                     except NotFound as exc:
                         outcome[swap].append(str(exc))
-                del service._servable
+                service_module.servable = checking
         finally:
+            service_module.servable = checking
             service.close()
 
     thread = threading.Thread(target=scenario, daemon=True)

@@ -166,11 +166,12 @@ def search_command(
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
-        from p2w.serve.query import Backend, Request, search
+        from p2w.serve.query import Backend, GalleryChoice, Request, search
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
-        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, index, knn_service, knn_index)
+        gallery = GalleryChoice(index, knn_service, knn_index)
+        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, gallery)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)
         hits = answer.hits

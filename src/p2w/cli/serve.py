@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -41,10 +42,21 @@ def serve_command(
     open_browser: Annotated[bool, typer.Option("--open", help="open the page in a browser")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="serve the FAISS index of this layout (p2w index --embeddings) instead"),
+    ] = None,
+    knn_service: Annotated[
+        str | None, typer.Option("--knn-service", help="serve a running clip-retrieval back end instead (its URL)")
+    ] = None,
+    knn_index: Annotated[
+        str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
+    ] = None,
 ) -> None:
     """Serve a web page for composed search (and warm p2w search), e.g. p2w serve --open. The first line printed is
     the address to open, with its access token; Ctrl-C stops."""
     with user_errors():
+        from p2w.serve.query import GalleryChoice
         from p2w.serve.run import serve
 
         if not _loopback(host):
@@ -76,7 +88,8 @@ def serve_command(
 
                 webbrowser.open(url)
 
-        serve(load, Settings.from_env(), host=host, port=port, on_ready=ready)
+        gallery = GalleryChoice(index, knn_service, knn_index)
+        serve(load, Settings.from_env(), host=host, port=port, on_ready=ready, gallery=gallery)
 
 
 def _loopback(host: str) -> bool:

@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from p2w.errors import P2WError
 from p2w.fspath import shown
-from p2w.serve.service import NotFound, Query, ServeError, Service, TooLarge, engine_thread
+from p2w.serve.errors import NotFound, ServeError, TooLarge
+from p2w.serve.service import Query, Service, engine_thread
 
 log = logging.getLogger(__name__)
 COOKIE = "p2w_token"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,31 @@ from p2w.spec import BackboneSpec
 
 
 @dataclass(frozen=True)
+class GalleryChoice:
+    """What a search runs on: the catalog of the backbone (nothing given), the FAISS index over the layout in
+    ``index``, or the index ``knn_index`` (None: its first) of the clip-retrieval back end at ``knn_service``."""
+
+    index: Path | None = None
+    knn_service: str | None = None
+    knn_index: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.index is not None and self.knn_service is not None:
+            raise P2WError("search an --index or a --knn-service, not both")
+        if self.knn_index is not None and self.knn_service is None:
+            raise P2WError("--knn-index names an index of a --knn-service URL; give the URL too")
+
+    @property
+    def catalog(self) -> bool:
+        """Whether this is the catalog (which a running ``p2w serve`` of the backbone answers warm)."""
+        return self.index is None and self.knn_service is None
+
+
+@dataclass(frozen=True)
 class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
     template (None: the library's choice), how many results, only under a folder, the ANN's search breadth, and in
-    what: the catalog (by default), the FAISS index over a layout (``index``: the layout's folder) or a running
-    clip-retrieval back end (``knn_service``: its URL, ``knn_index``: the name of one of its indexes)."""
+    what gallery (``GalleryChoice``; the catalog by default)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None
@@ -37,9 +57,7 @@ class Request:
     k: int = 10
     within: Path | None = None
     ef: int | None = None
-    index: Path | None = None
-    knn_service: str | None = None
-    knn_index: str | None = None
+    gallery: GalleryChoice = field(default_factory=GalleryChoice)
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,7 @@ def search(
         request.mode, len(request.images), has_text, request.prompt, backend.mapper, spec.id, settings,
         backend.download, notify,
     )  # fmt: skip
-    if _may_be_warm(backend) and request.index is None and request.knn_service is None:  # a server: its catalog
+    if _may_be_warm(backend) and request.gallery.catalog:  # a server's record is its catalog's
         hits = warm_search(settings, spec.id, choice.path if choice else None, _wire(request, qp), _paths(request))
         if hits is not None:
             return Answer(hits, qp, True)
@@ -120,7 +138,7 @@ def _here(
     """Load the model in this process and search (the cold path)."""
     import p2w
 
-    gallery = open_gallery(spec, settings, request)  # before the model: a missing gallery fails fast
+    gallery = open_gallery(spec, settings, request.gallery)  # before the model: a missing gallery fails fast
     try:
         engine = p2w.load(
             model=backend.model,
@@ -137,26 +155,22 @@ def _here(
         gallery.close()
 
 
-def open_gallery(spec: BackboneSpec, settings: Settings, request: Request | None = None) -> Gallery:
-    """What a search of ``spec``'s vectors runs on: ``request.index`` (the FAISS index over a layout), else
-    ``request.knn_service`` (a clip-retrieval back end), else the catalog of ``spec``. An index of another backbone's
-    vectors is refused, naming the options that search it."""
-    if request is not None and request.index is not None and request.knn_service is not None:
-        raise P2WError("search an --index or a --knn-service, not both")
-    if request is not None and request.knn_index is not None and request.knn_service is None:
-        raise P2WError("--knn-index names an index of a --knn-service URL; give the URL too")
-    if request is not None and request.knn_service is not None:
+def open_gallery(spec: BackboneSpec, settings: Settings, choice: GalleryChoice | None = None) -> Gallery:
+    """What a search of ``spec``'s vectors runs on (``choice``; None: the catalog of ``spec``). An index of another
+    backbone's vectors is refused, naming the options that search it."""
+    choice = choice or GalleryChoice()
+    if choice.knn_service is not None:
         from p2w.datasets.knn_service import KnnService
 
-        return KnnService(request.knn_service, request.knn_index)
-    if request is None or request.index is None:
+        return KnnService(choice.knn_service, choice.knn_index)
+    if choice.index is None:
         from p2w.library.search import CatalogGallery, open_catalog
 
         return CatalogGallery(open_catalog(spec, settings))
     from p2w.datasets.index_gallery import IndexGallery
     from p2w.spec import options_for
 
-    gallery = IndexGallery(request.index.expanduser())
+    gallery = IndexGallery(choice.index.expanduser())
     if gallery.backbone is not None and gallery.backbone != spec.id:
         gallery.close()
         hint = options_for(gallery.backbone)

@@ -17,6 +17,7 @@ from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.serve import discovery
 from p2w.serve.http import create_app
+from p2w.serve.query import GalleryChoice
 from p2w.serve.service import Limits, start
 from p2w.settings import Settings
 from p2w.version import version
@@ -67,16 +68,18 @@ def serve(
     port: int = 0,
     on_ready: Callable[[Address, Engine], None] | None = None,
     limits: Limits | None = None,
+    gallery: GalleryChoice | None = None,
 ) -> None:
     """Serve the engine ``load()`` returns (e.g. ``lambda: p2w.load(mapper="default")``) over HTTP until
     interrupted; blocks. The port is bound first (a port in use fails before the model loads); ``load`` then runs on
-    the thread that will run every query (``p2w.serve.service.start`` says why). The record in ``P2W_HOME/servers``
-    exists exactly while the server answers."""
+    the thread that will run every query (``p2w.serve.service.start`` says why). ``gallery``: what it searches (the
+    catalog when not given). A server of the catalog publishes a record in ``P2W_HOME/servers`` exactly while it
+    answers (warm ``p2w search`` finds it there); a server of an index or a back end publishes none."""
     import uvicorn
 
     sock = bind(host, port)
     try:
-        service, worker = start(load, settings, limits)
+        service, worker = start(load, settings, limits, gallery)
     except BaseException:
         sock.close()
         raise
@@ -88,7 +91,9 @@ def serve(
     record = discovery.ServerRecord(address.base, address.token, pid, service.backbone, mapper, version(), published)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
-    discovery.write(settings, record)
+    published_record = service.choice.catalog
+    if published_record:
+        discovery.write(settings, record)
     try:
         if on_ready is not None:
             on_ready(address, engine)
@@ -96,6 +101,7 @@ def serve(
     except KeyboardInterrupt:  # uvicorn shuts down gracefully, then re-raises the Ctrl-C it caught: done
         log.debug("p2w serve stopped by Ctrl-C")
     finally:
-        discovery.remove(settings, record)
+        if published_record:
+            discovery.remove(settings, record)
         with contextlib.suppress(OSError):
             sock.close()

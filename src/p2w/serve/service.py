@@ -1,10 +1,11 @@
-"""The resident engine behind ``p2w serve``: one loaded model and mapper, the catalog of its backbone and the ANN
-index held in memory, uploads kept as image features, thumbnails made once.
+"""The resident engine behind ``p2w serve``: one loaded model and mapper, the gallery it searches (the catalog of its
+backbone with its ANN index held in memory, a FAISS index over a layout, or a clip-retrieval back end:
+``p2w.serve.query.open_gallery``), uploads kept as image features, thumbnails made once.
 
 Every method runs on one thread, the one the engine was loaded on (``start``; ``p2w.serve.http`` sends every call
 there): the engine and the SQLite connection are never shared between threads. Input is treated as hostile: uploads
-are limited in bytes and pixels, originals are served only for photos in the catalog, by id, when the file on disk is
-still the one catalogued.
+are limited in bytes and pixels, originals are served only for a gallery's local files, by id, while the file on disk
+is still the one embedded (``p2w.serve.files``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -22,50 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
 from p2w.core.compose import MODES
+from p2w.core.gallery import Gallery, Hit
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
 from p2w.errors import ImageError, ImageTooLarge, P2WError
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import Catalog, Row, catalog_dir
-from p2w.library.search import search
+from p2w.library.catalog import Catalog, catalog_dir
+from p2w.library.search import CatalogGallery
 from p2w.library.sheet import THUMB, thumbnail
+from p2w.serve.errors import NotFound, ServeError, TooLarge, Unavailable, Unsupported
+from p2w.serve.files import open_checked, servable, thumb_key
+from p2w.serve.query import GalleryChoice, open_gallery
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ServeError(P2WError):
-    """A request the server refuses; ``status`` is the HTTP status it answers with."""
-
-    status = 400
-
-
-class NotFound(ServeError):
-    """No such photo (or not one the server may show)."""
-
-    status = 404
-
-
-class TooLarge(ServeError):
-    """An upload over the byte or pixel limit."""
-
-    status = 413
-
-
-class Unsupported(ServeError):
-    """An upload that is not an image p2w can read."""
-
-    status = 415
-
-
-class Unavailable(ServeError):
-    """What the request needs is not set up yet (no catalog, no mapper)."""
-
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -160,23 +133,28 @@ def _references(value: Any, limits: Limits) -> tuple[Reference, ...]:
 
 
 class Service:
-    """The engine, catalog and index of one backbone, e.g. ``Service(p2w.load(...), Settings.from_env())``."""
+    """The engine and the gallery of one backbone, e.g. ``Service(p2w.load(...), Settings.from_env())``; ``gallery``:
+    what it searches (the catalog when not given)."""
 
-    def __init__(self, engine: Engine, settings: Settings, limits: Limits | None = None) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, limits: Limits | None = None, gallery: GalleryChoice | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.limits = limits or Limits()
+        self.choice = gallery or GalleryChoice()
         self.backbone = engine.backbone.id
         self.folder = catalog_dir(settings.home, self.backbone)
         self.thumbs = settings.home / "thumbnails"
         self._catalog: Catalog | None = None
         self._ann: ann_mod.Ann | None = None
+        self._other: Gallery | None = None  # an index or a back end, opened once
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()  # id -> features (embed_dim,)
         self.timings: dict[str, float] = {}  # ms by stage of the last upload or search (the Server-Timing header)
 
     # ---- what the page asks first ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Backbone, mapper, catalog size and what is missing, for the page's header and messages."""
+        """Backbone, mapper, gallery and its size and what is missing, for the page's header and messages."""
         mapper = self.engine.mapper_name
         out: dict[str, Any] = {
             "backbone": self.backbone,
@@ -184,13 +162,15 @@ class Service:
             "modes": list(MODES),
             "prompt": self.engine.default_prompt,  # the page's placeholder: the mapper's method's template
             "photos": 0,
+            "gallery": None,
             "message": None,
             "max_upload_bytes": self.limits.upload_bytes,
         }
         if mapper is None:
             out["message"] = f"no mapper for {self.backbone}: {self.engine.missing_mapper}"
         try:
-            out["photos"] = self._open().count()
+            gallery = self._gallery()
+            out["photos"], out["gallery"] = gallery.count(), gallery.name
         except Unavailable as exc:
             out["message"] = str(exc)
         return out
@@ -224,18 +204,28 @@ class Service:
 
     # ---- search ----------------------------------------------------------------------------------------------------
     def search(self, q: Query) -> dict[str, Any]:
-        """The hits of ``q``: ``{"results": [{"rank", "score", "path", "size", "mtime", "id"}, ...]}``."""
+        """The hits of ``q``: ``{"results": [{"rank", "score", "path", "size", "mtime", "id", "local", "refine",
+        ...}, ...]}`` (``caption``, ``url`` where the gallery has them)."""
         self.timings.clear()
-        catalog = self._open()
-        ann = self._current_ann(catalog)
+        gallery = self._gallery()
         with self._stage("reference"):
-            features = self._reference(catalog, q)
+            features = self._reference(gallery, q)
         with self._stage("compose"):
             vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
         within = Path(q.within) if q.within else None
         with self._stage("ann"):
-            hits = search(catalog, vector, k=q.k, within=within, ef=q.ef, ann=ann)
-        return {"results": [{**h.to_json(), "size": h.size, "mtime": h.mtime, "id": h.id} for h in hits]}
+            hits = gallery.search(vector, q.k, within, q.ef)
+        return {"results": [self._result(gallery, h) for h in hits]}
+
+    def _result(self, gallery: Gallery, hit: Hit) -> dict[str, Any]:
+        """A hit for the page: ``local`` (its thumbnail and file may be asked for) and ``refine`` (it may be a
+        reference image: stored features, or a local file to encode)."""
+        if self.choice.catalog:  # the catalog's hits are files on disk (its search drops the gone) with features
+            local = refine = True
+        else:
+            local = gallery.local_file(hit.id) is not None
+            refine = local or gallery.features(hit.id) is not None
+        return {**hit.to_json(), "size": hit.size, "mtime": hit.mtime, "id": hit.id, "local": local, "refine": refine}
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -245,83 +235,69 @@ class Service:
         finally:
             self.timings[name] = 1000 * (time.perf_counter() - start)
 
-    def _reference(self, catalog: Catalog, q: Query) -> torch.Tensor | None:
+    def _reference(self, gallery: Gallery, q: Query) -> torch.Tensor | None:
         """Unnormalised image features of the query's reference images: ``(embed_dim,)`` for one, ``(k, embed_dim)``
         for several, None for none."""
         refs = q.images or ((Reference(q.upload, q.photo),) if q.upload is not None or q.photo is not None else ())
         if not refs:
             return None
-        features = [self._features(catalog, ref) for ref in refs]
+        features = [self._features(gallery, ref) for ref in refs]
         return features[0] if len(features) == 1 else torch.stack(features)
 
-    def _features(self, catalog: Catalog, ref: Reference) -> torch.Tensor:
+    def _features(self, gallery: Gallery, ref: Reference) -> torch.Tensor:
         if ref.upload is not None:
             if ref.upload not in self._uploads:
                 raise NotFound("that upload is no longer held by the server; upload the image again")
             self._uploads.move_to_end(ref.upload)
             return self._uploads[ref.upload]
         assert ref.photo is not None
-        row = self._servable(catalog, ref.photo)
-        norm = catalog.norms_for([row.id]).get(row.id)
-        if norm is not None:  # the catalog's own vector and norm: no image tower
-            unit = np.frombuffer(catalog.vectors_for([row.id])[row.id], dtype=np.float32)
-            return torch.from_numpy(unit * np.float32(norm))
-        image = open_image(row.path, draft=self.engine.backbone.draft_size)
+        try:
+            stored = gallery.features(ref.photo)
+        except P2WError as exc:
+            raise NotFound(str(exc)) from exc
+        if stored is not None:  # the gallery's own vector and norm: no image tower
+            return torch.from_numpy(stored.astype("float32"))
+        file = servable(gallery, ref.photo)  # no stored features (a layout without norm): the image itself
+        image = open_image(file.path, draft=self.engine.backbone.draft_size)
         return self.engine.image_features([image])[0].float().cpu()
 
     # ---- files ---------------------------------------------------------------------------------------------------
     def original(self, photo: int) -> Original:
-        """The file of catalog photo ``photo``, open, if it is still the file that was catalogued (the caller reads
+        """The file of gallery item ``photo``, open, if it is still the file that was embedded (the caller reads
         ``size`` bytes from it and closes it)."""
-        row = self._servable(self._open(), photo)
-        return Original(self._open_catalogued(row), Path(row.path).name, row.size)
+        file = servable(self._gallery(), photo)
+        opened, size = open_checked(file, photo)
+        return Original(opened, Path(file.path).name, size)
 
     def thumbnail(self, photo: int) -> Path:
-        """A JPEG thumbnail of catalog photo ``photo``, made once and kept by content hash."""
-        row = self._servable(self._open(), photo)
-        target = self.thumbs / row.hash[:2] / f"{row.hash}-{THUMB}.jpg"
+        """A JPEG thumbnail of gallery item ``photo``, made once and kept by content (``files.thumb_key``)."""
+        file = servable(self._gallery(), photo)
+        key = thumb_key(file)
+        target = self.thumbs / key[:2] / f"{key}-{THUMB}.jpg"
         if not target.is_file():
-            with self._open_catalogued(row) as file:
-                data = file.read(row.size)
+            opened, size = open_checked(file, photo)
+            with opened:
+                data = opened.read(size)
             try:
-                image = decode_image(data, row.path, draft=THUMB)
+                image = decode_image(data, file.path, draft=THUMB)
             except ImageError as exc:
                 raise NotFound(f"photo {photo} cannot be read: {exc}") from exc
             thumbnail(image, target)
         return target
 
-    def _open_catalogued(self, row: Row) -> BinaryIO:
-        """The file of ``row`` (``_servable``'s), opened without following a symlink (``O_NOFOLLOW``; ``O_NONBLOCK``,
-        so that a FIFO cannot hang the open) and checked again on the open file: what is checked is what is read, so a
-        file swapped after the path's check cannot be served."""
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(row.path, flags)
-        except FileNotFoundError as exc:
-            raise NotFound(f"photo {row.id} is gone from disk") from exc
-        except OSError as exc:  # ELOOP: a symlink now stands there
-            raise _changed(row) from exc
-        file = os.fdopen(fd, "rb")
-        if not _unchanged(os.fstat(file.fileno()), row):
-            file.close()
-            raise _changed(row)
-        return file
+    # ---- the gallery -----------------------------------------------------------------------------------------------
+    def _gallery(self) -> Gallery:
+        """The catalog with its current ANN index, or the index or back end (opened once)."""
+        if self.choice.catalog:
+            catalog = self._open()
+            return CatalogGallery(catalog, self._current_ann(catalog))
+        if self._other is None:
+            try:
+                self._other = open_gallery(self.engine.backbone.spec, self.settings, self.choice)
+            except P2WError as exc:
+                raise Unavailable(str(exc)) from exc
+        return self._other
 
-    def _servable(self, catalog: Catalog, photo: int) -> Row:
-        """The catalog row of ``photo`` when its file is a regular file (not a symlink) of the catalogued size and
-        modification time; anything else is "not found"."""
-        row = catalog.rows_for([photo]).get(photo)
-        if row is None:
-            raise NotFound(f"no photo {photo} in the catalog")
-        try:
-            st = os.lstat(row.path)
-        except OSError as exc:
-            raise NotFound(f"photo {photo} is gone from disk") from exc
-        if not _unchanged(st, row):
-            raise _changed(row)
-        return row
-
-    # ---- the catalog and its index ---------------------------------------------------------------------------------
     def _open(self) -> Catalog:
         if self._catalog is None:
             try:
@@ -343,30 +319,24 @@ class Service:
         return self._ann
 
     def prepare(self) -> None:
-        """Open the catalog and load its index now (before the first query; a missing catalog is not an error)."""
+        """Open the gallery (the catalog and its index) now, before the first query; a missing one is not an error."""
         try:
-            self._current_ann(self._open())
+            self._gallery()
         except Unavailable as exc:
             log.info("%s", exc)
 
     def close(self) -> None:
-        """Close the catalog."""
+        """Close the catalog, or the index or back end."""
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
-
-
-def _unchanged(st: os.stat_result, row: Row) -> bool:
-    """A regular file (not a symlink, FIFO or device) of the catalogued size and modification time."""
-    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (row.size, row.mtime_ns)
-
-
-def _changed(row: Row) -> NotFound:
-    return NotFound(f"photo {row.id} changed on disk since it was indexed; run p2w index again")
+        if self._other is not None:
+            self._other.close()
+            self._other = None
 
 
 def start(
-    load: Callable[[], Engine], settings: Settings, limits: Limits | None = None
+    load: Callable[[], Engine], settings: Settings, limits: Limits | None = None, gallery: GalleryChoice | None = None
 ) -> tuple[Service, ThreadPoolExecutor]:
     """A ``Service`` over the engine ``load()`` returns (e.g. ``lambda: p2w.load(mapper="default")``) and the one
     thread it belongs to: ``load`` runs there, and every call of the Service must run there too
@@ -377,11 +347,14 @@ def start(
     has CPUs, libgomp spins 100 times instead of 300,000 before a waiting thread sleeps (GCC's manual,
     ``GOMP_SPINCOUNT``), and kernels then pay for wake-ups. A model loaded on one thread and queried on another is
     exactly that: ViT-B-32's text tower took 28-30 ms a query so on 2 CPUs, against 20-21 ms when one thread does both
-    (docs/performance.md, "p2w serve").
+    (docs/performance.md, "p2w serve"). An index or a back end (``gallery``) is opened here too: a missing one is an
+    error of ``start``; a missing catalog is not (the page says how to make one).
     """
     worker = engine_thread()
     try:
-        service = worker.submit(lambda: Service(load(), settings, limits)).result()
+        service = worker.submit(lambda: Service(load(), settings, limits, gallery)).result()
+        if not service.choice.catalog:  # an index or a back end asked for by name: its errors now, not in the page
+            worker.submit(service._gallery).result()
     except BaseException:
         worker.shutdown(wait=False, cancel_futures=True)
         raise

@@ -43,7 +43,8 @@ async function loadStatus() {
     const s = await api("/api/status");
     state.status = s;
     const mapper = s.mapper ? `mapper ${s.mapper}` : "no mapper";
-    const photos = `${s.photos} photo${s.photos === 1 ? "" : "s"}`;
+    // the catalog counts its photos; an index its rows; a remote back end does not say (photos is null)
+    const photos = s.photos == null ? s.gallery : `${s.photos} photo${s.photos === 1 ? "" : "s"}`;
     $("about").textContent = `${s.backbone} · ${mapper} · ${photos}`;
     if (!$("prompt").value) $("prompt").placeholder = s.prompt;
     const notes = [];
@@ -67,16 +68,15 @@ function setReference(ref) {
   if (state.ref && state.ref.src.startsWith("blob:")) URL.revokeObjectURL(state.ref.src);
   state.ref = ref;
   const img = $("ref-image");
-  if (ref) {
+  if (ref && ref.src) {
     img.src = ref.src;
     img.alt = ref.label;
-    $("ref-label").textContent = ref.label;
-  } else {
+  } else {  // no reference, or one with no image to show (a layout's row without a local file)
     img.removeAttribute("src");
     img.alt = "";
-    $("ref-label").textContent = "";
   }
-  img.hidden = !ref;
+  $("ref-label").textContent = ref ? ref.label : "";
+  img.hidden = !ref || !ref.src;
   $("clear-ref").hidden = !ref;
   $("drop").classList.toggle("has-image", Boolean(ref));
 }
@@ -218,22 +218,33 @@ function render(columns) {
 }
 
 function card(hit) {
+  // hit.local: the server shows its thumbnail and file; hit.refine: it may be the reference image (stored features
+  // or a local file); a hit of a remote back end or a shard has neither: its caption and a link to its URL instead.
   const item = document.createElement("div");
   item.className = "hit";
   const pick = document.createElement("button");
   pick.type = "button";
   pick.className = "pick";
-  pick.title = "use as the reference image";
+  pick.title = hit.refine ? "use as the reference image" : "this result cannot be a reference here";
   pick.setAttribute("aria-label", `use ${hit.path} as the reference image`);
+  pick.disabled = !hit.refine;
   pick.dataset.photo = String(hit.id);
-  const img = document.createElement("img");
-  img.loading = "lazy";
-  img.src = `/api/thumb/${hit.id}`;
-  img.alt = hit.path;
-  img.addEventListener("load", () => img.classList.toggle("small", img.naturalWidth < 96));
-  pick.append(img);
+  if (hit.local) {
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.src = `/api/thumb/${hit.id}`;
+    img.alt = hit.path;
+    img.addEventListener("load", () => img.classList.toggle("small", img.naturalWidth < 96));
+    pick.append(img);
+  } else {
+    const none = document.createElement("span");
+    none.className = "nothumb";
+    none.textContent = hit.caption || hit.path || "no image here";
+    pick.append(none);
+  }
   pick.addEventListener("click", () => {
-    setReference({ kind: "photo", id: hit.id, src: `/api/thumb/${hit.id}`, label: hit.path });
+    const src = hit.local ? `/api/thumb/${hit.id}` : "";
+    setReference({ kind: "photo", id: hit.id, src, label: hit.path || hit.caption || `item ${hit.id}` });
     search();
   });
   const score = document.createElement("span");
@@ -254,12 +265,22 @@ function card(hit) {
   inner.textContent = hit.path.slice(0, cut);
   folder.append(inner);
   path.append(folder, name);
-  const open = document.createElement("a");
-  open.href = `/api/photo/${hit.id}`;
-  open.target = "_blank";
-  open.rel = "noopener noreferrer";
-  open.textContent = "open original";
-  item.append(pick, score, path, open);
+  item.append(pick, score, path);
+  if (hit.caption && hit.local) {
+    const caption = document.createElement("span");
+    caption.className = "caption";
+    caption.textContent = hit.caption;
+    item.append(caption);
+  }
+  const target = hit.local ? `/api/photo/${hit.id}` : /^https?:\/\//i.test(hit.url || "") ? hit.url : null;
+  if (target) {
+    const open = document.createElement("a");
+    open.href = target;
+    open.target = "_blank";
+    open.rel = "noopener noreferrer";
+    open.textContent = hit.local ? "open original" : "open link";
+    item.append(open);
+  }
   return item;
 }
 
