@@ -12,6 +12,9 @@ p2w's metadata (image_path, caption, norm, hash). Then, each in a fresh process 
   a time on one thread: the gallery's share of a query (FAISS search, re-ranking with the exact vectors, metadata),
   p50 and p99; recall@10 against exact search over every row (streamed); the process's own memory (``RssAnon``) and
   the mapped files' resident pages (``RssFile``, the page cache's) before and after.
+- ``service``: whole queries through ``Service.search`` as ``p2w serve`` runs them (ViT-B-32 with random weights, its
+  real cost, and a random Pic2Word mapper): a text query and a composed one (a row as the reference, from its stored
+  vector and norm, plus words), p50 and p99 of each, with the stages' shares.
 
 One JSON object on stdout. The layout is kept in ``--folder`` (a re-run reuses it; ``--rebuild`` builds again).
 """
@@ -46,11 +49,18 @@ def status_kib(*names: str) -> dict[str, int]:
     return out
 
 
+def backbone_id() -> str:
+    """The layout's backbone: ViT-B-32 with random weights (512-d), the model ``service`` queries it with."""
+    from p2w.settings import Settings
+
+    return Settings.from_env().backbone("ViT-B-32", "none").id
+
+
 def write_layout(folder: Path, rows: int, dim: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((32, dim), dtype=np.float32)
     parts = -(-rows // PART)
-    layout.start(folder, layout.Manifest("synthetic/none", dim, "float16", parts, PART, []))
+    layout.start(folder, layout.Manifest(backbone_id(), dim, "float16", parts, PART, []))
     for part in range(parts):
         lo, hi = part * PART, min(rows, (part + 1) * PART)
         meta = {"image_path": [f"/photos/{i:09d}.jpg" for i in range(lo, hi)],
@@ -103,6 +113,36 @@ def search(folder: Path, queries: int) -> dict[str, object]:
     }
 
 
+def service(folder: Path, queries: int) -> dict[str, object]:
+    import torch
+
+    import p2w
+    from p2w.mappers.network import Mapper
+    from p2w.serve.query import GalleryChoice
+    from p2w.serve.service import Query, Service
+    from p2w.settings import Settings
+
+    torch.manual_seed(0)
+    engine = p2w.load(model="ViT-B-32", pretrained="none", mapper=Mapper(512, 512), device="cpu")
+    svc = Service(engine, Settings.from_env(), gallery=GalleryChoice(index=folder))
+    rows = svc.status()["photos"]
+    kinds = {"text": lambda i: Query(text=f"a photo of a thing number {i}", k=10),
+             "composed": lambda i: Query(photo=(i * 7919) % rows, text="in red", mode="pic2word", k=10)}  # fmt: skip
+    out: dict[str, object] = {}
+    for kind, make in kinds.items():
+        times, stages = [], []
+        for i in range(queries):
+            start = time.perf_counter()
+            svc.search(make(i))
+            times.append(1000 * (time.perf_counter() - start))
+            stages.append(dict(svc.timings))
+        share = {k: round(float(np.median([s[k] for s in stages[1:]])), 2) for k in stages[-1]}
+        out[kind] = {"ms_p50": round(float(np.percentile(times[1:], 50)), 2),
+                     "ms_p99": round(float(np.percentile(times[1:], 99)), 2), "stage_ms_p50": share}  # fmt: skip
+    svc.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -111,13 +151,16 @@ def main() -> None:
     ap.add_argument("--max-memory", default="4G")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--step", choices=("all", "build", "search"), default="all")
+    ap.add_argument("--step", choices=("all", "build", "search", "service"), default="all")
     args = ap.parse_args()
     if args.step == "build":
         print(json.dumps(build(args.folder, args.max_memory)))
         return
     if args.step == "search":
         print(json.dumps(search(args.folder, args.queries)))
+        return
+    if args.step == "service":
+        print(json.dumps(service(args.folder, min(args.queries, 200))))
         return
     out: dict[str, object] = {"rows": args.rows, "dim": args.dim, "load": os.getloadavg()}
     if not (args.folder / layout.MANIFEST).is_file():
@@ -128,7 +171,8 @@ def main() -> None:
     me = [sys.executable, __file__, "--folder", str(args.folder), "--max-memory", args.max_memory]
     if args.rebuild or not (args.folder / "image.index").is_file():
         out["build"] = json.loads(subprocess.check_output([*me, "--step", "build"]))
-    out["search"] = json.loads(subprocess.check_output([*me, "--step", "search", "--queries", str(args.queries)]))
+    for step in ("search", "service"):
+        out[step] = json.loads(subprocess.check_output([*me, "--step", step, "--queries", str(args.queries)]))
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

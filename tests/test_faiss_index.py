@@ -220,3 +220,19 @@ def test_the_module_names_faiss_when_it_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(P2WError, match=r"pip install 'p2w\[faiss\]'"):
         faiss_index.faiss_module()
+
+
+def test_on_ray_the_index_is_filled_by_tasks_and_finds_what_one_process_finds(tmp_path, ray_cluster):
+    vectors = clustered(6_000, 16, seed=6)
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        make_layout(folder, vectors, parts=3)
+    local = build_index(here, key="IVF16,PQ4x8", queries=50)
+    remote = build_index(there, key="IVF16,PQ4x8", queries=50, ray="auto")  # the session's cluster: 3 tasks
+    assert (remote.rows, remote.params, remote.recall_at_10) == (local.rows, local.params, local.recall_at_10)
+    a, b = IndexGallery(here), IndexGallery(there)
+    assert b.index.ntotal == 6_000
+    for i in range(0, 6_000, 300):
+        assert [h.id for h in a.search(vectors[i], 10)] == [h.id for h in b.search(vectors[i], 10)]
+    with pytest.raises(P2WError, match="unknown --ray address"):
+        build_index(there, ray="cluster-1")

@@ -61,6 +61,10 @@ def index_command(
         str | None,
         typer.Option("--index-key", help="with --embeddings: a FAISS factory string instead of p2w's choice"),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="with --embeddings: fill the index on Ray (local, auto or ray://HOST:PORT)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Add photos to the catalog of a model, e.g. p2w index ~/Pictures; or build a FAISS index over a layout:
@@ -69,7 +73,7 @@ def index_command(
         status_command(as_json=as_json, model=model, pretrained=pretrained)
         return
     if embeddings is not None:
-        _index_embeddings(paths, embeddings, max_memory, index_key, as_json)
+        _index_embeddings(paths, embeddings, max_memory, index_key, ray, as_json)
         return
     with user_errors():
         from p2w.cli.render import LibraryProgress, index_table, skipped_table
@@ -104,7 +108,9 @@ def index_command(
             raise typer.Exit(130)
 
 
-def _index_embeddings(paths: list[Path] | None, folder: Path, max_memory: str, key: str | None, as_json: bool) -> None:
+def _index_embeddings(
+    paths: list[Path] | None, folder: Path, max_memory: str, key: str | None, ray: str | None, as_json: bool
+) -> None:
     with user_errors():
         from p2w.cli.render import LibraryProgress, index_build_table
         from p2w.datasets.faiss_index import build_index, parse_memory
@@ -112,7 +118,7 @@ def _index_embeddings(paths: list[Path] | None, folder: Path, max_memory: str, k
         if paths:
             raise P2WError("give photos to index, or --embeddings DIR to build a layout's index, not both")
         with LibraryProgress(err_console) as progress:
-            built = build_index(folder.expanduser(), parse_memory(max_memory), key, progress)
+            built = build_index(folder.expanduser(), parse_memory(max_memory), key, progress, ray=ray)
         summary = {"index": str(folder / "image.index"), **{k: v for k, v in vars(built).items() if k != "vectors"}}
         if as_json:
             typer.echo(json.dumps(summary))

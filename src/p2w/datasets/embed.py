@@ -26,6 +26,7 @@ from p2w.core.backbone import Backbone
 from p2w.core.devices import default_workers
 from p2w.core.features import as_given, worker_init
 from p2w.core.sources import Part, Problems, plan
+from p2w.datasets.cluster import check_address
 from p2w.datasets.rows import PartRows, Transform, gather
 from p2w.datasets.tower import Job, Options, write
 from p2w.errors import P2WError
@@ -82,8 +83,8 @@ def embed_dataset(
     this machine belongs to) or ``"ray://HOST:PORT"``; ``ray_workers`` tower actors of ``gpus_per_worker`` GPUs each.
     """
     start = time.perf_counter()
-    if ray is not None and ray not in ("local", "auto") and not ray.startswith("ray://"):
-        raise P2WError(f"unknown --ray address {ray!r}: use local, auto or ray://HOST:PORT")
+    if ray is not None:
+        check_address(ray)
     options = options or Options()
     if options.dtype not in layout.DTYPES:
         raise P2WError(f"unknown --dtype {options.dtype!r}; use {' or '.join(layout.DTYPES)}")

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,11 @@ import numpy as np
 from p2w.atomic import atomic_path
 from p2w.core import layout
 from p2w.core.lock import writer_lock
+from p2w.datasets.cluster import check_address
 from p2w.datasets.hit_metadata import write_arrow
+from p2w.datasets.index_on_ray import CHUNK, fill_on_ray
 from p2w.errors import P2WError
+from p2w.progress import Progress
 
 FAISS_HINT = "FAISS indexes need faiss: pip install 'p2w[faiss]' (faiss-cpu; faiss-gpu where you have it)"
 INDEX = "image.index"
@@ -37,7 +40,6 @@ FORMAT = "p2w-faiss-index"
 TARGET_RECALL = 0.95  # recall@10 after re-ranking that the search breadth is chosen to reach
 RERANK = 100  # candidates re-ranked with their exact vectors (at least 10 x k)
 FLAT_BELOW = 100_000  # exact search below this many rows (a 512-d scan of 100,000 rows: a few ms)
-CHUNK = 65_536  # rows read, converted to float32 and added at a time
 PQ_SIZES = (64, 48, 32, 24, 16, 8)  # bytes per vector, the largest that fits the budget first
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -227,29 +229,31 @@ def rerank(rows: Rows, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.n
     return ids[top], scores[top]
 
 
-Progress = Callable[[str, int, int], None]
-
-
 def build_index(
     folder: Path,
     budget: int = 4 << 30,
     key: str | None = None,
     progress: Progress | None = None,
     queries: int = 200,
+    ray: str | None = None,
 ) -> Built:
     """Build ``folder/image.index`` over the layout in ``folder`` and record it in ``index.json``, e.g.
     ``build_index(Path("emb"), parse_memory("4G"))``. ``key`` forces a FAISS factory string; ``queries`` held-out
-    rows measure the recall at 10 (and choose the search breadth). One build of a folder at a time (its ``lock``);
+    rows measure the recall at 10 (and choose the search breadth); ``ray``: a Ray address (``local``, ``auto``,
+    ``ray://HOST:PORT``) whose tasks fill an IVF index (``p2w.datasets.index_on_ray``). One build of a folder at a
+    time (its ``lock``);
     what a build killed before left behind (``.image.index.*.tmp``) is removed first. The hits' metadata is also
     written as ``index_metadata.arrow`` (``p2w.datasets.hit_metadata``)."""
     faiss = faiss_module()
+    if ray is not None:
+        check_address(ray)
     start = time.perf_counter()
     rows = Rows.of(folder)
     key = key or choose_key(rows.count, rows.dim, budget)
     with writer_lock(folder, "the index"):
         for stale in (*folder.glob(f".{INDEX}.*.tmp"), *folder.glob(".index_metadata.arrow.*.tmp")):
             stale.unlink(missing_ok=True)
-        index = _filled(faiss, key, rows, progress)
+        index = _filled(faiss, key, rows, progress, (folder, ray) if ray else None)
         params, recall = _tune(faiss, index, rows, np.random.default_rng(1), queries)
         if progress:
             progress("metadata", 0, rows.count)
@@ -259,14 +263,17 @@ def build_index(
         return _commit(faiss, index, folder, built)
 
 
-def _filled(faiss: Any, key: str, rows: Rows, progress: Progress | None) -> Any:
-    """An index of ``key``, trained on a sample where it needs training, holding every row (added in chunks)."""
+def _filled(faiss: Any, key: str, rows: Rows, progress: Progress | None, ray: tuple[Path, str] | None) -> Any:
+    """An index of ``key``, trained on a sample where it needs training, holding every row (added in chunks here,
+    or by Ray tasks, a vector file each, when ``ray`` is (the layout's folder, an address) and the index is an IVF)."""
     try:
         index = faiss.index_factory(rows.dim, key, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise P2WError(f"FAISS cannot make an index of {key!r}: {str(exc).splitlines()[-1]}") from exc
     if not index.is_trained:
         _train(index, rows, np.random.default_rng(0), progress)
+    if ray is not None and _ivf(index) is not None:
+        return fill_on_ray(faiss, index, layout.vector_files(ray[0]), rows.starts[:-1], ray[1], progress)
     for first, block in rows.chunks():
         index.add(block)
         if progress:

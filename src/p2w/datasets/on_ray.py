@@ -24,12 +24,12 @@ from typing import Any
 from p2w.core.backbone import Backbone
 from p2w.core.devices import Placement, available_cpus
 from p2w.core.sources import Part, Problems
+from p2w.datasets.cluster import RAY_HINT, connect
 from p2w.datasets.rows import Transform, decode_part
 from p2w.datasets.tower import Job, write
 from p2w.errors import P2WError
 from p2w.spec import BackboneSpec
 
-RAY_HINT = "--ray needs Ray Data: pip install 'p2w[ray]'"
 DECODE_MEMORY = 1 << 30  # a worker with torch imported holds ~0.5 GiB before its part
 
 
@@ -50,7 +50,7 @@ def run(
         import ray
     except ImportError as exc:
         raise P2WError(RAY_HINT) from exc
-    ours = _connect(ray, address)
+    ours = connect(ray, address)
     try:
         ds: Any = ray.data.from_items(
             [{"part": pickle.dumps(p)} for p in parts], override_num_blocks=max(1, len(parts))
@@ -74,19 +74,6 @@ def run(
     finally:
         if ours:
             ray.shutdown()
-
-
-def _connect(ray: Any, address: str) -> bool:
-    """Connect to ``address``; True when this call started the connection (so ends it)."""
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise P2WError(
-            f"cannot reach the Ray cluster at {address!r} ({exc}); start one with: ray start --head"
-        ) from exc
-    return True
 
 
 def _decode(row: dict[str, Any], transform: Transform) -> dict[str, Any]:
