@@ -66,8 +66,9 @@ def test_the_index_type_follows_rows_width_and_budget():
     assert choose_key(50_000, 512, four) == "Flat"
     assert choose_key(500_000, 512, four) == "IVF2048,Flat"  # 4 sqrt(n) = 2,828 -> 2^11
     assert choose_key(500_000, 512, 256 << 20) == "OPQ64_512,IVF2048_HNSW32,PQ64x8"  # exact vectors do not fit
-    assert choose_key(10_000_000, 512, four) == "OPQ64_512,IVF65536_HNSW32,PQ64x8"
-    assert choose_key(10_000_000, 768, 700 << 20) == "OPQ32_768,IVF65536_HNSW32,PQ32x8"  # the budget decides
+    assert choose_key(10_000_000, 512, four) == "OPQ64_512,IVF8192_HNSW32,PQ64x8"  # 4 sqrt(n) = 12,649 -> 2^13
+    assert choose_key(10_000_000, 768, 500 << 20) == "OPQ32_768,IVF8192_HNSW32,PQ32x8"  # the budget decides
+    assert choose_key(10**9, 768, 64 << 30) == "OPQ48_768,IVF65536_HNSW32,PQ48x8"
     with pytest.raises(P2WError, match="do not fit"):
         choose_key(10_000_000, 512, 100 << 20)
     with pytest.raises(P2WError, match="cannot read the memory size"):

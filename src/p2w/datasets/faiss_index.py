@@ -62,16 +62,16 @@ def parse_memory(text: str) -> int:
 
 
 def lists_for(rows: int) -> int:
-    """IVF lists for ``rows`` vectors, as autofaiss chooses them: about 4 sqrt(rows), a power of two, below a
-    million rows; 16,384 below ten million; 65,536 below 300 million; 131,072 above."""
-    if rows < 1_000_000:
-        return max(1, 2 ** round(math.log2(4 * math.sqrt(rows))))
-    return 16_384 if rows < 10_000_000 else 65_536 if rows < 300_000_000 else 131_072
+    """IVF lists for ``rows`` vectors: the power of two at or below 4 sqrt(rows), at most 2^18. FAISS's guideline is
+    4 to 16 sqrt(rows) (autofaiss takes about 4 sqrt(rows) below a million rows, then 16,384 and more); training costs
+    rows x lists, so the low end keeps a ten-million-row build's training within minutes on a small machine, and
+    product-quantised lists stay cheap to scan."""
+    return max(1, min(1 << 18, 1 << int(math.log2(max(1.0, 4 * math.sqrt(rows))))))
 
 
 def choose_key(rows: int, dim: int, budget: int) -> str:
     """The FAISS factory string for ``rows`` unit vectors of ``dim`` within ``budget`` bytes of index, e.g.
-    ``choose_key(10**7, 512, 4 << 30) == "OPQ64_512,IVF16384_HNSW32,PQ64x8"``.
+    ``choose_key(10**7, 512, 4 << 30) == "OPQ64_512,IVF8192_HNSW32,PQ64x8"``.
 
     Exact (``Flat``) below ``FLAT_BELOW`` rows; an IVF with exact vectors in its lists below a million rows when they
     fit the budget; else OPQ-rotated product-quantised codes in an IVF with an HNSW coarse quantizer, the largest code
