@@ -38,6 +38,7 @@ INDEX = "image.index"
 INFO = "index.json"
 FORMAT = "p2w-faiss-index"
 TARGET_RECALL = 0.95  # recall@10 after re-ranking that the search breadth is chosen to reach
+PLATEAU = 0.005  # a doubled search breadth that gains less recall than this is not taken
 RERANK = 100  # candidates re-ranked with their exact vectors (at least 10 x k)
 FLAT_BELOW = 100_000  # exact search below this many rows (a 512-d scan of 100,000 rows: a few ms)
 PQ_SIZES = (64, 48, 32, 24, 16, 8)  # bytes per vector, the largest that fits the budget first
@@ -270,9 +271,15 @@ def _filled(faiss: Any, key: str, rows: Rows, progress: Progress | None, ray: tu
         index = faiss.index_factory(rows.dim, key, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise P2WError(f"FAISS cannot make an index of {key!r}: {str(exc).splitlines()[-1]}") from exc
+    ivf = _ivf(index)
+    concrete: Any = faiss.downcast_index(ivf) if ivf is not None else None
+    if hasattr(concrete, "do_polysemous_training"):
+        # the factory's IVF-PQ trains polysemous codes (minutes of simulated annealing) for a Hamming filter that
+        # p2w's searches do not use (nor autofaiss's, whose ht=2048 turns it off)
+        concrete.do_polysemous_training = False
     if not index.is_trained:
         _train(index, rows, np.random.default_rng(0), progress)
-    if ray is not None and _ivf(index) is not None:
+    if ray is not None and ivf is not None:
         return fill_on_ray(faiss, index, layout.vector_files(ray[0]), rows.starts[:-1], ray[1], progress)
     for first, block in rows.chunks():
         index.add(block)
@@ -322,7 +329,8 @@ def _ivf(index: Any) -> Any:
 
 def _tune(faiss: Any, index: Any, rows: Rows, rng: np.random.Generator, queries: int) -> tuple[str, float | None]:
     """The smallest search breadth whose recall at 10 (re-ranked, held-out rows: each query's own row left out)
-    reaches ``TARGET_RECALL``, set on ``index``; with the recall it reached. Exact indexes need no breadth."""
+    reaches ``TARGET_RECALL``, or past which doubling it gains less than ``PLATEAU`` (the codes, not the breadth,
+    then limit the recall), set on ``index``; with the recall it reached. Exact indexes need no breadth."""
     if rows.count < 11 + queries // 10:
         return "", None
     picked = rng.choice(rows.count, size=min(queries, rows.count), replace=False)
@@ -333,14 +341,18 @@ def _tune(faiss: Any, index: Any, rows: Rows, rng: np.random.Generator, queries:
         return "", _recall(index, rows, q, picked, truth)
     hnsw = "HNSW" in type(faiss.downcast_index(ivf.quantizer)).__name__
     space = faiss.ParameterSpace()
-    nprobe, recall = 1, 0.0
-    while True:
+    best = ("", -1.0)
+    for nprobe in sorted({min(1 << i, ivf.nlist) for i in range(ivf.nlist.bit_length() + 1)}):
         params = f"nprobe={nprobe}" + (f",efSearch={max(16, 2 * nprobe)}" if hnsw else "")
         space.set_index_parameters(index, params)
         recall = _recall(index, rows, q, picked, truth)
-        if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
-            return params, recall
-        nprobe = min(2 * nprobe, ivf.nlist)
+        if recall < best[1] + PLATEAU:
+            break  # no longer worth its time: the previous breadth
+        best = (params, recall)
+        if recall >= TARGET_RECALL:
+            break
+    space.set_index_parameters(index, best[0])
+    return best
 
 
 def _recall(index: Any, rows: Rows, q: np.ndarray, own: np.ndarray, truth: np.ndarray) -> float:
