@@ -97,6 +97,9 @@ def test_exact_and_ivf_pq_indexes_search_re_ranked_with_metadata(tmp_path):
     right = [len(set(h.id for h in gallery.search(vectors[i], 10)) & set(exact(vectors, vectors[i], 10)))
              for i in range(0, 20_000, 500)]  # fmt: skip
     assert sum(right) / (10 * len(right)) >= 0.9, right
+    narrow, wide = (sum(len(set(exact(vectors, vectors[i], 10)) & {h.id for h in gallery.search(vectors[i], 10, ef=ef)})
+                        for i in range(0, 20_000, 500)) for ef in (1, 64))  # fmt: skip
+    assert narrow < wide and gallery.params == pq.params  # --ef: one list, then all 64; then the build's again
 
 
 def test_an_index_faiss_built_in_clip_retrievals_naming_is_searched(tmp_path):

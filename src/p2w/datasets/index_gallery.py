@@ -57,8 +57,12 @@ class IndexGallery:
         if self.index.ntotal != self.rows.count:
             raise P2WError(f"{shown(str(path))} holds {self.index.ntotal:,} vectors, the layout {self.rows.count:,}; "
                            f"{rebuild_hint(folder)}")  # fmt: skip
-        if built is not None and built.params:
-            faiss.ParameterSpace().set_index_parameters(self.index, built.params)
+        self.space, self.lists = faiss.ParameterSpace(), _lists(faiss, self.index)
+        self.params = built.params if built is not None and built.params else ""
+        if self.params:
+            self.space.set_index_parameters(self.index, self.params)
+        elif self.lists:  # another tool's index: the breadth its file holds
+            self.params = f"nprobe={faiss.extract_index_ivf(self.index).nprobe}"
         files = layout.vector_files(folder)
         self.metadata = open_rows(folder, files, self.rows.starts, built.metadata if built is not None else None)
         self.backbone = self.manifest.backbone if self.manifest is not None else (info.backbone if info else None)
@@ -75,13 +79,21 @@ class IndexGallery:
         return self.rows.count
 
     def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
-        """The ``k`` rows closest to ``query``: the index's candidates, re-ranked by their exact vectors."""
+        """The ``k`` rows closest to ``query``: the index's candidates, re-ranked by their exact vectors; ``ef``: the
+        inverted lists to probe for this query instead of the build's choice (an IVF index)."""
         if within is not None:
             raise P2WError("--in FOLDER narrows a photo catalog's search; an index searches all its rows")
         if query.shape != (self.dim,):
             raise P2WError(f"the query has {query.shape[-1]} dimensions but {self.name} holds {self.dim}-d vectors")
         wanted = min(max(RERANK, 10 * k), self.rows.count)
-        _, found = self.index.search(np.ascontiguousarray(query[None], dtype=np.float32), wanted)
+        vector = np.ascontiguousarray(query[None], dtype=np.float32)
+        if ef is not None and self.lists:  # --ef: this query's breadth, in lists probed
+            self.space.set_index_parameters(self.index, f"nprobe={min(ef, self.lists)}")
+        try:
+            _, found = self.index.search(vector, wanted)
+        finally:
+            if ef is not None and self.lists:
+                self.space.set_index_parameters(self.index, self.params)
         ids, scores = rerank(self.rows, query, found[0], k)
         hits = []
         for rank, (item, score) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1):
@@ -119,6 +131,14 @@ class IndexGallery:
 
     def close(self) -> None:
         self.metadata = ParquetRows([], np.zeros(1, dtype=np.int64))  # the maps and row groups go
+
+
+def _lists(faiss: Any, index: Any) -> int:
+    """The inverted lists of an IVF index; 0 for another kind (exact: no breadth to set)."""
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return 0
 
 
 def _read(faiss: Any, path: Path) -> Any:
