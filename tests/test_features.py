@@ -15,7 +15,7 @@ from p2w.core.backbone import Backbone
 from p2w.core.features import FeatureCache, ImageSet, Views, hash_files
 from p2w.spec import BackboneSpec
 from p2w.training.distributed import Dist
-from p2w.training.trainset import _cached
+from p2w.training.trainset import _cached, _Job
 
 
 def digest(i: int) -> str:
@@ -70,7 +70,7 @@ def test_trainset_of_200k_cached_rows(tiny, tmp_path):
     cache = filled(tmp_path / "big.sqlite", n, dim=32)
     images = ImageSet([Path(f"/photos/{i}.jpg") for i in range(n)], [digest(i) for i in range(n)])
     backbone = Backbone.load(BackboneSpec(str(tiny.config), str(tiny.weights)), device="cpu")
-    source, kept = _cached(backbone, images, Views(1), cache, 64, 0, Dist(), None)
+    source, kept = _cached(images, _Job(backbone, Views(1), cache, [None] * n, [], 64, 0, None), Dist())
     cache.close()
     assert source.table.shape == (n, 1, 32) and len(kept.paths) == n and not kept.skipped
     expected = np.random.default_rng(0).standard_normal((n, 32), dtype=np.float32)
