@@ -487,7 +487,7 @@ def test_another_host_needs_host_and_gets_a_warning(tiny, monkeypatch):
     from p2w.cli.serve import _loopback
 
     calls: list[str] = []
-    monkeypatch.setattr(p2w.serve.run, "serve", lambda load, settings, host, port, on_ready: calls.append(host))
+    monkeypatch.setattr(p2w.serve.run, "serve", lambda load, settings, host, port, on_ready, **kw: calls.append(host))
     for host, warned in (("0.0.0.0", True), ("::", True), ("192.168.1.20", True), (None, False), ("::1", False)):
         args = ["serve", *backbone_args(tiny), "--device", "cpu", *(["--host", host] if host else [])]
         result = runner.invoke(app, args)

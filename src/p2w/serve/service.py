@@ -252,13 +252,16 @@ class Service:
             return self._uploads[ref.upload]
         assert ref.photo is not None
         try:
-            stored = gallery.features(ref.photo)
-        except P2WError as exc:
+            local, stored = gallery.local_file(ref.photo), gallery.features(ref.photo)
+        except P2WError as exc:  # an id the gallery does not have
             raise NotFound(str(exc)) from exc
+        if local is not None:  # a photo on disk must still be the one embedded, whatever is stored of it
+            servable(gallery, ref.photo)
         if stored is not None:  # the gallery's own vector and norm: no image tower
             return torch.from_numpy(stored.astype("float32"))
-        file = servable(gallery, ref.photo)  # no stored features (a layout without norm): the image itself
-        image = open_image(file.path, draft=self.engine.backbone.draft_size)
+        if local is None:
+            raise NotFound(f"item {ref.photo} of {gallery.name} has neither stored features nor a local file")
+        image = open_image(local.path, draft=self.engine.backbone.draft_size)  # a layout without norm: the image
         return self.engine.image_features([image])[0].float().cpu()
 
     # ---- files ---------------------------------------------------------------------------------------------------
