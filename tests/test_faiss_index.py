@@ -240,3 +240,43 @@ def test_on_ray_the_index_is_filled_by_tasks_and_finds_what_one_process_finds(tm
         assert [h.id for h in a.search(vectors[i], 10)] == [h.id for h in b.search(vectors[i], 10)]
     with pytest.raises(P2WError, match="unknown --ray address"):
         build_index(there, ray="cluster-1")
+
+
+def test_a_name_that_is_not_utf8_is_embedded_indexed_and_found_exactly(tiny, tmp_path):
+    """The layout's image_path is text for the tools that read it (the name as p2w shows it) and its exact bytes are
+    kept beside it; a search gives the exact name back."""
+    import base64
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(bytes(folder) + b"/caf\xe9.png")
+    Image.new("RGB", (24, 24), "red").save(odd)
+    Image.new("RGB", (24, 24), "blue").save(folder / "plain.png")
+    out = tmp_path / "emb"
+    backbone = ["--model", str(tiny.config), "--pretrained", str(tiny.weights), "--device", "cpu"]
+    made = runner.invoke(app, ["embed", "dataset", str(folder), "--out", str(out), *backbone])
+    assert made.exit_code == 0, made.output
+    table = pq.read_table(layout.metadata_file(layout.vector_files(out)[0])).to_pylist()
+    by_name = {row["image_path"]: row for row in table}
+    assert by_name[str(folder) + "/caf\\xe9.png"]["image_path_bytes"] == os.fsencode(odd)
+    assert by_name[str(folder / "plain.png")]["image_path_bytes"] is None
+    assert runner.invoke(app, ["index", "--embeddings", str(out)]).exit_code == 0
+    found = runner.invoke(app, ["search", odd, "--mode", "image", "--index", str(out), "--json", *backbone])
+    assert found.exit_code == 0, found.output
+    first = json.loads(found.stdout)[0]
+    assert os.fsdecode(base64.b64decode(first["path_bytes"])) == odd
+    assert IndexGallery(out).local_file(_row_of(out, odd)).path == odd  # the exact name: servable
+
+
+def _row_of(folder: Path, path: str) -> int:
+    rows = pq_rows(folder)
+    return next(i for i, row in enumerate(rows) if layout.image_path_of(row) == path)
+
+
+def pq_rows(folder: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [row for f in layout.vector_files(folder) for row in pq.read_table(layout.metadata_file(f)).to_pylist()]

@@ -3,7 +3,8 @@ tools read p2w's output, and p2w reads theirs)::
 
     DIR/img_emb/img_emb_{N}.npy          one row per image, L2-normalised; float16 (clip-retrieval's) or float32
     DIR/text_emb/text_emb_{N}.npy        with --text: the captions' unit embeddings (zero rows where none)
-    DIR/metadata/metadata_{N}.parquet    aligned row for row: image_path, caption, the json metadata flattened into
+    DIR/metadata/metadata_{N}.parquet    aligned row for row: image_path (a name that is not UTF-8 shown with \\xNN,
+                                         its exact bytes in image_path_bytes), caption, the json metadata flattened into
                                          columns (``a.b`` for nested keys, as pandas' json_normalize), and p2w's own
                                          ``norm`` (the features' length before normalising: vector * norm gives the
                                          image tower's output back, which mappers take) and ``hash`` (SHA-256)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +31,7 @@ import numpy as np
 
 from p2w.atomic import atomic_path
 from p2w.errors import P2WError
+from p2w.fspath import is_exact_text, shown
 
 FORMAT = "p2w-embeddings"
 VERSION = 1
@@ -36,7 +39,8 @@ MANIFEST = "p2w.json"
 REPORT = "report.json"
 DTYPES = ("float16", "float32")
 PYARROW_HINT = "reading and writing the layout's parquet files needs pyarrow: pip install 'p2w[datasets]'"
-_OWN = frozenset({"image_path", "caption", "norm", "hash"})  # columns p2w writes; json keys of these names are dropped
+# columns p2w writes; json keys of these names are dropped
+_OWN = frozenset({"image_path", "image_path_bytes", "caption", "norm", "hash"})
 _PART = re.compile(r"^metadata_(\d+)\.parquet$")
 
 
@@ -145,7 +149,8 @@ def write_part(
     _save_npy(files["img"], vectors.astype(dtype, copy=False))
     if text is not None:
         _save_npy(files["text"], text.astype(dtype, copy=False))
-    table = _table({k: v for k, v in metadata.items() if k != "meta"}, metadata.get("meta"))
+    columns = _exact_paths({k: v for k, v in metadata.items() if k != "meta"})
+    table = _table(columns, metadata.get("meta"))
     pq = pyarrow_parquet()
     with atomic_path(files["metadata"]) as tmp:
         pq.write_table(table, tmp)
@@ -154,6 +159,22 @@ def write_part(
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.save(f, array, allow_pickle=False)
+
+
+def _exact_paths(columns: dict[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
+    """``image_path`` is text (clip-retrieval's column, read by tools that expect UTF-8): a name that is not UTF-8 is
+    written as ``p2w.fspath.shown`` shows it, and its exact bytes go to ``image_path_bytes`` (``image_path_of``)."""
+    paths = columns.get("image_path")
+    if not paths or all(p is None or is_exact_text(p) for p in paths):
+        return columns
+    return {**columns, "image_path": [None if p is None else shown(p) for p in paths],
+            "image_path_bytes": [None if p is None or is_exact_text(p) else os.fsencode(p) for p in paths]}  # fmt: skip
+
+
+def image_path_of(row: Mapping[str, Any]) -> str:
+    """A metadata row's exact ``image_path`` (from ``image_path_bytes`` where the name is not UTF-8), or ""."""
+    exact = row.get("image_path_bytes")
+    return os.fsdecode(exact) if exact else str(row.get("image_path") or "")
 
 
 def _table(columns: Mapping[str, Sequence[Any]], metas: Sequence[Mapping[str, Any]] | None) -> Any:
@@ -170,7 +191,7 @@ def _table(columns: Mapping[str, Sequence[Any]], metas: Sequence[Mapping[str, An
     for name, values in out.items():
         try:
             arrays[name] = pa.array(list(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):  # mixed types; text that is not UTF-8
             arrays[name] = pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
     return pa.table(arrays)
 

@@ -21,7 +21,8 @@ from p2w.core import layout
 from p2w.errors import P2WError
 from p2w.fspath import shown
 
-COLUMNS = ("image_path", "caption", "url", "norm", "hash")  # what a hit may carry, where the metadata has it
+COLUMNS = ("image_path", "image_path_bytes", "caption", "url", "norm", "hash")  # what a hit may carry, where the
+# metadata has it (image_path_bytes: a name that is not UTF-8, ``p2w.core.layout.image_path_of``)
 ARROW = "index_metadata.arrow"
 
 
@@ -46,7 +47,8 @@ def write_arrow(folder: Path, vector_files: list[Path]) -> dict[str, int]:
     pq = layout.pyarrow_parquet()
     files = _files(vector_files)
     present = {c for f in files for c in pq.read_schema(f).names}
-    fields = [pa.field(c, pa.float32() if c == "norm" else pa.string()) for c in COLUMNS if c in present]
+    types = {"norm": pa.float32(), "image_path_bytes": pa.binary()}
+    fields = [pa.field(c, types.get(c, pa.string())) for c in COLUMNS if c in present]
     schema = pa.schema(fields)
     with atomic_path(folder / ARROW) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:

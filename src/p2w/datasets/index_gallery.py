@@ -98,7 +98,7 @@ class IndexGallery:
         hits = []
         for rank, (item, score) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1):
             meta = self.metadata.row(item)
-            path = str(meta.get("image_path") or "")
+            path = layout.image_path_of(meta)
             hits.append(Hit(rank, float(score), path, id=item, caption=meta.get("caption"), url=meta.get("url")))
         return hits
 
@@ -114,7 +114,7 @@ class IndexGallery:
     def local_file(self, item: int) -> LocalFile | None:
         """Row ``item``'s ``image_path`` when it is a regular local file now, else None (a key, a URL, gone)."""
         self._check(item)
-        path = self.metadata.row(item).get("image_path")
+        path = layout.image_path_of(self.metadata.row(item))
         if not path or not os.path.isabs(path):
             return None
         try:
