@@ -1,7 +1,7 @@
 """A FAISS index over a layout (``p2w.core.layout``): ``DIR/image.index``, clip-retrieval's file name, so its back end
 serves p2w's indexes and p2w searches theirs.
 
-The index type follows autofaiss's rule for memory-mappable indexes (``choose_key``), the vectors are read from the
+The index type follows autofaiss's rule, with fewer lists (``choose_key``), the vectors are read from the
 memory-mapped npy files in chunks (a training sample, then the adds: never the whole matrix in RAM), the search
 breadth (``nprobe``) is the smallest that reaches ``TARGET_RECALL`` at 10 after re-ranking with the exact vectors,
 measured on held-out rows against exact search, and set in the file. ``DIR/index.json`` records what was built: the
@@ -242,9 +242,8 @@ def build_index(
     ``build_index(Path("emb"), parse_memory("4G"))``. ``key`` forces a FAISS factory string; ``queries`` held-out
     rows measure the recall at 10 (and choose the search breadth); ``ray``: a Ray address (``local``, ``auto``,
     ``ray://HOST:PORT``) whose tasks fill an IVF index (``p2w.datasets.index_on_ray``). One build of a folder at a
-    time (its ``lock``);
-    what a build killed before left behind (``.image.index.*.tmp``) is removed first. The hits' metadata is also
-    written as ``index_metadata.arrow`` (``p2w.datasets.hit_metadata``)."""
+    time (its ``lock``); what a build killed before left behind (``.image.index.*.tmp``) is removed first. The hits'
+    metadata is also written as ``index_metadata.arrow`` (``p2w.datasets.hit_metadata``)."""
     faiss = faiss_module()
     if ray is not None:
         check_address(ray)
