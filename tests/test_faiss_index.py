@@ -280,3 +280,14 @@ def pq_rows(folder: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return [row for f in layout.vector_files(folder) for row in pq.read_table(layout.metadata_file(f)).to_pylist()]
+
+
+def test_a_second_build_of_the_same_layout_is_refused_while_one_runs(tmp_path):
+    from p2w.core.lock import writer_lock
+
+    folder = tmp_path / "emb"
+    make_layout(folder, clustered(500, 16, seed=7), parts=1)
+    with writer_lock(folder, "the index"), pytest.raises(P2WError, match="updating the index in"):
+        build_index(folder)
+    assert not (folder / "image.index").exists()
+    assert build_index(folder).rows == 500  # free again
