@@ -143,5 +143,7 @@ def test_search_knn_service_from_the_command_line(url, backend, tiny, images):
     hits = json.loads(found.stdout)
     assert len(hits) == 3 and all(h["url"].startswith("https://img.example/") and "caption" in h for h in hits)
     assert len(backend.bodies[-1]["embedding_input"]) == DIM
+    table = runner.invoke(app, ["search", "red", "--knn-service", url, "-k", "2", *args])
+    assert table.exit_code == 0 and "caption" in table.stdout and "1970" not in table.stdout  # no size, no date
     lonely = runner.invoke(app, ["search", "red", "--knn-index", "laion-like", *args])
     assert lonely.exit_code == 1 and "give the URL too" in lonely.stderr

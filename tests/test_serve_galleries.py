@@ -132,7 +132,8 @@ def test_the_page_on_an_index(index_server: Running, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    for driver in page_test.driver.__wrapped__():  # the same browser set-up as the page's own tests
+    driver = page_test.headless()  # the same browser set-up as the page's own tests
+    try:
         driver.get(f"{index_server.url}/?token={index_server.token}")
         page_test.until(driver, lambda d: "12 photos" in page_test.state(d)["about"])
         driver.find_element(By.ID, "text").send_keys("a photo", Keys.ENTER)
@@ -154,6 +155,8 @@ def test_the_page_on_an_index(index_server: Running, tmp_path: Path) -> None:
         page_test.until(driver, lambda d: page_test.state(d)["ref"].startswith("000000"))
         page_test.until(driver, cards)
         page_test.assert_no_errors(driver)
+    finally:
+        driver.quit()
 
 
 def test_a_layout_and_its_npy_are_what_the_index_says(indexed):

@@ -80,8 +80,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Runn
         yield running
 
 
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
+def headless() -> Any:
+    """A headless chromium with the error probe, its browser log kept (the caller quits it)."""
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
@@ -89,6 +89,12 @@ def driver() -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PROBE})
+    return browser
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    browser = headless()
     try:
         yield browser
     finally:

@@ -139,7 +139,8 @@ def embed_dataset(
         import json
 
         import p2w
-        from p2w.cli.render import LibraryProgress, dataset_table
+        from p2w.cli.render import LibraryProgress
+        from p2w.cli.render_datasets import dataset_table
         from p2w.datasets.embed import Options, embed_dataset
 
         settings = Settings.from_env()

@@ -112,7 +112,8 @@ def _index_embeddings(
     paths: list[Path] | None, folder: Path, max_memory: str, key: str | None, ray: str | None, as_json: bool
 ) -> None:
     with user_errors():
-        from p2w.cli.render import LibraryProgress, index_build_table
+        from p2w.cli.render import LibraryProgress
+        from p2w.cli.render_datasets import index_build_table
         from p2w.datasets.faiss_index import build_index, parse_memory
 
         if paths:

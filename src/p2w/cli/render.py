@@ -13,7 +13,6 @@ from rich.text import Text
 from p2w.fspath import shown
 
 if TYPE_CHECKING:
-    from p2w.datasets.embed import EmbedReport
     from p2w.evaluation.common import EvalResult
     from p2w.library.catalog import Hit
     from p2w.library.index import IndexReport
@@ -116,23 +115,6 @@ class LibraryProgress:
         self.bar.update(self.tasks[stage], completed=done, rate=f"{rate:,.1f} {unit}/s")
 
 
-def index_build_table(summary: dict[str, Any]) -> Table:
-    """What ``p2w index --embeddings`` built: the file, its type, rows, search breadth, recall, time."""
-    table = Table(title=f"index {summary['index']}")
-    for column in ("rows", "key", "search", "recall@10", "size", "seconds"):
-        table.add_column(column, justify="right" if column in ("rows", "size", "seconds") else "left")
-    recall = summary["recall_at_10"]
-    table.add_row(
-        f"{summary['rows']:,}",
-        Text(summary["key"]),
-        Text(summary["params"] or "exact"),
-        "-" if recall is None else f"{recall:.3f}",
-        f"{summary['size'] / 2**20:,.1f} MiB",
-        f"{summary['seconds']:.1f}",
-    )
-    return table
-
-
 def train_table(result: TrainResult) -> Table:
     """The per-epoch summary of a run; its title counts what it trained on (images, captions or both)."""
     if result.captions:
@@ -171,22 +153,6 @@ def index_table(report: IndexReport) -> Table:
     return table
 
 
-def dataset_table(report: EmbedReport) -> Table:
-    """Summary of ``p2w embed dataset``: parts and rows written, what was skipped and why."""
-    summary = report.to_json()
-    table = Table(title=Text(f"{report.rows} rows of {report.backbone} into {report.out}"))
-    for column in ("parts", "written now", "done before", "rows", "rows/s", "seconds"):
-        table.add_column(column, justify="right")
-    rate = summary["rows_per_s"]
-    table.add_row(
-        str(report.parts), str(report.written), str(report.resumed), str(report.rows),
-        "-" if rate is None else f"{rate:,.1f}", f"{report.seconds:.1f}",
-    )  # fmt: skip
-    for reason, count in report.problems.counts().items():
-        table.caption = (table.caption or "skipped: ") + f"{reason} {count}; "
-    return table
-
-
 def skipped_table(rows: list[tuple[str, str]], title: str = "skipped files") -> Table:
     """Paths an index run could not use (files, or folders it could not list), with the reason."""
     table = Table(title=title)
@@ -204,18 +170,23 @@ def plain(value: object) -> Text:
 
 
 def hits_table(hits: list[Hit]) -> Table:
-    """Search results: rank, score, path, size, date."""
+    """Search results: rank, score, path, size, date; where the hits are no catalogued files (an index over a layout,
+    a clip-retrieval back end: no size, no date), rank, score, path (a file, a key or a URL) and caption."""
     from datetime import datetime
 
+    files = not hits or any(h.size or h.mtime for h in hits)
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
-    table.add_column("size", justify="right")
-    table.add_column("date")
+    for column in ("size", "date") if files else ("caption",):
+        table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for h in hits:
-        date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
-        table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), date)
+        if files:
+            date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
+            table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), date)
+        else:
+            table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), plain(h.caption or ""))
     return table
 
 
