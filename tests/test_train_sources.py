@@ -3,9 +3,7 @@ members hashed by content and cached as files are: the same run as from the same
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +19,9 @@ from p2w.training import shard_set
 from p2w.training.data import training_data
 from p2w.training.distributed import Dist
 from p2w.training.loop import train
+from test_sources import shard
 from test_train import config, photos  # noqa: F401  (the photos fixture)
 from training_runs import assert_same_run, two_and_one_process
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _as_shards(files: list[Path], folder: Path, per_shard: int) -> str:
@@ -41,7 +32,7 @@ def _as_shards(files: list[Path], folder: Path, per_shard: int) -> str:
         members = []
         for i, path in enumerate(files[lo : lo + per_shard], lo):
             members += [(f"{i:09d}{path.suffix}", path.read_bytes()), (f"{i:09d}.txt", f"photo {i}".encode())]
-        _tar(folder / f"{count - 1:05d}.tar", members)
+        shard(folder / f"{count - 1:05d}.tar", members)
     return str(folder / f"{{00000..{count - 1:05d}}}.tar")
 
 
@@ -99,7 +90,7 @@ def test_lists_of_every_kind_name_the_same_images(photos, tmp_path):  # noqa: F8
 def test_bad_members_are_skipped_by_reason_and_shards_need_the_cache(tiny, photos, tmp_path):  # noqa: F811
     files = sorted(photos.rglob("*.png"))[:6]
     pattern = _as_shards(files, tmp_path / "shards", per_shard=3)
-    _tar(tmp_path / "shards" / "00002.tar", [("000000100.txt", b"no image"), ("000000101.jpg", b"\xff\xd8 broken")])
+    shard(tmp_path / "shards" / "00002.tar", [("000000100.txt", b"no image"), ("000000101.jpg", b"\xff\xd8 broken")])
     pattern = pattern.replace("00001}", "00002}")
     result = train(config(tiny, photos, data=pattern, name="bad", epochs=1, batch_size=2, val_fraction=0.0))
     reasons = sorted(reason for _, reason in result.skipped)
@@ -117,7 +108,7 @@ def test_a_shard_changed_between_the_two_passes_fails_its_rows_not_the_run(tiny,
     assert [m.index for m in where] == [0, 1, 2, 3] and len(set(images.hashes)) == 4
     members = [(f"{i:09d}.png", p.read_bytes()) for i, p in enumerate(files)]
     members[1] = (members[1][0], files[3].read_bytes())  # rewritten: another image under the same key
-    _tar(Path(shards[0].source), members[:3])  # and cut short: the fourth member is gone
+    shard(Path(shards[0].source), members[:3])  # and cut short: the fourth member is gone
     backbone = Backbone.load(BackboneSpec(str(tiny.config), str(tiny.weights)), device="cpu")
     cache = FeatureCache(tmp_path / "cache.sqlite")
     items = [(r, 0) for r in range(4)]

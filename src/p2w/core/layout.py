@@ -67,15 +67,22 @@ class Manifest:
     def read(cls, folder: Path) -> Manifest | None:
         """The manifest in ``folder``, None when there is none (a layout written by another tool)."""
         path = folder / MANIFEST
-        if not path.is_file():
-            return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}")
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+            data = read_record(path, FORMAT)
+            return None if data is None else cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise P2WError(f"{path} is not a p2w manifest ({exc}); write to another --out") from exc
+
+
+def read_record(path: Path, fmt: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` when its ``format`` is ``fmt``; None when there is no such file; a ``ValueError`` or
+    ``OSError`` when it is not such a record (the caller says what to do about it)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}")
+    return data
 
 
 def part_name(part: int, count: int) -> str:

@@ -124,14 +124,11 @@ class IndexInfo:
     @classmethod
     def read(cls, folder: Path) -> IndexInfo | None:
         path = folder / INFO
-        if not path.is_file():
-            return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}")
-            builds = [Built(**b) for b in data["builds"]]
-            return cls(builds, data.get("backbone"), int(data["dim"]))
+            data = layout.read_record(path, FORMAT)
+            if data is None:
+                return None
+            return cls([Built(**b) for b in data["builds"]], data.get("backbone"), int(data["dim"]))
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise P2WError(f"{path} is not a p2w index record ({exc}); build again with: p2w index --embeddings "
                            f"{folder}") from exc  # fmt: skip
