@@ -12,6 +12,7 @@ p2w's metadata (image_path, caption, norm, hash). Then, each in a fresh process 
   a time on one thread: the gallery's share of a query (FAISS search, re-ranking with the exact vectors, metadata),
   p50 and p99; recall@10 against exact search over every row (streamed); the process's own memory (``RssAnon``) and
   the mapped files' resident pages (``RssFile``, the page cache's) before and after.
+- ``sweep`` (alone: ``--step sweep``): recall@10 and the index's share at nprobe 64, 128, 256 and 512 on one index.
 - ``service``: whole queries through ``Service.search`` as ``p2w serve`` runs them (ViT-B-32 with random weights, its
   real cost, and a random Pic2Word mapper): a text query and a composed one (a row as the reference, from its stored
   vector and norm, plus words), p50 and p99 of each, with the stages' shares.
@@ -131,6 +132,29 @@ def search(folder: Path, queries: int) -> dict[str, object]:
     }
 
 
+def sweep(folder: Path, queries: int, breadths: tuple[int, ...] = (64, 128, 256, 512)) -> list[dict[str, object]]:
+    """Recall@10 and the index's share of a query at each breadth (``--ef``: inverted lists probed), one index."""
+    from p2w.datasets.faiss_index import Rows, exact_top
+    from p2w.datasets.index_gallery import IndexGallery
+
+    gallery = IndexGallery(folder)
+    basis = np.load(folder / "basis.npy")
+    q = unit(np.random.default_rng(99), queries, basis.shape[1], basis)
+    truth = exact_top(Rows.of(folder), q[:200], 10)
+    out: list[dict[str, object]] = []
+    for ef in breadths:
+        times, found = [], []
+        for vector in q:
+            start = time.perf_counter()
+            found.append([h.id for h in gallery.search(vector, 10, ef=ef)])
+            times.append(1000 * (time.perf_counter() - start))
+        recall = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found[:200], truth, strict=False)])
+        out.append({"nprobe": ef, "recall_at_10": round(float(recall), 4),
+                    "ms_p50": round(float(np.percentile(times[1:], 50)), 2),
+                    "ms_p99": round(float(np.percentile(times[1:], 99)), 2)})  # fmt: skip
+    return out
+
+
 def service(folder: Path, queries: int) -> dict[str, object]:
     import torch
 
@@ -169,13 +193,16 @@ def main() -> None:
     ap.add_argument("--max-memory", default="4G")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--step", choices=("all", "build", "search", "service"), default="all")
+    ap.add_argument("--step", choices=("all", "build", "search", "service", "sweep"), default="all")
     args = ap.parse_args()
     if args.step == "build":
         print(json.dumps(build(args.folder, args.max_memory)))
         return
     if args.step == "search":
         print(json.dumps(search(args.folder, args.queries)))
+        return
+    if args.step == "sweep":
+        print(json.dumps(sweep(args.folder, min(args.queries, 300))))
         return
     if args.step == "service":
         print(json.dumps(service(args.folder, min(args.queries, 200))))
