@@ -14,6 +14,9 @@ from p2w.cli.root import (
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
+    IndexOpt,
+    KnnIndexOpt,
+    KnnServiceOpt,
     MapperOpt,
     ModelOpt,
     PrecisionOpt,
@@ -157,17 +160,9 @@ def search_command(
     no_server: Annotated[
         bool, typer.Option("--no-server", help="search in this process even when p2w serve runs for this model")
     ] = False,
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", help="search the FAISS index of this layout (p2w index --embeddings) instead"),
-    ] = None,
-    knn_service: Annotated[
-        str | None,
-        typer.Option("--knn-service", help="search a running clip-retrieval back end instead (its URL)"),
-    ] = None,
-    knn_index: Annotated[
-        str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
-    ] = None,
+    index: IndexOpt = None,
+    knn_service: KnnServiceOpt = None,
+    knn_index: KnnIndexOpt = None,
 ) -> None:
     """Search the catalog, e.g. p2w search shirt.jpg "with a red logo" --mapper NAME. A running p2w serve of the same
     model (and mapper) answers at once; --device or --precision search in this process."""

@@ -58,6 +58,17 @@ OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a flo
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
 ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
+# what a search runs on instead of the catalog (``p2w.serve.query.GalleryChoice``): p2w search and p2w serve
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option("--index", help="the FAISS index of this layout (p2w index --embeddings), not the catalog"),
+]
+KnnServiceOpt = Annotated[
+    str | None, typer.Option("--knn-service", help="a running clip-retrieval back end (its URL), not the catalog")
+]
+KnnIndexOpt = Annotated[
+    str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
+]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
 QueryArgs = Annotated[
     list[str] | None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,6 +11,9 @@ from p2w.cli.root import (
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
+    IndexOpt,
+    KnnIndexOpt,
+    KnnServiceOpt,
     MapperOpt,
     ModelOpt,
     PrecisionOpt,
@@ -42,16 +44,9 @@ def serve_command(
     open_browser: Annotated[bool, typer.Option("--open", help="open the page in a browser")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "auto",
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", help="serve the FAISS index of this layout (p2w index --embeddings) instead"),
-    ] = None,
-    knn_service: Annotated[
-        str | None, typer.Option("--knn-service", help="serve a running clip-retrieval back end instead (its URL)")
-    ] = None,
-    knn_index: Annotated[
-        str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
-    ] = None,
+    index: IndexOpt = None,
+    knn_service: KnnServiceOpt = None,
+    knn_index: KnnIndexOpt = None,
 ) -> None:
     """Serve a web page for composed search (and warm p2w search), e.g. p2w serve --open. The first line printed is
     the address to open, with its access token; Ctrl-C stops."""
