@@ -1,5 +1,6 @@
 """Helpers for tests of ``p2w serve``: a real server process (``python -m p2w serve``, uvicorn on 127.0.0.1 with a
-free port) over a small catalog, and a plain-urllib client that can send anything (hostile requests included)."""
+free port) over a small catalog, and a plain-urllib client that can send anything (hostile requests included); and
+``loopback``, any request handler served on 127.0.0.1 for a block (a file host, a fake back end)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +120,17 @@ def running_server(home: Path, args: list[str], timeout: float = 120.0) -> Itera
             pipe.close()
     assert proc.returncode == 0, errors
     assert not list((home / "servers").glob("*.json")), "the discovery record outlived the server"
+
+
+@contextlib.contextmanager
+def loopback(handler: type[BaseHTTPRequestHandler] | Any) -> Iterator[str]:
+    """``handler`` (a request handler class, or a factory of one's instances) served on 127.0.0.1, a free port, by a
+    thread for the duration of the block: its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,11 +5,11 @@ every failure as clip_back does (HTTP 500, {"message": "Internal Server Error"})
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from p2w.cli import app
 from p2w.datasets.knn_service import KnnService
 from p2w.errors import P2WError
+from serving import loopback
 
 runner = CliRunner()
 DIM = 32  # the tiny CLIP's width
@@ -45,7 +46,10 @@ class Backend:
                  "id": int(i), "similarity": float(scores[i])} for i in top[:num_images]]  # fmt: skip
 
 
+@contextlib.contextmanager
 def serve(backend: Backend) -> Iterator[str]:
+    """The fake back end on loopback for the block: its URL."""
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
@@ -74,14 +78,8 @@ def serve(backend: Backend) -> Iterator[str]:
             except Exception:
                 self.send(500, b'{"message": "Internal Server Error"}')
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback(Handler) as url:
+        yield url
 
 
 @pytest.fixture
@@ -91,7 +89,8 @@ def backend() -> Backend:
 
 @pytest.fixture
 def url(backend: Backend) -> Iterator[str]:
-    yield from serve(backend)
+    with serve(backend) as address:
+        yield address
 
 
 def test_the_query_goes_as_a_unit_embedding_and_hits_come_back_in_rank_order(url, backend):
@@ -124,15 +123,14 @@ def test_an_unknown_index_a_wrong_width_and_bad_addresses_are_one_line_errors(ur
 
 def test_a_slow_or_strange_back_end_is_an_error_not_a_hang_or_a_crash():
     slow = Backend(delay=2.0)
-    for address in serve(slow):
+    with serve(slow) as address:
         service = KnnService(address, "laion-like", timeout=0.5)
         with pytest.raises(P2WError, match=r"did not answer in 0\.5 s"):
             service.search(slow.vectors[0], 3)
     for answer, message in ((b"<html>", "did not answer JSON"), (b'{"a": 1}', "not a list"),
                             (b'[{"id": 1}]', "without a similarity")):  # fmt: skip
-        for address in serve(Backend(answer=answer)):
-            with pytest.raises(P2WError, match=message):
-                KnnService(address, None).search(np.ones(DIM, dtype=np.float32), 1)
+        with serve(Backend(answer=answer)) as address, pytest.raises(P2WError, match=message):
+            KnnService(address, None).search(np.ones(DIM, dtype=np.float32), 1)
 
 
 def test_search_knn_service_from_the_command_line(url, backend, tiny, images):

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from p2w.mappers.files import read_mapper
 from p2w.mappers.network import Mapper
 from p2w.mappers.registry import default_for
 from p2w.settings import Settings
+from serving import loopback
 from test_mapper import official_checkpoint
 
 runner = CliRunner()
@@ -33,14 +33,8 @@ def serve(folder: Path) -> Iterator[str]:
     """Serve ``folder`` over HTTP on 127.0.0.1 (a free port) for the duration of the block."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback(handler) as url:
+        yield url
 
 
 @pytest.fixture

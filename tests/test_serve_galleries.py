@@ -99,7 +99,7 @@ def test_a_service_on_a_knn_service_shows_links_and_never_opens_what_it_names(ti
     from test_knn_service import Backend, serve
 
     backend = Backend()
-    for url in serve(backend):
+    with serve(backend) as url:
         service = Service(tiny_engine, Settings.from_env(), gallery=GalleryChoice(knn_service=url))
         try:
             assert service.status()["photos"] is None
