@@ -114,7 +114,8 @@ class IndexGallery:
     def local_file(self, item: int) -> LocalFile | None:
         """Row ``item``'s ``image_path`` when it is a regular local file now, else None (a key, a URL, gone)."""
         self._check(item)
-        path = layout.image_path_of(self.metadata.row(item))
+        row = self.metadata.row(item)
+        path = layout.image_path_of(row)
         if not path or not os.path.isabs(path):
             return None
         try:
@@ -123,7 +124,7 @@ class IndexGallery:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return LocalFile(path, hash=self.metadata.row(item).get("hash"))
+        return LocalFile(path, hash=row.get("hash"))
 
     def _check(self, item: int) -> None:
         if not 0 <= item < self.rows.count:
