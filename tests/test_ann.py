@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from p2w.core.dates import from_mtime
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog
 
@@ -27,7 +28,10 @@ def structured(rng: np.random.Generator, n: int, basis: np.ndarray, noise: float
 
 
 def fill(catalog: Catalog, vectors: np.ndarray, start: int = 0) -> list[int]:
-    rows = [(f"/photos/{start + i}.jpg", 1, 1, f"{start + i:064x}", v.tobytes(), None) for i, v in enumerate(vectors)]
+    rows = [
+        (f"/photos/{start + i}.jpg", 1, 1, f"{start + i:064x}", v.tobytes(), None, from_mtime(1))
+        for i, v in enumerate(vectors)
+    ]
     catalog.put(rows, DIM)
     paths = [r[0] for r in rows]
     found = {os.fsdecode(p): i for p, i in catalog.con.execute("SELECT path, id FROM files")}

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import p2w
 from p2w.cli import app
+from p2w.core.dates import Where, from_mtime
 from p2w.core.lock import writer_lock
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
@@ -141,9 +142,12 @@ def test_catalog_keeps_the_features_norm_and_old_catalogs_migrate(lib, spec, tmp
     con.commit()
     con.close()
     migrated = Catalog(old, "b/x")
-    assert int(migrated.meta()["schema"]) == SCHEMA_VERSION == 3
+    assert int(migrated.meta()["schema"]) == SCHEMA_VERSION == 4
     assert migrated.count() == 1 and migrated.norms_for(migrated.ids()) == {}
     assert list(migrated.rows_under(["/p.jpg"])) == ["/p.jpg"]  # the TEXT path is now its bytes, found as before
+    # dated by its mtime on this machine's clock (SQLite's localtime, as Python's), its EXIF left for p2w index
+    (taken,) = migrated.con.execute("SELECT taken FROM files").fetchone()
+    assert taken == from_mtime(1).seconds and migrated.undated_under(["/"]) == {"/p.jpg": 1}
     assert migrated.roots() == [] and migrated.gone_roots() == []
     migrated.close()
 
@@ -161,7 +165,7 @@ def test_search_matches_exact_and_skips_deleted_files(lib, spec):
     assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
     Path(hits[0].path).unlink()
     assert hits[0].path not in [h.path for h in search(catalog, query, k=5)]
-    within = search(catalog, query, k=20, within=lib / "2024")
+    within = search(catalog, query, k=20, where=Where.parse(lib / "2024"))
     assert within and all(h.path.startswith(str(lib / "2024") + os.sep) for h in within)
     assert len(search(catalog, query, k=50)) == 11  # k is clamped to what exists
     assert [h.path for h in search(catalog, query, k=3, ef=500)] == [h.path for h in hits[1:4]]
@@ -286,7 +290,7 @@ def test_cli_json_schemas(lib, tiny, images):
     found = runner.invoke(app, ["search", "a dog", *backbone, "--json", "-k", "3"])
     assert found.exit_code == 0, found.stderr
     rows = json.loads(found.stdout)
-    assert [r["rank"] for r in rows] == [1, 2, 3] and all(set(r) == {"rank", "score", "path"} for r in rows)
+    assert [r["rank"] for r in rows] == [1, 2, 3] and all(set(r) == {"rank", "score", "path", "taken", "taken_from"} for r in rows)
     paths = runner.invoke(app, ["search", str(images[0]), *backbone, "--paths", "-k", "2"])
     assert paths.exit_code == 0 and len(paths.stdout.splitlines()) == 2
     composed = runner.invoke(app, ["search", str(images[0]), "in red", *backbone, "--mapper", str(tiny.mapper)])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from p2w.core.dates import from_mtime
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import SCHEMA_VERSION, Catalog
 
@@ -78,6 +79,7 @@ WRITER = """
 import sys, time
 import numpy as np
 from pathlib import Path
+from p2w.core.dates import from_mtime
 from p2w.library.catalog import Catalog
 catalog = Catalog(Path(sys.argv[1]), "b/x")
 rng = np.random.default_rng(1)
@@ -86,7 +88,7 @@ i = 0
 while time.time() < end:  # one row, one generation, at a time
     v = rng.standard_normal(int(sys.argv[3])).astype(np.float32)
     v /= np.linalg.norm(v)
-    catalog.put([(f"/new/{i}.jpg", 1, 1, f"new{i}", v.tobytes(), 1.0)], len(v))
+    catalog.put([(f"/new/{i}.jpg", 1, 1, f"new{i}", v.tobytes(), 1.0, from_mtime(1))], len(v))
     i += 1
 catalog.close()
 print(i)
@@ -101,7 +103,7 @@ def test_an_index_built_while_another_process_commits_is_one_state(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.standard_normal((4_000, DIM)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    catalog.put([(f"/p/{i}.jpg", 1, 1, f"{i:064x}", v.tobytes(), 1.0) for i, v in enumerate(base)], DIM)
+    catalog.put([(f"/p/{i}.jpg", 1, 1, f"{i:064x}", v.tobytes(), 1.0, from_mtime(1)) for i, v in enumerate(base)], DIM)
     g0, n0 = catalog.generation, catalog.count()
     command = [sys.executable, "-c", WRITER, str(folder), "8", str(DIM)]
     writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)

@@ -11,13 +11,18 @@ import typer
 
 from p2w import fspath
 from p2w.cli.root import (
+    AfterOpt,
+    BeforeOpt,
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
     IndexOpt,
+    InOpt,
     KnnIndexOpt,
     KnnServiceOpt,
     MapperOpt,
+    MarginOpt,
+    MinScoreOpt,
     ModelOpt,
     PrecisionOpt,
     PretrainedOpt,
@@ -139,7 +144,11 @@ def search_command(
     mapper: MapperOpt = None,
     force_mapper: ForceMapperOpt = False,
     download: DownloadOpt = False,
-    within: Annotated[Path | None, typer.Option("--in", help="only photos under this folder")] = None,
+    within: InOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    min_score: MinScoreOpt = None,
+    margin: MarginOpt = None,
     ef: Annotated[
         int | None,
         typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d, up to 400]"),
@@ -168,15 +177,20 @@ def search_command(
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
+        from p2w.core.cutoff import Cutoff
+        from p2w.core.dates import Where
         from p2w.serve.query import Backend, GalleryChoice, Request, search
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
         gallery = GalleryChoice(index, knn_service, knn_index)
-        request = Request(tuple(imgs), txt, mode, prompt, k, within, ef, gallery)
+        where, cutoff = Where.parse(within, after, before), Cutoff(min_score, margin)
+        request = Request(tuple(imgs), txt, mode, prompt, k, where, ef, gallery, cutoff)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)
         hits = answer.hits
+        if not hits and (where or cutoff):
+            note(f"no result: no photo {where.describe()} passes" if where else "no result passes the cutoff")
         if as_json:
             typer.echo(json.dumps([h.to_json() for h in hits]))
         elif paths_only:

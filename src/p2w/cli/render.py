@@ -170,24 +170,31 @@ def plain(value: object) -> Text:
 
 
 def hits_table(hits: list[Hit]) -> Table:
-    """Search results: rank, score, path, size, date; where the hits are no catalogued files (an index over a layout,
-    a clip-retrieval back end: no size, no date), rank, score, path (a file, a key or a URL) and caption."""
-    from datetime import datetime
-
+    """Search results: rank, score, path, size, when it was taken ("(file)": the file's time, no EXIF date); where the
+    hits are no catalogued files (an index over a layout, a clip-retrieval back end: no size, no date), rank, score,
+    path (a file, a key or a URL) and caption."""
     files = not hits or any(h.size or h.mtime for h in hits)
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
-    for column in ("size", "date") if files else ("caption",):
+    for column in ("size", "taken") if files else ("caption",):
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for h in hits:
         if files:
-            date = datetime.fromtimestamp(h.mtime).strftime("%Y-%m-%d %H:%M")
-            table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), date)
+            table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), _taken(h))
         else:
             table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), plain(h.caption or ""))
     return table
+
+
+def _taken(hit: Hit) -> str:
+    """``2023-07-14 10:30`` (the EXIF date), ``... (file)`` (the file's time)."""
+    if hit.taken is None:  # a server of an older p2w
+        from datetime import datetime
+
+        return datetime.fromtimestamp(hit.mtime).strftime("%Y-%m-%d %H:%M") + " (file)"
+    return hit.taken[:16].replace("T", " ") + (" (file)" if hit.taken_from == "mtime" else "")
 
 
 NO_PREVIEW = (

@@ -70,6 +70,16 @@ KnnIndexOpt = Annotated[
     str | None, typer.Option("--knn-index", help="with --knn-service: which of its indexes [default: its first]")
 ]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="fetch the known mapper if none is set up")]
+# which photos a search may return and which results it keeps (``p2w.core.dates.Where``, ``p2w.core.cutoff.Cutoff``)
+InOpt = Annotated[Path | None, typer.Option("--in", help="only photos under this folder")]
+AfterOpt = Annotated[
+    str | None, typer.Option("--after", help="only photos taken from this date on: 2023, 2023-07, 2023-07-14")
+]
+BeforeOpt = Annotated[str | None, typer.Option("--before", help="only photos taken before this date (same forms)")]
+MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="only results scoring at least this (cosine)")]
+MarginOpt = Annotated[
+    float | None, typer.Option("--margin", help="only results within this of the best score (0.05 measured best)")
+]
 QueryArgs = Annotated[
     list[str] | None,
     typer.Argument(

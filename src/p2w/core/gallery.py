@@ -10,9 +10,10 @@ chooses which.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from p2w.core.dates import Where
+from p2w.errors import P2WError
 from p2w.fspath import to_json
 
 if TYPE_CHECKING:  # a warm `p2w search` imports this module, and neither numpy nor torch
@@ -32,11 +33,15 @@ class Hit:
     id: int = 0
     caption: str | None = None
     url: str | None = None
+    taken: str | None = None  # when the photo was taken, ISO 8601 (``p2w.core.dates``)
+    taken_from: str | None = None  # where that time came from: "exif" or "mtime"
 
     def to_json(self) -> dict[str, Any]:
         """The ``p2w search --json`` form: ``{"rank", "score", "path"}`` (``"path_bytes"`` for a name that is not
-        UTF-8: ``p2w.fspath.to_json``), and ``"caption"``, ``"url"`` where the gallery has them."""
-        extra = {k: v for k, v in (("caption", self.caption), ("url", self.url)) if v is not None}
+        UTF-8: ``p2w.fspath.to_json``), and ``"caption"``, ``"url"``, ``"taken"``, ``"taken_from"`` where the gallery
+        has them."""
+        fields = ("caption", "url", "taken", "taken_from")
+        extra = {k: v for k in fields if (v := getattr(self, k)) is not None}
         return {"rank": self.rank, "score": self.score, **to_json(self.path), **extra}
 
 
@@ -68,9 +73,10 @@ class Gallery(Protocol):
         """How many items it holds (None: not known, e.g. a remote back end)."""
         ...
 
-    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
-        """The ``k`` items closest to ``query`` (a unit vector); ``within``: only under a folder (where the gallery
-        knows folders); ``ef``: the search's breadth (where it has one)."""
+    def search(self, query: np.ndarray, k: int, where: Where | None = None, ef: int | None = None) -> list[Hit]:
+        """The ``k`` items closest to ``query`` (a unit vector); ``where``: only those under a folder or taken in a
+        date range (where the gallery knows folders and dates; others refuse it); ``ef``: the search's breadth (where
+        it has one)."""
         ...
 
     def features(self, item: int) -> np.ndarray | None:
@@ -85,3 +91,9 @@ class Gallery(Protocol):
     def close(self) -> None:
         """Release what it holds open."""
         ...
+
+
+def unfiltered(where: Where | None, name: str) -> None:
+    """For a gallery that knows neither folders nor dates (an index, a back end): a filter is an error."""
+    if where:
+        raise P2WError(f"--in, --after and --before narrow a photo catalog's search; {name} searches all it holds")

@@ -24,7 +24,7 @@ PLUGINS = {".heic": HEIF_HINT, ".heif": HEIF_HINT, ".avif": "AVIF needs Pillow 1
 
 
 @functools.cache
-def _register_heif() -> bool:
+def register_heif() -> bool:
     """Let Pillow read HEIC/HEIF (pillow-heif, a dependency of p2w), once, at the first image opened."""
     try:
         from pillow_heif import register_heif_opener
@@ -73,7 +73,7 @@ def decode_image(
 
 
 def _decode(source: Path | io.BytesIO, name: str, draft: int | None, max_pixels: int) -> Image.Image:
-    _register_heif()
+    register_heif()
     try:
         with _open(source) as im:
             _reduce(im, name, draft, max_pixels)
@@ -116,7 +116,7 @@ def _is_jpeg(source: Path | io.BytesIO) -> bool:
 def _plugin_hint(name: str) -> str:
     """What to install to read a file of this kind, when Pillow alone cannot."""
     hint = PLUGINS.get(os.path.splitext(name)[1].lower())
-    if hint is None or (hint == HEIF_HINT and _register_heif()):
+    if hint is None or (hint == HEIF_HINT and register_heif()):
         return ""  # the plugin is there: the file itself is not what its name says
     return f"; {hint}"
 

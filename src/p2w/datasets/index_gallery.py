@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from p2w.core import layout
-from p2w.core.gallery import Hit, LocalFile
+from p2w.core.dates import Where
+from p2w.core.gallery import Hit, LocalFile, unfiltered
 from p2w.datasets.faiss_index import INDEX, RERANK, IndexInfo, Rows, faiss_module, rerank, vector_facts
 from p2w.datasets.hit_metadata import ParquetRows, open_rows
 from p2w.errors import P2WError
@@ -78,11 +79,10 @@ class IndexGallery:
     def count(self) -> int | None:
         return self.rows.count
 
-    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int, where: Where | None = None, ef: int | None = None) -> list[Hit]:
         """The ``k`` rows closest to ``query``: the index's candidates, re-ranked by their exact vectors; ``ef``: the
         inverted lists to probe for this query instead of the build's choice (an IVF index)."""
-        if within is not None:
-            raise P2WError("--in FOLDER narrows a photo catalog's search; an index searches all its rows")
+        unfiltered(where, self.name)
         if query.shape != (self.dim,):
             raise P2WError(f"the query has {query.shape[-1]} dimensions but {self.name} holds {self.dim}-d vectors")
         wanted = min(max(RERANK, 10 * k), self.rows.count)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from p2w.core.gallery import Hit, LocalFile
+from p2w.core.dates import Where
+from p2w.core.gallery import Hit, LocalFile, unfiltered
 from p2w.errors import P2WError
 
 MAX_ANSWER = 64 << 20  # bytes read from one answer (clip_back adds base64 images where it has local files)
@@ -56,10 +56,9 @@ class KnnService:
     def count(self) -> int | None:
         return None  # the back end does not say
 
-    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int, where: Where | None = None, ef: int | None = None) -> list[Hit]:
         """The back end's ``k`` nearest of ``query`` (sent L2-normalised), as it ranks them."""
-        if within is not None:
-            raise P2WError("--in FOLDER narrows a photo catalog's search; a knn-service searches its whole index")
+        unfiltered(where, self.name)
         self.sent = int(query.shape[-1])
         wide = query.astype(np.float64)
         unit = wide / max(float(np.linalg.norm(wide)), 1e-12)

@@ -124,29 +124,44 @@ class Ann:
     fetch: Fetch | None = None  # full vectors by id (the catalog's), needed with a projection
     built: int = 0  # catalog size at the last full build
 
-    def query(self, vector: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def query(
+        self, vector: np.ndarray, k: int, ef: int | None = None, allowed: Callable[[int], bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Ids and cosine scores of the ``k`` nearest (clamped to the live count); ``ef``: hnswlib's search breadth
         (default ``default_ef`` of the graph's dimension; higher is slower and closer to exact), never below ``k``
-        (nor below ``CANDIDATES`` on a reduced graph)."""
+        (nor below ``CANDIDATES`` on a reduced graph); ``allowed``: only ids it accepts (hnswlib's filter: the
+        graph is walked as usual, and fewer than ``k`` may come back when few pass)."""
         k = min(k, self.live)
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q = np.ascontiguousarray(vector, dtype=np.float32)
         if self.projection is None:
             self.index.set_ef(max(ef or default_ef(self.index.dim), k))
-            labels, distances = self.index.knn_query(q[None], k=k)
-            return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
+            labels, distances = _knn(self.index, q, k, allowed)
+            return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
         if self.fetch is None:
             raise ValueError("a reduced index needs the catalog's vectors to re-rank")
         c = min(self.live, max(k, CANDIDATES))
         self.index.set_ef(max(ef or default_ef(self.index.dim), c))
-        labels, _ = self.index.knn_query(self.projection.apply(q[None]), k=c)
-        ids, vectors = matrix(self.fetch([int(i) for i in labels[0]]))
+        labels, _ = _knn(self.index, self.projection.apply(q[None])[0], c, allowed)
+        ids, vectors = matrix(self.fetch([int(i) for i in labels]))
         if not len(ids):
             return ids, np.zeros(0, dtype=np.float32)
         scores = vectors @ q
         top = np.argsort(-scores, kind="stable")[:k]
         return ids[top], scores[top].astype(np.float32)
+
+
+def _knn(index: Any, q: np.ndarray, k: int, allowed: Callable[[int], bool] | None) -> tuple[np.ndarray, np.ndarray]:
+    """hnswlib's ``k`` nearest of one vector; with a filter that fewer than ``k`` of the ids the search reaches pass,
+    none (hnswlib refuses to return a short row): the caller searches the passing ids exactly instead."""
+    try:
+        labels, distances = index.knn_query(q[None], k=k, filter=allowed)
+    except RuntimeError:  # "Cannot return the results in a contiguous 2D array"
+        if allowed is None:
+            raise
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.float32)
+    return labels[0], distances[0]
 
 
 def files(folder: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2w.core.dates import Taken, Where, from_mtime
 from p2w.core.gallery import Hit
 from p2w.errors import P2WError
 from p2w.fspath import from_db, gone, to_db
@@ -27,17 +28,21 @@ from p2w.spec import BackboneSpec, safe_name
 
 __all__ = ["Catalog", "Hit", "Row", "catalog_dir", "catalog_for"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
 # vec: the unit vector (float32 bytes); norm: the image features' length before normalising (NULL in catalogs made
 # before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features);
-# roots: the folders and files given to ``p2w index`` (``p2w status`` names those gone from disk)
+# roots: the folders and files given to ``p2w index`` (``p2w status`` names those gone from disk);
+# taken: the capture time in wall-clock seconds, taken_offset its offset from UTC in minutes (NULL: not known),
+# taken_from "exif" or "mtime" (``p2w.core.dates``); NULL in rows migrated from schema 3, whose taken is their mtime
+# until the next ``p2w index`` reads their EXIF (``Catalog.undated_under``)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
-    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL);
+    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL, taken INTEGER, taken_offset INTEGER, taken_from TEXT);
 CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
+CREATE INDEX IF NOT EXISTS files_taken ON files (taken);
 CREATE TABLE IF NOT EXISTS skipped (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
 CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY, indexed REAL);
 """
@@ -46,8 +51,14 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE files ADD COLUMN norm REAL;",
     2: "UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';"
     "UPDATE skipped SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';",
+    3: "ALTER TABLE files ADD COLUMN taken INTEGER; ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
+    "ALTER TABLE files ADD COLUMN taken_from TEXT;"
+    # the mtime on this machine's clock, as p2w.core.dates.from_mtime gives it: the local time read as UTC
+    "UPDATE files SET taken = CAST(strftime('%s', mtime_ns / 1000000000, 'unixepoch', 'localtime') AS INTEGER);",
 }
 Stored = tuple[bytes, float | None]  # a unit vector's float32 bytes and the features' norm (None: unknown)
+# a file to store: path, size, mtime_ns, content hash, unit vector bytes, norm, capture time
+NewRow = tuple[str, int, int, str, bytes, float | None, Taken]
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class Row:
     size: int
     mtime_ns: int
     hash: str
+    taken: Taken | None = None  # None: the row's time is not known (never once the catalog is schema 4)
 
 
 def catalog_dir(home: Path, backbone_id: str) -> Path:
@@ -173,7 +185,7 @@ class Catalog:
     # ---- files --------------------------------------------------------------------------------------------------
     def rows_under(self, roots: Sequence[str]) -> dict[str, Row]:
         """Catalogued files at or under the given absolute paths."""
-        query = "SELECT id, path, size, mtime_ns, hash FROM files WHERE " + _UNDER
+        query = f"SELECT {_ROW} FROM files WHERE " + _UNDER
         return {row.path: row for root in roots for row in map(_row, self.con.execute(query, _under(root)))}
 
     def count_under(self, root: str) -> int:
@@ -198,8 +210,8 @@ class Catalog:
                 out[h] = found
         return out
 
-    def put(self, rows: Sequence[tuple[str, int, int, str, bytes, float | None]], dim: int) -> None:
-        """Insert or replace (path, size, mtime_ns, hash, vector bytes, norm) rows in one transaction.
+    def put(self, rows: Sequence[NewRow], dim: int) -> None:
+        """Insert or replace (path, size, mtime_ns, hash, vector bytes, norm, capture time) rows in one transaction.
 
         A replaced path gets a new id, so the ANN sees a removal and an addition.
         """
@@ -210,20 +222,33 @@ class Catalog:
             con.executemany("DELETE FROM files WHERE path = ?", paths)
             now = time.time()
             con.executemany(
-                "INSERT INTO files (path, size, mtime_ns, hash, vec, norm, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(to_db(r[0]), *r[1:], now) for r in rows],
+                "INSERT INTO files (path, size, mtime_ns, hash, vec, norm, added, taken, taken_offset, taken_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(to_db(r[0]), *r[1:6], now, r[6].seconds, r[6].offset, r[6].source) for r in rows],
             )
             con.executemany("DELETE FROM skipped WHERE path = ?", paths)
             if not self.dim:
                 self._set_meta(dim=dim)
             self._bump()
 
-    def touch(self, rows: Sequence[tuple[str, int, int]]) -> None:
-        """Record a new size/mtime for files whose content did not change (no new vector, no ANN change)."""
+    def touch(self, rows: Sequence[tuple[str, int, int, Taken]]) -> None:
+        """Record a new size, mtime and capture time for files whose content did not change (no new vector, no ANN
+        change)."""
+        sql = "UPDATE files SET size = ?, mtime_ns = ?, taken = ?, taken_offset = ?, taken_from = ? WHERE path = ?"
         with self.transaction() as con:
-            con.executemany(
-                "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", [(s, m, to_db(p)) for p, s, m in rows]
-            )
+            con.executemany(sql, [(s, m, t.seconds, t.offset, t.source, to_db(p)) for p, s, m, t in rows])
+
+    def date(self, rows: Sequence[tuple[str, Taken]]) -> None:
+        """Record the capture time of catalogued files (those ``undated_under`` lists)."""
+        sql = "UPDATE files SET taken = ?, taken_offset = ?, taken_from = ? WHERE path = ?"
+        with self.transaction() as con:
+            con.executemany(sql, [(t.seconds, t.offset, t.source, to_db(p)) for p, t in rows])
+
+    def undated_under(self, roots: Sequence[str]) -> dict[str, int]:
+        """Catalogued files at or under the roots whose EXIF was never read (a catalog migrated from schema 3):
+        path -> mtime_ns."""
+        query = "SELECT path, mtime_ns FROM files WHERE taken_from IS NULL AND " + _UNDER
+        return {from_db(p): m for root in roots for p, m in self.con.execute(query, _under(root))}
 
     def remove(self, paths: Sequence[str]) -> None:
         """Forget files (deleted from disk)."""
@@ -304,15 +329,27 @@ class Catalog:
             out.update((int(i), float(n)) for i, n in self.con.execute(sql, part))
         return out
 
-    def ids_under(self, folder: str) -> list[int]:
-        """Ids of files under a folder (``--in DIR``)."""
-        prefix = to_db(folder.rstrip(os.sep) + os.sep)
-        query = "SELECT id FROM files WHERE substr(path, 1, ?) = ?"
-        return [r[0] for r in self.con.execute(query, (len(prefix), prefix))]
+    def ids_where(self, where: Where) -> list[int]:
+        """Ids of the files that pass ``where``: under its folder (a range of the path index: the paths that start
+        with the folder and a separator), taken in its date range (the ``taken`` index)."""
+        clauses: list[str] = []
+        values: list[object] = []
+        if where.within is not None:
+            prefix = to_db(where.within.rstrip(os.sep) + os.sep)
+            clauses.append("path >= ? AND path < ?")
+            values += [prefix, prefix[:-1] + bytes([prefix[-1] + 1])]
+        if where.after is not None:
+            clauses.append("taken >= ?")
+            values.append(where.after)
+        if where.before is not None:
+            clauses.append("taken < ?")
+            values.append(where.before)
+        query = "SELECT id FROM files" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        return [r[0] for r in self.con.execute(query, values)]
 
     def rows_for(self, ids: Sequence[int]) -> dict[int, Row]:
         """Rows of the given ids."""
-        query = "SELECT id, path, size, mtime_ns, hash FROM files WHERE id IN ({})"
+        query = f"SELECT {_ROW} FROM files WHERE id IN ({{}})"
         return {
             row.id: row for part in _parts(ids) for row in map(_row, self.con.execute(query.format(_marks(part)), part))
         }
@@ -357,8 +394,12 @@ def _has_table(con: sqlite3.Connection, name: str) -> bool:
     return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
+_ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from"  # the columns of a Row
+
+
 def _row(r: tuple[Any, ...]) -> Row:
-    return Row(r[0], from_db(r[1]), r[2], r[3], r[4])
+    taken = Taken(r[5], r[6], r[7]) if r[7] is not None else from_mtime(r[3]) if r[3] is not None else None
+    return Row(r[0], from_db(r[1]), r[2], r[3], r[4], taken)
 
 
 def _statements(script: str) -> list[str]:

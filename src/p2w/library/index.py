@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from p2w import fspath
+from p2w.core.dates import Taken, capture_times
 from p2w.core.lock import writer_lock
 from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
@@ -40,6 +41,7 @@ class IndexReport:
     moved: int = 0
     removed: int = 0
     unchanged: int = 0
+    dated: int = 0  # photos catalogued before capture times were kept that got theirs
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (folder, reason): its photos were kept
     total: int = 0  # files in the catalog afterwards
@@ -56,6 +58,7 @@ class IndexReport:
             "moved": self.moved,
             "removed": self.removed,
             "unchanged": self.unchanged,
+            "dated": self.dated,
             "skipped": [{**fspath.to_json(p), "reason": r} for p, r in self.skipped],
             "unreadable": [{**fspath.to_json(p), "reason": r} for p, r in self.unreadable],
             "total": self.total,
@@ -71,6 +74,8 @@ class _Plan:
     embed: list[tuple[Found, str | None]] = field(default_factory=list)  # (file, content hash if known)
     reuse: list[tuple[Found, str, Stored, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
     touch: list[tuple[str, int, int]] = field(default_factory=list)
+    dates: dict[str, Taken] = field(default_factory=dict)  # the capture time of every file written
+    redate: list[tuple[str, Taken]] = field(default_factory=list)  # unchanged files catalogued without one
     remove: list[tuple[str, str]] = field(default_factory=list)  # (path, hash) of files gone from disk
     unskip: list[str] = field(default_factory=list)  # skipped files gone from disk
     replaced: set[str] = field(default_factory=set)  # paths whose content changed
@@ -185,7 +190,18 @@ def _plan(
                 plan.reuse.append((f, digest, by_hash[digest], moved))
             else:
                 plan.embed.append((f, digest))
+    _read_dates(catalog, roots, seen, plan, progress)
     return plan
+
+
+def _read_dates(catalog: Catalog, roots: list[str], seen: set[str], plan: _Plan, progress: Progress | None) -> None:
+    """The capture time of every file to be written, and of the unchanged ones catalogued before times were kept."""
+    files = [f for f, _ in plan.embed] + [f for f, *_ in plan.reuse]
+    written = {f.path: f.mtime_ns for f in files} | {p: m for p, _, m in plan.touch}
+    undated = {p: m for p, m in catalog.undated_under(roots).items() if p in seen and p not in written}
+    wanted = list((written | undated).items())
+    plan.dates = capture_times(wanted, progress=progress)
+    plan.redate = [(p, plan.dates[p]) for p in undated]
 
 
 def _changed(
@@ -243,9 +259,12 @@ def _apply(
 ) -> None:
     """Write the plan: touches and reused vectors first, new embeddings batch by batch, removals last."""
     if plan.touch:
-        catalog.touch(plan.touch)
+        catalog.touch([(p, s, m, plan.dates[p]) for p, s, m in plan.touch])
+    if plan.redate:
+        catalog.date(plan.redate)
+        report.dated = len(plan.redate)
     if plan.reuse:
-        rows = [(f.path, f.size, f.mtime_ns, h, *stored) for f, h, stored, _ in plan.reuse]
+        rows = [(f.path, f.size, f.mtime_ns, h, *stored, plan.dates[f.path]) for f, h, stored, _ in plan.reuse]
         catalog.put(rows, len(plan.reuse[0][2][0]) // 4)
         report.moved = sum(1 for *_, move in plan.reuse if move)
         report.updated += sum(1 for f, *_ in plan.reuse if f.path in plan.replaced)
@@ -287,7 +306,7 @@ def _embed(
                 continue
             norm = feat.norm().clamp_min(1e-12)
             vec = (feat / norm).numpy().astype(np.float32)
-            rows.append((f.path, f.size, f.mtime_ns, digest or "", vec.tobytes(), float(norm)))
+            rows.append((f.path, f.size, f.mtime_ns, digest or "", vec.tobytes(), float(norm), plan.dates[f.path]))
         catalog.put(rows, bb.embed_dim)
         if skips:
             catalog.skip(skips)

@@ -1,19 +1,26 @@
-"""``search``: the catalogued photos closest to a query vector (approximate, or exact under a folder); the catalog as
-a ``p2w.core.gallery.Gallery`` (``CatalogGallery``)."""
+"""``search``: the catalogued photos closest to a query vector, all of them or only those that pass a filter (a
+folder, a date range: ``p2w.core.dates.Where``); the catalog as a ``p2w.core.gallery.Gallery`` (``CatalogGallery``).
+
+A filtered search returns ``k`` photos whenever ``k`` pass: few passing photos (at most ``EXACT_MAX``) are scored
+exactly; more are searched in the ANN with hnswlib's filter, and exactly after all when that finds too few
+(docs/performance.md, "Filtered search").
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
+from p2w.core.dates import Where
 from p2w.core.gallery import LocalFile
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Hit, catalog_for
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
+
+EXACT_MAX = 20_000  # passing photos scored exactly rather than through the ANN's filter
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:
@@ -33,11 +40,11 @@ def search(
     catalog: Catalog,
     query: np.ndarray,
     k: int = 10,
-    within: Path | None = None,
+    where: Where | None = None,
     ef: int | None = None,
     ann: ann_mod.Ann | None = None,
 ) -> list[Hit]:
-    """The ``k`` catalogued photos closest to ``query`` (a unit vector), optionally only under ``within`` (exact).
+    """The ``k`` catalogued photos closest to ``query`` (a unit vector), only those that pass ``where`` when given.
     ``ef`` widens the approximate search (default ``p2w.ann.default_ef(dim)``); ``ann``: an index already loaded
     (a resident server's), else the saved one is loaded.
 
@@ -45,17 +52,20 @@ def search(
     """
     if query.shape != (catalog.dim,):
         raise P2WError(f"query has {query.shape[-1]} dimensions but the catalog holds {catalog.dim}-d vectors")
-    if within is not None:
-        ids, scores = _exact_within(catalog, query, os.path.abspath(within.expanduser()), 2 * k + 8)
+    want = 2 * k + 8
+    if where:
+        ids, scores = _filtered(catalog, query, where, want, ef, ann)
     else:
-        ids, scores = (ann or ann_mod.load(catalog)).query(query, 2 * k + 8, ef=ef)
+        ids, scores = (ann or ann_mod.load(catalog)).query(query, want, ef=ef)
     rows = catalog.rows_for([int(i) for i in ids])
     hits: list[Hit] = []
     for i, score in zip(ids, scores, strict=True):
         row = rows.get(int(i))
         if row is None or not os.path.exists(row.path):
             continue
-        hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9, int(i)))
+        taken = row.taken
+        hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9, int(i),
+                        taken=taken.iso() if taken else None, taken_from=taken.source if taken else None))  # fmt: skip
         if len(hits) == k:
             break
     return hits
@@ -79,8 +89,8 @@ class CatalogGallery:
     def count(self) -> int | None:
         return self.catalog.count()
 
-    def search(self, query: np.ndarray, k: int, within: Path | None = None, ef: int | None = None) -> list[Hit]:
-        return search(self.catalog, query, k, within, ef, self.ann)
+    def search(self, query: np.ndarray, k: int, where: Where | None = None, ef: int | None = None) -> list[Hit]:
+        return search(self.catalog, query, k, where, ef, self.ann)
 
     def features(self, item: int) -> np.ndarray | None:
         """The catalog's unit vector of photo ``item`` times its norm (None for a photo indexed before norms were
@@ -99,14 +109,29 @@ class CatalogGallery:
         self.catalog.close()
 
 
-def _exact_within(catalog: Catalog, query: np.ndarray, folder: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search over the files under a folder (``--in DIR``)."""
-    ids = catalog.ids_under(folder)
+def _filtered(
+    catalog: Catalog, query: np.ndarray, where: Where, k: int, ef: int | None, ann: ann_mod.Ann | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of the photos that pass ``where``: exactly when they are few, else through the ANN's filter
+    (and exactly after all when it finds fewer than ``k`` of them)."""
+    allowed = catalog.ids_where(where)
+    if not allowed and where.within is not None and not catalog.ids_where(Where(where.within)):
+        raise P2WError(f"no catalogued photos under {where.within}; index it with: p2w index {where.within}")
+    if len(allowed) > EXACT_MAX:
+        passing = set(allowed)
+        ids, scores = (ann or ann_mod.load(catalog)).query(query, k, ef, allowed=passing.__contains__)
+        if len(ids) >= min(k, len(allowed)):
+            return ids, scores
+    return exact(catalog, query, allowed, k)
+
+
+def exact(catalog: Catalog, query: np.ndarray, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of the photos ``ids``, scored exactly (their vectors read from the catalog)."""
     if not ids:
-        raise P2WError(f"no catalogued photos under {folder}; index it with: p2w index {folder}")
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     order, vectors = ann_mod.matrix(catalog.vectors_for(ids))
     scores = vectors @ query.astype(np.float32)
-    top = np.argsort(-scores)[:k]
+    top = np.argsort(-scores, kind="stable")[:k]
     return order[top], scores[top]
 
 

@@ -124,6 +124,7 @@ def run(
     progress: Any = None,
 ) -> DemoRun:
     """Write the gallery into ``folder/gallery``, index it, run every query in every mode, draw the contact sheet."""
+    from p2w.core.dates import Where
     from p2w.library.index import index
     from p2w.library.search import open_catalog, search
 
@@ -152,7 +153,7 @@ def run(
             _, _, qrow = parse_name(qpath)
             for mode in MODES:
                 vec = engine.encode_query(qpath, q.text, mode=mode, prompt=q.template)
-                found = search(catalog, vec, k=SHOW + 1, within=gallery)  # the demo's own photos only
+                found = search(catalog, vec, k=SHOW + 1, where=Where.parse(gallery))  # the demo's own photos only
                 hits = [Path(h.path) for h in found if Path(h.path) != qpath][:SHOW]
                 row.append(Result(mode, hits, [_right(q, qrow, h) for h in hits]))
             out.results.append(row)

@@ -113,7 +113,13 @@ def warm_search(
             discovery.forget(settings, record)
         return None
     log.info("searched through p2w serve at %s", record.url)
-    return [Hit(r["rank"], r["score"], fspath.from_json(r), r["size"], r["mtime"], r["id"]) for r in rows]
+    return [_hit(r) for r in rows]
+
+
+def _hit(r: dict[str, Any]) -> Hit:
+    """A hit of the server's answer (``p2w.serve.service.Service.search``)."""
+    return Hit(r["rank"], r["score"], fspath.from_json(r), r["size"], r["mtime"], r["id"],
+               taken=r.get("taken"), taken_from=r.get("taken_from"))  # fmt: skip
 
 
 def _beyond(limits: dict[str, int], query: dict[str, Any], images: Sequence[Path]) -> str | None:

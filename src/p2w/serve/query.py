@@ -8,13 +8,14 @@ and give the same hits, so a script behaves the same whether a server runs or no
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2w.core.compose import QueryPlan
+from p2w.core.cutoff import Cutoff
+from p2w.core.dates import Where
 from p2w.core.gallery import Gallery, Hit
 from p2w.errors import P2WError
 from p2w.mappers.choice import MapperChoice, plan_query
@@ -47,17 +48,19 @@ class GalleryChoice:
 @dataclass(frozen=True)
 class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
-    template (None: the library's choice), how many results, only under a folder, the ANN's search breadth, and in
-    what gallery (``GalleryChoice``; the catalog by default)."""
+    template (None: the library's choice), how many results, which photos may be among them (a folder, a date
+    range: ``Where.parse(within, after, before)``), the ANN's search breadth, in what gallery (``GalleryChoice``; the
+    catalog by default), and which results are kept (``Cutoff``; all by default)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None
     mode: str | None = None
     prompt: str | None = None
     k: int = 10
-    within: Path | None = None
+    where: Where = field(default_factory=Where)
     ef: int | None = None
     gallery: GalleryChoice = field(default_factory=GalleryChoice)
+    cutoff: Cutoff = field(default_factory=Cutoff)
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,7 @@ def _wire(request: Request, qp: QueryPlan) -> dict[str, Any]:
     """The server's JSON query (``p2w.serve.service.Query``)."""
     query: dict[str, Any] = {"text": request.text, "mode": qp.mode, "prompt": qp.template, "k": request.k}
     query["ef"] = request.ef
-    if request.within is not None:
-        query["within"] = os.path.abspath(request.within.expanduser())
-    return query
+    return {**query, **request.where.to_wire(), **request.cutoff.to_wire()}
 
 
 def _paths(request: Request) -> list[Path]:
@@ -150,7 +151,7 @@ def _here(
             settings=settings,
         )
         query = engine.encode_query(list(request.images), request.text, mode=qp.mode, prompt=qp.template)
-        return gallery.search(query, request.k, request.within, request.ef)
+        return request.cutoff.apply(gallery.search(query, request.k, request.where, request.ef))
     finally:
         gallery.close()
 

@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 import torch
 
 from p2w.core.compose import MODES
+from p2w.core.cutoff import Cutoff
+from p2w.core.dates import Where
 from p2w.core.gallery import Gallery, Hit
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
@@ -65,7 +67,11 @@ class Query:
     images: tuple[Reference, ...] = ()  # several references, in order: the i-th '*' of the prompt takes the i-th
     k: int = 24
     within: str | None = None  # only photos under this folder (absolute path)
+    after: str | None = None  # only photos taken from the start of this date on (``p2w.core.dates.parse_bound``)
+    before: str | None = None  # only photos taken before the start of this date
     ef: int | None = None
+    min_score: float | None = None  # only results scoring at least this
+    margin: float | None = None  # only results within this of the best score
 
     @classmethod
     def from_json(cls, data: Any, limits: Limits) -> Query:
@@ -75,13 +81,14 @@ class Query:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ServeError(f"unknown search fields: {', '.join(unknown)}")
-        for key in ("text", "mode", "prompt", "upload", "within"):
+        for key in ("text", "mode", "prompt", "upload", "within", "after", "before"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ServeError(f"{key} must be a string")
-        for key in ("photo", "k", "ef"):
+        number = (int, float)
+        for key, kinds in (("photo", int), ("k", int), ("ef", int), ("min_score", number), ("margin", number)):
             value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ServeError(f"{key} must be an integer")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ServeError(f"{key} must be {'an integer' if kinds is int else 'a number'}")
         data = {**data, "images": _references(data.get("images"), limits)}
         q = cls(**{k: v for k, v in data.items() if v is not None and v != ""})
         if not 1 <= q.k <= limits.k:
@@ -92,7 +99,19 @@ class Query:
             raise ServeError("give the reference images one way: photo, upload, or images")
         if q.within is not None and not os.path.isabs(q.within):
             raise ServeError("within must be an absolute folder path")
+        try:
+            q.where(), q.cutoff()  # dates that are not dates, scores that are not scores
+        except P2WError as exc:
+            raise ServeError(str(exc)) from exc
         return q
+
+    def where(self) -> Where:
+        """Which photos it may return."""
+        return Where.parse(self.within, self.after, self.before)
+
+    def cutoff(self) -> Cutoff:
+        """Which results it keeps."""
+        return Cutoff(self.min_score, self.margin)
 
 
 @dataclass(frozen=True)
@@ -212,9 +231,8 @@ class Service:
             features = self._reference(gallery, q)
         with self._stage("compose"):
             vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
-        within = Path(q.within) if q.within else None
         with self._stage("ann"):
-            hits = gallery.search(vector, q.k, within, q.ef)
+            hits = q.cutoff().apply(gallery.search(vector, q.k, q.where(), q.ef))
         return {"results": [self._result(gallery, h) for h in hits]}
 
     def _result(self, gallery: Gallery, hit: Hit) -> dict[str, Any]:
