@@ -6,8 +6,10 @@ violation or failed request the test did not ask for fails the test."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +72,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Runn
     """A real `p2w serve` (tiny model and mapper) over 30 indexed photos, for the whole module."""
     root = tmp_path_factory.mktemp("page")
     home, photos = root / "home", root / "photos"
-    make_photos(photos / "2024", 15)
-    make_photos(photos / "2025", 15, seed=1)
+    for year, seed in ((2024, 0), (2025, 1)):  # taken (by their files' time) in June of their folder's year
+        stamp = datetime(year, 6, 1, 12).timestamp()
+        for path in make_photos(photos / str(year), 15, seed=seed):
+            os.utime(path, (stamp, stamp))
     result = CliRunner().invoke(
         app, ["index", str(photos), *backbone_args(tiny), "--workers", "0"], env={"P2W_HOME": str(home)}
     )
@@ -237,6 +241,21 @@ def test_search_refine_by_a_result_and_compare(page: Any, tmp_path: Path) -> Non
     until(page, lambda d: all(p.startswith(folder) for p in state(d)["columns"][0]["paths"]))
     within = wait_results(page, ("pic2word", "average (baseline)"))
     assert all(len(c["paths"]) == 15 for c in within["columns"]), within
+    page.find_element(By.ID, "within").clear()
+
+    # Taken before 2025 (the 2024 photos, dated by their files), then a cutoff that keeps the best and its near ties.
+    page.find_element(By.ID, "before").send_keys("2025", Keys.ENTER)
+    until(page, lambda d: all("/2024/" in p for c in state(d)["columns"] for p in c["paths"]))
+    dated = wait_results(page, ("pic2word", "average (baseline)"))
+    assert all(len(c["paths"]) == 15 for c in dated["columns"]), dated
+    assert page.find_element(By.CSS_SELECTOR, "#results .hit .taken").text == "2024-06-01 12:00 (file)"
+    page.find_element(By.ID, "margin").send_keys("0", Keys.ENTER)
+    until(page, lambda d: all(len(c["paths"]) == 1 for c in state(d)["columns"]))
+    page.find_element(By.ID, "before").clear()
+    page.find_element(By.ID, "before").send_keys("2020", Keys.ENTER)
+    until(page, lambda d: "no results pass" in d.find_element(By.ID, "results").text)
+    page.find_element(By.ID, "after").send_keys("July", Keys.ENTER)
+    until(page, lambda d: "is not a date" in state(d)["message"])
 
 
 def test_drop_and_paste_an_image(page: Any) -> None:

@@ -108,12 +108,25 @@ async function uploadFile(file) {
   }
 }
 
+// The forms of a date p2w.core.dates.parse_bound takes (the server checks that it exists: not 2023-02-30).
+const DATE = /^\d{4}(-\d{2}(-\d{2}([T ]\d{2}:\d{2}(:\d{2})?)?)?)?$/;
+
+// The search request of the form; an Error with a message for the user when a field cannot be sent.
 function queryBody() {
   const body = { text: $("text").value.trim() || null, mode: $("mode").value || null, k: clampK() };
   const prompt = $("prompt").value.trim();
   const within = $("within").value.trim();
   if (prompt) body.prompt = prompt;
   if (within) body.within = within;
+  for (const key of ["after", "before"]) {
+    const value = $(key).value.trim();
+    if (value && !DATE.test(value)) throw new Error(`${key} "${value}" is not a date: give 2023, 2023-07 or 2023-07-14`);
+    if (value) body[key] = value;
+  }
+  for (const [key, id] of [["min_score", "min-score"], ["margin", "margin"]]) {
+    const value = $(id).value.trim();
+    if (value !== "" && Number.isFinite(Number(value))) body[key] = Number(value);
+  }
   if (state.ref && state.ref.kind === "upload") body.upload = state.ref.id;
   if (state.ref && state.ref.kind === "photo") body.photo = state.ref.id;
   return body;
@@ -142,7 +155,13 @@ async function search(event, quiet = false) {
     state.again = { quiet: quiet && (!state.again || state.again.quiet) };
     return;
   }
-  const body = queryBody();
+  let body;
+  try {
+    body = queryBody();
+  } catch (e) {
+    showMessage(e.message);
+    return;
+  }
   if (!body.text && !body.upload && body.photo == null && !body.prompt) {
     render([]);
     showMessage(quiet ? "" : "give a reference image, some words, or both");
@@ -208,13 +227,17 @@ function render(columns) {
     if (!column.results.length) {
       const p = document.createElement("p");
       p.className = "empty";
-      p.textContent = $("within").value.trim() ? "no results under that folder" : "no results";
+      p.textContent = filtered() ? "no results pass the folder, dates or cutoff" : "no results";
       grid.append(p);
     }
     for (const hit of column.results) grid.append(card(hit));
     section.append(grid);
     root.append(section);
   }
+}
+
+function filtered() {
+  return ["within", "after", "before", "min-score", "margin"].some((id) => $(id).value.trim() !== "");
 }
 
 function card(hit) {
@@ -266,6 +289,13 @@ function card(hit) {
   folder.append(inner);
   path.append(folder, name);
   item.append(pick, score, path);
+  if (hit.taken) { // when it was taken: the EXIF date, or the file's time where the photo has none
+    const taken = document.createElement("span");
+    taken.className = "taken";
+    taken.title = hit.taken_from === "exif" ? "taken (EXIF)" : "the file's time (no EXIF date)";
+    taken.textContent = hit.taken.slice(0, 16).replace("T", " ") + (hit.taken_from === "exif" ? "" : " (file)");
+    item.append(taken);
+  }
   if (hit.caption && hit.local) {
     const caption = document.createElement("span");
     caption.className = "caption";
