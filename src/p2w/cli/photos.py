@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +40,7 @@ from p2w.cli.root import (
 )
 from p2w.errors import P2WError
 from p2w.settings import Settings
+from p2w.spec import BackboneSpec
 
 
 @app.command("index", short_help="Add photos to a model's catalog: p2w index ~/Pictures")
@@ -73,7 +75,12 @@ def index_command(
         str | None,
         typer.Option("--ray", help="with --embeddings: fill the index on Ray (local, auto or ray://HOST:PORT)"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="then keep the catalog current as the folders change, until Ctrl-C")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the summary as JSON (with --watch: a line a batch)")
+    ] = False,
 ) -> None:
     """Add photos to the catalog of a model, e.g. p2w index ~/Pictures; or build a FAISS index over a layout:
     p2w index --embeddings DIR"""
@@ -91,6 +98,11 @@ def index_command(
             raise P2WError("give one or more folders to index, e.g. p2w index ~/Pictures")
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
+        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size}
+        if watch:
+            _watch(paths, spec, lambda: load_engine(model, pretrained, device, precision), settings, as_json,
+                   {**options, "workers": workers})  # fmt: skip
+            return
         with LibraryProgress(err_console) as progress:
             report = index(
                 paths,
@@ -114,6 +126,44 @@ def index_command(
         if report.interrupted:
             note("interrupted: what was embedded is kept; run the same command to continue")
             raise typer.Exit(130)
+
+
+def _watch(
+    paths: list[Path],
+    spec: BackboneSpec,
+    load: Callable[[], Any],
+    settings: Settings,
+    as_json: bool,
+    options: dict[str, Any],
+) -> None:
+    """``p2w index DIR --watch``: the first run as ``p2w index`` shows it, then a line (or a JSON line) a batch."""
+    from p2w.cli.render import batch_line, index_table
+    from p2w.library.watch import Batch, watch
+
+    said: set[str] = set()  # roots said to be gone
+    first = True
+
+    def show(batch: Batch) -> None:
+        nonlocal first
+        for root in sorted(set(batch.gone) - said):
+            note(f"warning: {root} is gone; its photos are kept (p2w forget {root} drops them)")
+        said.update(batch.gone)
+        if batch.report is None:
+            if batch.problem:
+                note(f"waiting: {batch.problem}")
+        elif as_json:
+            typer.echo(json.dumps({**batch.report.to_json(), "folders": [fspath.to_json(f) for f in batch.folders]}))
+        elif first:
+            out_console().print(index_table(batch.report))
+            note(f"watching {', '.join(batch.folders)} (Ctrl-C stops)")
+        elif line := batch_line(batch.report):
+            note(line)
+        first = first and batch.report is None
+
+    try:
+        watch(paths, spec, load, show, settings, **options)
+    except KeyboardInterrupt:
+        note("stopped watching; what was indexed is kept")
 
 
 def _index_embeddings(

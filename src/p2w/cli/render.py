@@ -169,6 +169,17 @@ def plain(value: object) -> Text:
     return Text(shown(str(value)))
 
 
+def batch_line(report: IndexReport) -> str | None:
+    """One line for a batch of ``p2w index --watch`` that changed something: ``12:03:04 1 added, 2 removed (31
+    photos)``; None for one that did not."""
+    import time
+
+    counts = {"added": report.added, "updated": report.updated, "moved": report.moved, "removed": report.removed,
+              "skipped": len(report.skipped)}  # fmt: skip
+    said = [f"{n} {what}" for what, n in counts.items() if n]
+    return f"{time.strftime('%H:%M:%S')} {', '.join(said)} ({report.total} photos)" if said else None
+
+
 def hits_table(hits: list[Hit]) -> Table:
     """Search results: rank, score, path, size, when it was taken ("(file)": the file's time, no EXIF date); where the
     hits are no catalogued files (an index over a layout, a clip-retrieval back end: no size, no date), rank, score,

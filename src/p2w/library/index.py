@@ -94,8 +94,10 @@ def index(
     batch_size: int = 64,
     workers: int | None = None,
     progress: Progress | None = None,
+    record_roots: bool = True,
 ) -> IndexReport:
     """Bring the catalog of ``spec`` up to date with ``roots``; the model is loaded only if something needs embedding.
+    ``record_roots``: remember ``roots`` as folders given to ``p2w index`` (not for the folders a watch looks at).
 
     Each batch of new vectors is committed as it is made, so an interruption (Ctrl-C, ``kill -9``) loses at most
     the batch in flight; the next run resumes. A second writer on the same catalog is refused. A first run that
@@ -118,7 +120,7 @@ def index(
             _apply(catalog, plan, report, load_engine, batch_size, workers, progress)
             _finish_ann(catalog, base)
             done = not report.interrupted
-            if done:
+            if done and record_roots:
                 catalog.record_roots(absolute)
         finally:
             report.total = catalog.count()
