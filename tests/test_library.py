@@ -290,7 +290,8 @@ def test_cli_json_schemas(lib, tiny, images):
     found = runner.invoke(app, ["search", "a dog", *backbone, "--json", "-k", "3"])
     assert found.exit_code == 0, found.stderr
     rows = json.loads(found.stdout)
-    assert [r["rank"] for r in rows] == [1, 2, 3] and all(set(r) == {"rank", "score", "path", "taken", "taken_from"} for r in rows)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert all(set(r) == {"rank", "score", "path", "taken", "taken_from"} for r in rows)
     paths = runner.invoke(app, ["search", str(images[0]), *backbone, "--paths", "-k", "2"])
     assert paths.exit_code == 0 and len(paths.stdout.splitlines()) == 2
     composed = runner.invoke(app, ["search", str(images[0]), "in red", *backbone, "--mapper", str(tiny.mapper)])

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from p2w.cli import app
-from p2w.core.cutoff import Cutoff
+from p2w.core.cutoff import Cutoff, before_drop
 from p2w.core.dates import Where, capture_time, from_mtime, parse_bound
 from p2w.core.gallery import Hit
 from p2w.errors import P2WError
@@ -221,16 +221,19 @@ def hit(rank: int, score: float) -> Hit:
 
 
 def test_the_cutoff_keeps_what_passes_and_ranks_it_again():
-    hits = [hit(1, 0.31), hit(2, 0.30), hit(3, 0.255), hit(4, 0.20)]
+    # gaps 0.010 0.001 0.001 0.001 0.050 0.001: median 0.001; the first over 30 of them is the 0.05 after the fifth
+    scores = [0.400, 0.390, 0.389, 0.388, 0.387, 0.337, 0.336]
+    hits = [hit(i, s) for i, s in enumerate(scores, 1)]
     assert Cutoff().apply(hits) == hits
-    assert [(h.rank, h.score) for h in Cutoff(margin=0.05).apply(hits)] == [(1, 0.31), (2, 0.30)]
-    assert [h.score for h in Cutoff(min_score=0.25).apply(hits)] == [0.31, 0.30, 0.255]
-    assert [h.score for h in Cutoff(min_score=0.305, margin=0.2).apply(hits)] == [0.31]
-    assert Cutoff(margin=0.0).apply(hits) == hits[:1] and Cutoff(margin=0.1).apply([]) == []
+    assert [(h.rank, h.score) for h in Cutoff(drop=30).apply(hits)] == [(i, s) for i, s in enumerate(scores[:5], 1)]
+    assert len(Cutoff(drop=5).apply(hits)) == 1  # the 0.010 gap is over 5 median gaps
+    assert before_drop(scores, 100) == 7 and before_drop(scores[:2], 1) == 2 and before_drop([], 1) == 0
+    assert [h.score for h in Cutoff(min_score=0.388).apply(hits)] == scores[:4]
+    assert [(h.rank, h.score) for h in Cutoff(min_score=0.39, drop=30).apply(hits[1:])] == [(1, 0.39)]
     with pytest.raises(P2WError, match=r"--min-score 1\.5"):
         Cutoff(min_score=1.5)
-    with pytest.raises(P2WError, match=r"--margin -0\.1"):
-        Cutoff(margin=-0.1)
+    with pytest.raises(P2WError, match="not one"):
+        Cutoff(drop=0.5)
 
 
 @pytest.mark.parametrize(
@@ -240,8 +243,8 @@ def test_the_cutoff_keeps_what_passes_and_ranks_it_again():
         ({"before": 2023}, "before must be a string"),
         ({"after": "2024", "before": "2023"}, "no photo can pass both"),
         ({"min_score": "high"}, "min_score must be a number"),
-        ({"margin": True}, "margin must be a number"),
-        ({"margin": 7}, "not a score difference"),
+        ({"drop": True}, "drop must be a number"),
+        ({"drop": 0}, "not one"),
     ],
 )
 def test_the_server_refuses_a_bad_filter_or_cutoff(fields, message):
@@ -253,7 +256,7 @@ def test_a_running_server_filters_and_cuts_as_this_process_does(dated, tiny, tmp
     bb = backbone_args(tiny)
     home = Path(os.environ["P2W_HOME"])
     assert runner.invoke(app, ["index", str(dated), *bb, "--workers", "0"]).exit_code == 0
-    args = ("--after", "2023-07", "--before", "2024-06", "--margin", "0.5", "-k", "3")
+    args = ("--after", "2023-07", "--before", "2024-06", "--cutoff", "--min-score", "-1", "-k", "3")
     here = search_json(*bb, *args)
     with running_server(home, [*bb, "--mapper", str(tiny.mapper)]) as server:
         status, answer = server.json("/api/search", {"text": "a photo", "after": "2023-07", "before": "2024-06"})

@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from p2w.cli import app
+from p2w.core.cutoff import DROP, before_drop
 from serving import Running, backbone_args, make_photos, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -43,6 +44,14 @@ window.__p2wErrors = [];
 window.addEventListener('error', (e) => window.__p2wErrors.push('error: ' + (e.message || e.target && e.target.src)),
                         true);
 window.addEventListener('unhandledrejection', (e) => window.__p2wErrors.push('rejection: ' + e.reason));
+window.__p2wSearches = [];  // the bodies of the page's searches
+const pageFetch = window.fetch;
+window.fetch = (url, options) => {
+  if (String(url).endsWith('/api/search') && options && typeof options.body === 'string') {
+    window.__p2wSearches.push(JSON.parse(options.body));
+  }
+  return pageFetch(url, options);
+};
 document.addEventListener('securitypolicyviolation',
                           (e) => window.__p2wErrors.push('CSP: ' + e.violatedDirective + ' ' + e.blockedURI));
 """
@@ -193,7 +202,7 @@ def reference_image(folder: Path) -> Path:
     return path
 
 
-def test_search_refine_by_a_result_and_compare(page: Any, tmp_path: Path) -> None:
+def test_search_refine_by_a_result_and_compare(page: Any, server: Running, tmp_path: Path) -> None:
     # Keyboard: the drop zone, then the words, mode, baseline, the folded options and Search, each visibly focused.
     page.find_element(By.ID, "drop").send_keys(Keys.SHIFT)  # focus, without opening the file chooser
     order = [focused(page)]
@@ -249,8 +258,17 @@ def test_search_refine_by_a_result_and_compare(page: Any, tmp_path: Path) -> Non
     dated = wait_results(page, ("pic2word", "average (baseline)"))
     assert all(len(c["paths"]) == 15 for c in dated["columns"]), dated
     assert page.find_element(By.CSS_SELECTOR, "#results .hit .taken").text == "2024-06-01 12:00 (file)"
-    page.find_element(By.ID, "margin").send_keys("0", Keys.ENTER)
-    until(page, lambda d: all(len(c["paths"]) == 1 for c in state(d)["columns"]))
+    page.find_element(By.ID, "min-score").send_keys("1", Keys.ENTER)  # no cosine of two different photos reaches 1
+    until(page, lambda d: "no results pass" in d.find_element(By.ID, "results").text)
+    page.find_element(By.ID, "min-score").clear()
+    ids = {h["path"]: h["id"] for h in server.json("/api/search", {"text": "a photo", "k": 30})[1]["results"]}
+    query = {"photo": ids[chosen], "text": "in blue", "before": "2025", "k": 24}
+    uncut = [h["score"] for h in server.json("/api/search", query)[1]["results"]]
+    kept = before_drop(uncut, DROP)  # what the page's cutoff must keep of the pic2word column
+    page.find_element(By.ID, "cutoff").click()
+    until(page, lambda d: len(state(d)["columns"][0]["paths"]) == kept and not state(d)["busy"])
+    sent = page.execute_script("return window.__p2wSearches")[-2:]  # pic2word, then the average baseline
+    assert [b.get("drop") for b in sent] == [DROP, DROP] and sent[0]["before"] == "2025", sent
     page.find_element(By.ID, "before").clear()
     page.find_element(By.ID, "before").send_keys("2020", Keys.ENTER)
     until(page, lambda d: "no results pass" in d.find_element(By.ID, "results").text)

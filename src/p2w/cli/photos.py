@@ -14,6 +14,7 @@ from p2w import fspath
 from p2w.cli.root import (
     AfterOpt,
     BeforeOpt,
+    CutoffOpt,
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
@@ -22,7 +23,6 @@ from p2w.cli.root import (
     KnnIndexOpt,
     KnnServiceOpt,
     MapperOpt,
-    MarginOpt,
     MinScoreOpt,
     ModelOpt,
     PrecisionOpt,
@@ -198,7 +198,7 @@ def search_command(
     after: AfterOpt = None,
     before: BeforeOpt = None,
     min_score: MinScoreOpt = None,
-    margin: MarginOpt = None,
+    cutoff_: CutoffOpt = False,
     ef: Annotated[
         int | None,
         typer.Option("--ef", min=1, help="search breadth: higher is slower, closer to exact [150 at 768-d, up to 400]"),
@@ -227,14 +227,15 @@ def search_command(
     model (and mapper) answers at once; --device or --precision search in this process."""
     with user_errors():
         from p2w.cli.output import check_output, split_query_args
-        from p2w.core.cutoff import Cutoff
+        from p2w.core.cutoff import DROP, Cutoff
         from p2w.core.dates import Where
         from p2w.serve.query import Backend, GalleryChoice, Request, search
 
         check_output(sheet, overwrite=force, suffix=".png")
         imgs, txt = split_query_args(query or [])
         gallery = GalleryChoice(index, knn_service, knn_index)
-        where, cutoff = Where.parse(within, after, before), Cutoff(min_score, margin)
+        where = Where.parse(within, after, before)
+        cutoff = Cutoff(min_score, DROP if cutoff_ else None)
         request = Request(tuple(imgs), txt, mode, prompt, k, where, ef, gallery, cutoff)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)

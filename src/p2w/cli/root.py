@@ -77,8 +77,8 @@ AfterOpt = Annotated[
 ]
 BeforeOpt = Annotated[str | None, typer.Option("--before", help="only photos taken before this date (same forms)")]
 MinScoreOpt = Annotated[float | None, typer.Option("--min-score", help="only results scoring at least this (cosine)")]
-MarginOpt = Annotated[
-    float | None, typer.Option("--margin", help="only results within this of the best score (0.05 measured best)")
+CutoffOpt = Annotated[
+    bool, typer.Option("--cutoff", help="only the results before the scores drop (a gap of 30 median gaps)")
 ]
 QueryArgs = Annotated[
     list[str] | None,

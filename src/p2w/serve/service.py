@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import torch
 
 from p2w.core.compose import MODES
-from p2w.core.cutoff import Cutoff
+from p2w.core.cutoff import DROP, Cutoff
 from p2w.core.dates import Where
 from p2w.core.gallery import Gallery, Hit
 from p2w.core.images import decode_image, open_image
@@ -71,7 +71,7 @@ class Query:
     before: str | None = None  # only photos taken before the start of this date
     ef: int | None = None
     min_score: float | None = None  # only results scoring at least this
-    margin: float | None = None  # only results within this of the best score
+    drop: float | None = None  # only results before the scores drop (``p2w.core.cutoff``; the page: its DROP)
 
     @classmethod
     def from_json(cls, data: Any, limits: Limits) -> Query:
@@ -85,7 +85,7 @@ class Query:
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ServeError(f"{key} must be a string")
         number = (int, float)
-        for key, kinds in (("photo", int), ("k", int), ("ef", int), ("min_score", number), ("margin", number)):
+        for key, kinds in (("photo", int), ("k", int), ("ef", int), ("min_score", number), ("drop", number)):
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
                 raise ServeError(f"{key} must be {'an integer' if kinds is int else 'a number'}")
@@ -111,7 +111,7 @@ class Query:
 
     def cutoff(self) -> Cutoff:
         """Which results it keeps."""
-        return Cutoff(self.min_score, self.margin)
+        return Cutoff(self.min_score, self.drop)
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,7 @@ class Service:
             "mapper": mapper,
             "modes": list(MODES),
             "prompt": self.engine.default_prompt,  # the page's placeholder: the mapper's method's template
+            "drop": DROP,  # the page's cutoff (``p2w search --cutoff``)
             "photos": 0,
             "gallery": None,
             "message": None,

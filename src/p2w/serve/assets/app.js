@@ -123,10 +123,9 @@ function queryBody() {
     if (value && !DATE.test(value)) throw new Error(`${key} "${value}" is not a date: give 2023, 2023-07 or 2023-07-14`);
     if (value) body[key] = value;
   }
-  for (const [key, id] of [["min_score", "min-score"], ["margin", "margin"]]) {
-    const value = $(id).value.trim();
-    if (value !== "" && Number.isFinite(Number(value))) body[key] = Number(value);
-  }
+  const floor = $("min-score").value.trim();
+  if (floor !== "" && Number.isFinite(Number(floor))) body.min_score = Number(floor);
+  if ($("cutoff").checked) body.drop = (state.status && state.status.drop) || 30;
   if (state.ref && state.ref.kind === "upload") body.upload = state.ref.id;
   if (state.ref && state.ref.kind === "photo") body.photo = state.ref.id;
   return body;
@@ -237,7 +236,7 @@ function render(columns) {
 }
 
 function filtered() {
-  return ["within", "after", "before", "min-score", "margin"].some((id) => $(id).value.trim() !== "");
+  return $("cutoff").checked || ["within", "after", "before", "min-score"].some((id) => $(id).value.trim() !== "");
 }
 
 function card(hit) {
@@ -370,6 +369,7 @@ function wire() {
   });
   $("mode").addEventListener("change", () => search(null, true));
   $("compare").addEventListener("change", () => search(null, true));
+  $("cutoff").addEventListener("change", () => search(null, true));
 }
 
 wire();
