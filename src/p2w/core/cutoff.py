@@ -3,9 +3,9 @@ results before the first place where the scores drop, a gap between one result a
 median gap of the results).
 
 The relative rule measured best of those tried in the micro world (docs/microworld.md, "A cutoff that means
-something"): a flat threshold means different things for different modes and models (a composed query's cosines sit
-lower than an image query's; ViT-L/14's spread over a tenth of what the micro model's do), while a drop measured in
-the results' own median gap is free of their scale, and its best factor stayed within 26-33 from 24 to 200 results.
+something"): a flat threshold means different things for different modes (a composed query's cosines sit lower than
+an average query's) and models, while a drop measured in the results' own median gap is free of their scale, and its
+best factor stayed within 26-33 from 24 to 200 results.
 """
 
 from __future__ import annotations
