@@ -161,7 +161,8 @@ def service(folder: Path, queries: int) -> dict[str, object]:
     import p2w
     from p2w.mappers.network import Mapper
     from p2w.serve.query import GalleryChoice
-    from p2w.serve.service import Query, Service
+    from p2w.serve.requests import Query
+    from p2w.serve.service import Service
     from p2w.settings import Settings
 
     torch.manual_seed(0)

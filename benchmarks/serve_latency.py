@@ -299,7 +299,7 @@ def measure(
     import torch
 
     from p2w.core.images import decode_image
-    from p2w.serve.service import Query
+    from p2w.serve.requests import Query
 
     http: dict[str, Any] = {}
     engine = service.engine

@@ -25,7 +25,7 @@ from p2w.library import search as search_mod
 from p2w.library.catalog import Catalog, catalog_for
 from p2w.library.index import index
 from p2w.serve.errors import ServeError
-from p2w.serve.service import Limits, Query
+from p2w.serve.requests import Limits, Query
 from p2w.spec import BackboneSpec
 from serving import backbone_args, running_server
 

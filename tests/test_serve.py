@@ -159,7 +159,8 @@ def test_the_engine_is_loaded_on_the_thread_that_runs_every_query(catalog, tiny,
 
     import p2w
     from p2w.errors import P2WError
-    from p2w.serve.service import Query, start
+    from p2w.serve.requests import Query
+    from p2w.serve.service import start
     from p2w.settings import Settings
 
     loaded_on: list[int] = []

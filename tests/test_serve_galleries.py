@@ -18,7 +18,8 @@ from p2w.cli import app
 from p2w.errors import P2WError
 from p2w.serve.errors import NotFound
 from p2w.serve.query import GalleryChoice
-from p2w.serve.service import Query, Service, start
+from p2w.serve.requests import Query
+from p2w.serve.service import Service, start
 from p2w.settings import Settings
 from serving import Running, backbone_args, make_photos, running_server
 

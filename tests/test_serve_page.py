@@ -78,13 +78,16 @@ return {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> Iterator[Running]:
-    """A real `p2w serve` (tiny model and mapper) over 30 indexed photos, for the whole module."""
+    """A real `p2w serve` (tiny model and mapper) over 31 indexed photos (one a byte copy of another, in copies/),
+    for the whole module."""
     root = tmp_path_factory.mktemp("page")
     home, photos = root / "home", root / "photos"
     for year, seed in ((2024, 0), (2025, 1)):  # taken (by their files' time) in June of their folder's year
         stamp = datetime(year, 6, 1, 12).timestamp()
         for path in make_photos(photos / str(year), 15, seed=seed):
             os.utime(path, (stamp, stamp))
+    (photos / "copies").mkdir()
+    shutil.copy(photos / "2024" / "photo 000.jpg", photos / "copies" / "the same.jpg")
     result = CliRunner().invoke(
         app, ["index", str(photos), *backbone_args(tiny), "--workers", "0"], env={"P2W_HOME": str(home)}
     )
@@ -121,7 +124,7 @@ def page(server: Running, driver: Any) -> Any:
     driver.delete_all_cookies()  # another server's cookie (same host, other port) would win over ?token=
     driver.get_log("browser")  # what earlier tests left
     driver.get(f"{server.url}/?token={server.token}")
-    until(driver, lambda d: "30 photos" in state(d)["about"])
+    until(driver, lambda d: "31 photos" in state(d)["about"])
     assert driver.current_url == f"{server.url}/", "the token should leave the address bar"
     yield driver
     assert_no_errors(driver)
@@ -261,7 +264,7 @@ def test_search_refine_by_a_result_and_compare(page: Any, server: Running, tmp_p
     page.find_element(By.ID, "min-score").send_keys("1", Keys.ENTER)  # no cosine of two different photos reaches 1
     until(page, lambda d: "no results pass" in d.find_element(By.ID, "results").text)
     page.find_element(By.ID, "min-score").clear()
-    ids = {h["path"]: h["id"] for h in server.json("/api/search", {"text": "a photo", "k": 30})[1]["results"]}
+    ids = {h["path"]: h["id"] for h in server.json("/api/search", {"text": "a photo", "k": 31})[1]["results"]}
     query = {"photo": ids[chosen], "text": "in blue", "before": "2025", "k": 24}
     uncut = [h["score"] for h in server.json("/api/search", query)[1]["results"]]
     kept = before_drop(uncut, DROP)  # what the page's cutoff must keep of the pic2word column
@@ -274,6 +277,45 @@ def test_search_refine_by_a_result_and_compare(page: Any, server: Running, tmp_p
     until(page, lambda d: "no results pass" in d.find_element(By.ID, "results").text)
     page.find_element(By.ID, "after").send_keys("July", Keys.ENTER)
     until(page, lambda d: "is not a date" in state(d)["message"])
+
+
+def test_several_references_each_fills_its_star(page: Any, tmp_path: Path) -> None:
+    page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
+    until(page, lambda d: state(d)["ref"] == "reference.png")
+    wait_results(page, ("image",))
+    second = tmp_path / "second.png"
+    Image.new("RGB", (48, 40), (30, 160, 60)).save(second)
+    page.find_element(By.ID, "add-file").send_keys(str(second))
+    until(page, lambda d: state(d)["ref"] == "reference.png + second.png")
+    items = [li.text for li in page.find_elements(By.CSS_SELECTOR, "#ref-list li")]
+    assert [i.split()[:3] for i in items] == [["*", "1", "reference.png"], ["*", "2", "second.png"]], items
+    wait_results(page, ("image",))  # two images alone: the image mode, with both
+    page.find_element(By.ID, "text").send_keys("in blue", Keys.ENTER)  # pic2word: the default prompt has one *
+    until(page, lambda d: "need a prompt with one * each" in state(d)["message"])
+    page.find_element(By.TAG_NAME, "summary").click()
+    page.find_element(By.ID, "prompt").send_keys("a * next to a * , {text}", Keys.ENTER)
+    wait_results(page)
+    sent = page.execute_script("return window.__p2wSearches")[-1]
+    assert len(sent["images"]) == 2 and sent["prompt"] == "a * next to a * , {text}", sent
+    page.find_element(By.CSS_SELECTOR, "#ref-list li button").click()  # remove the first: the second is left
+    until(page, lambda d: state(d)["ref"] == "second.png")
+    page.find_element(By.ID, "prompt").clear()
+    page.find_element(By.ID, "text").send_keys(Keys.ENTER)
+    wait_results(page)
+    assert "upload" in page.execute_script("return window.__p2wSearches")[-1]
+    assert not page.find_element(By.ID, "ref-list").is_displayed()
+
+
+def test_the_near_duplicates_view(page: Any, server: Running) -> None:
+    expected = server.json("/api/duplicates", {})[1]
+    page.find_element(By.ID, "show-duplicates").click()
+    until(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .duplicates"))
+    groups = page.find_elements(By.CSS_SELECTOR, "#results .duplicates")
+    assert len(groups) == expected["count"] >= 1
+    shown = [sorted(p.text for p in g.find_elements(By.CSS_SELECTOR, ".hit .path")) for g in groups]
+    assert any("the same.jpg" in " ".join(names) and "photo 000.jpg" in " ".join(names) for names in shown), shown
+    page.find_elements(By.CSS_SELECTOR, "#results .duplicates .pick")[0].click()  # a photo of a group: the reference
+    wait_results(page, ("image",))
 
 
 def test_drop_and_paste_an_image(page: Any) -> None:

@@ -436,6 +436,14 @@ BAD_SEARCHES: list[bytes] = [
     b'{"text": "x", "within": "../.."}',
     b'{"text": "x", "within": "~/photos"}',
     b'{"text": "x", "mode": "no such mode"}',
+    b'{"text": "x", "after": "2023-13"}',
+    b'{"text": "x", "before": "yesterday"}',
+    b'{"text": "x", "after": 2023}',
+    b'{"text": "x", "after": "2024", "before": "2023"}',
+    b'{"text": "x", "min_score": "0.5"}',
+    b'{"text": "x", "min_score": 5}',
+    b'{"text": "x", "drop": -1}',
+    b'{"text": "x", "drop": 1e400}',
 ]
 
 
@@ -444,6 +452,29 @@ def test_bad_searches_get_a_400_with_a_message(served, body):
     answer = served.call("/api/search", body, {"Content-Type": "application/json"})
     assert answer.status == 400, (body[:40], answer.status, answer.body[:300])
     assert answer.error() and b"Traceback" not in answer.body
+
+
+BAD_DUPLICATES = [
+    b"{",
+    b"[]",
+    b'{"threshold": "0.9"}',
+    b'{"threshold": 2}',
+    b'{"threshold": true}',
+    b'{"within": "photos"}',
+    b'{"within": 5}',
+    b'{"path": "/etc"}',
+    b'{"threshold": NaN}',
+]
+
+
+@pytest.mark.parametrize("body", BAD_DUPLICATES, ids=[b.decode() for b in BAD_DUPLICATES])
+def test_bad_duplicates_requests_get_a_400_and_good_ones_need_the_token(served, body):
+    answer = served.call("/api/duplicates", body, {"Content-Type": "application/json"})
+    assert answer.status == 400 and answer.error() and b"Traceback" not in answer.body, answer.body[:300]
+    good = json.dumps({"within": str(served.photos / "2024")}).encode()
+    assert served.call("/api/duplicates", good, {"Content-Type": "application/json"}).status == 200
+    own = {"Content-Type": "application/json", "Origin": served.server.url}
+    assert served.call("/api/duplicates", good, own, token=False).status == 403
 
 
 def test_searches_for_what_is_not_there_get_a_404(served):

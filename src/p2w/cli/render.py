@@ -15,6 +15,7 @@ from p2w.fspath import shown
 if TYPE_CHECKING:
     from p2w.evaluation.common import EvalResult
     from p2w.library.catalog import Hit
+    from p2w.library.duplicates import Group
     from p2w.library.index import IndexReport
     from p2w.library.status import CatalogInfo
     from p2w.mappers.registry import Registered
@@ -128,6 +129,18 @@ def train_table(result: TrainResult) -> Table:
         r1 = "-" if e.val_recall_at_1 is None else f"{e.val_recall_at_1:.3f}"
         r5 = "-" if e.val_recall_at_5 is None else f"{e.val_recall_at_5:.3f}"
         table.add_row(str(e.epoch), f"{e.loss:.4f}", r1, r5, f"{e.samples_per_s:,.0f}")
+    return table
+
+
+def duplicates_table(groups: list[Group]) -> Table:
+    """Groups of near-identical photos: group, similarity to the group's first photo, size, path."""
+    table = Table()
+    for name in ("group", "similarity", "size", "path"):
+        table.add_column(name, justify="right" if name != "path" else "left", overflow="fold")
+    for number, group in enumerate(groups, 1):
+        for i, photo in enumerate(group.photos):
+            table.add_row(str(number) if i == 0 else "", "" if i == 0 else f"{photo.similarity:.3f}",
+                          _size(photo.size), plain(photo.path), end_section=i == len(group.photos) - 1)  # fmt: skip
     return table
 
 

@@ -151,6 +151,17 @@ class Ann:
         top = np.argsort(-scores, kind="stable")[:k]
         return ids[top], scores[top].astype(np.float32)
 
+    def neighbours(self, vectors: np.ndarray, k: int, ef: int | None = None) -> np.ndarray:
+        """The ids ``(n, k)`` of each vector's ``k`` nearest in the graph as it is (approximate; on a reduced graph,
+        by the projected vectors), all queried in one batch on every core; for a caller that scores what it needs."""
+        k = min(k, self.live)
+        if k <= 0 or not len(vectors):
+            return np.zeros((len(vectors), 0), dtype=np.int64)
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.set_ef(max(ef or default_ef(self.index.dim), k))
+        labels, _ = self.index.knn_query(q if self.projection is None else self.projection.apply(q), k=k)
+        return np.asarray(labels, dtype=np.int64)
+
 
 def _knn(index: Any, q: np.ndarray, k: int, allowed: Callable[[int], bool] | None) -> tuple[np.ndarray, np.ndarray]:
     """hnswlib's ``k`` nearest of one vector; with a filter that fewer than ``k`` of the ids the search reaches pass,

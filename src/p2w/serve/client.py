@@ -70,7 +70,7 @@ def search(
     record: ServerRecord, query: dict[str, Any], images: Sequence[bytes] = (), timeout: float = TIMEOUT
 ) -> list[dict[str, Any]]:
     """The hits (``{"rank", "score", "path", "size", "mtime", "id"}``) of ``query`` (the fields of
-    ``p2w.serve.service.Query``), the images' bytes uploaded first (in order: the i-th ``*`` takes the i-th)."""
+    ``p2w.serve.requests.Query``), the images' bytes uploaded first (in order: the i-th ``*`` takes the i-th)."""
     if images:
         uploads = [call(record, "/api/upload", data, "application/octet-stream", timeout)["upload"] for data in images]
         query = {**query, "images": [{"upload": u} for u in uploads]}

@@ -28,7 +28,7 @@ class ServerRecord:
     backbone: str  # backbone id
     mapper: str | None  # the mapper file it loaded (resolved path), if any
     version: str
-    limits: dict[str, int] = field(default_factory=dict)  # what one request may ask for (``service.Limits``)
+    limits: dict[str, int] = field(default_factory=dict)  # what one request may ask for (``requests.Limits``)
 
     def to_json(self) -> dict[str, object]:
         """The record's JSON form."""

@@ -35,7 +35,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from p2w.errors import P2WError
 from p2w.fspath import shown
 from p2w.serve.errors import NotFound, ServeError, TooLarge
-from p2w.serve.service import Query, Service, engine_thread
+from p2w.serve.requests import DuplicatesQuery, Query
+from p2w.serve.service import Service, engine_thread
 
 log = logging.getLogger(__name__)
 COOKIE = "p2w_token"
@@ -165,6 +166,7 @@ def create_app(
         Route("/api/status", _endpoint(api.status)),
         Route("/api/upload", _endpoint(api.upload), methods=["POST"]),
         Route("/api/search", _endpoint(api.search), methods=["POST"]),
+        Route("/api/duplicates", _endpoint(api.duplicates), methods=["POST"]),
         Route("/api/thumb/{photo:int}", _endpoint(api.thumb)),
         Route("/api/photo/{photo:int}", _endpoint(api.photo)),
     ]
@@ -255,6 +257,15 @@ class _Api:
             if photo is not None:
                 _photo_id(photo)
         return JSONResponse(await self.on_worker_timed(request, self.service.search, query))
+
+    async def duplicates(self, request: Request) -> Response:
+        raw = await _read_limited(request, 4 << 10)
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise ServeError("the duplicates request must be JSON") from exc
+        ask = DuplicatesQuery.from_json(data)
+        return JSONResponse(await self.on_worker_timed(request, self.service.duplicates, ask))
 
     async def thumb(self, request: Request) -> Response:
         path = await self.on_worker(self.service.thumbnail, _photo_id(request.path_params["photo"]))

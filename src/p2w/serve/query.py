@@ -118,7 +118,7 @@ def _may_be_warm(backend: Backend) -> bool:
 
 
 def _wire(request: Request, qp: QueryPlan) -> dict[str, Any]:
-    """The server's JSON query (``p2w.serve.service.Query``)."""
+    """The server's JSON query (``p2w.serve.requests.Query``)."""
     query: dict[str, Any] = {"text": request.text, "mode": qp.mode, "prompt": qp.template, "k": request.k}
     query["ef"] = request.ef
     return {**query, **request.where.to_wire(), **request.cutoff.to_wire()}

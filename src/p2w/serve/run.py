@@ -18,7 +18,8 @@ from p2w.errors import P2WError
 from p2w.serve import discovery
 from p2w.serve.http import create_app
 from p2w.serve.query import GalleryChoice
-from p2w.serve.service import Limits, start
+from p2w.serve.requests import Limits
+from p2w.serve.service import start
 from p2w.settings import Settings
 from p2w.version import version
 

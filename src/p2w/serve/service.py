@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -24,8 +23,9 @@ from typing import Any, BinaryIO
 
 import torch
 
+from p2w import fspath
 from p2w.core.compose import MODES
-from p2w.core.cutoff import DROP, Cutoff
+from p2w.core.cutoff import DROP
 from p2w.core.dates import Where
 from p2w.core.gallery import Gallery, Hit
 from p2w.core.images import decode_image, open_image
@@ -35,83 +35,13 @@ from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, catalog_dir
 from p2w.library.search import CatalogGallery
 from p2w.library.sheet import THUMB, thumbnail
-from p2w.serve.errors import NotFound, ServeError, TooLarge, Unavailable, Unsupported
+from p2w.serve.errors import NotFound, TooLarge, Unavailable, Unsupported
 from p2w.serve.files import open_checked, servable, thumb_key
 from p2w.serve.query import GalleryChoice, open_gallery
+from p2w.serve.requests import DuplicatesQuery, Limits, Query, Reference
 from p2w.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for."""
-
-    upload_bytes: int = 32 << 20  # 32 MiB
-    upload_pixels: int = 50_000_000  # 50 megapixels, after JPEG draft reduction
-    k: int = 200  # results per search
-    ef: int = 10_000  # the search breadth one query may ask for
-    uploads_kept: int = 64  # uploads whose features are kept (least recently used dropped)
-    images: int = 8  # reference images of one query
-
-
-@dataclass(frozen=True)
-class Query:
-    """A composed search: reference images (uploads, catalog photos, or none), words, mode and template."""
-
-    text: str | None = None
-    mode: str | None = None
-    prompt: str | None = None
-    photo: int | None = None  # a catalog photo id as the reference image
-    upload: str | None = None  # an upload id (``Service.upload``) as the reference image
-    images: tuple[Reference, ...] = ()  # several references, in order: the i-th '*' of the prompt takes the i-th
-    k: int = 24
-    within: str | None = None  # only photos under this folder (absolute path)
-    after: str | None = None  # only photos taken from the start of this date on (``p2w.core.dates.parse_bound``)
-    before: str | None = None  # only photos taken before the start of this date
-    ef: int | None = None
-    min_score: float | None = None  # only results scoring at least this
-    drop: float | None = None  # only results before the scores drop (``p2w.core.cutoff``; the page: its DROP)
-
-    @classmethod
-    def from_json(cls, data: Any, limits: Limits) -> Query:
-        """A query from a request's JSON object; wrong types or values are a ``ServeError`` (400)."""
-        if not isinstance(data, dict):
-            raise ServeError("the search request must be a JSON object")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ServeError(f"unknown search fields: {', '.join(unknown)}")
-        for key in ("text", "mode", "prompt", "upload", "within", "after", "before"):
-            if data.get(key) is not None and not isinstance(data[key], str):
-                raise ServeError(f"{key} must be a string")
-        number = (int, float)
-        for key, kinds in (("photo", int), ("k", int), ("ef", int), ("min_score", number), ("drop", number)):
-            value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                raise ServeError(f"{key} must be {'an integer' if kinds is int else 'a number'}")
-        data = {**data, "images": _references(data.get("images"), limits)}
-        q = cls(**{k: v for k, v in data.items() if v is not None and v != ""})
-        if not 1 <= q.k <= limits.k:
-            raise ServeError(f"k must be between 1 and {limits.k}")
-        if q.ef is not None and not 1 <= q.ef <= limits.ef:
-            raise ServeError(f"ef must be between 1 and {limits.ef}")
-        if sum((q.photo is not None, q.upload is not None, bool(q.images))) > 1:
-            raise ServeError("give the reference images one way: photo, upload, or images")
-        if q.within is not None and not os.path.isabs(q.within):
-            raise ServeError("within must be an absolute folder path")
-        try:
-            q.where(), q.cutoff()  # dates that are not dates, scores that are not scores
-        except P2WError as exc:
-            raise ServeError(str(exc)) from exc
-        return q
-
-    def where(self) -> Where:
-        """Which photos it may return."""
-        return Where.parse(self.within, self.after, self.before)
-
-    def cutoff(self) -> Cutoff:
-        """Which results it keeps."""
-        return Cutoff(self.min_score, self.drop)
 
 
 @dataclass(frozen=True)
@@ -121,34 +51,6 @@ class Original:
     file: BinaryIO
     name: str
     size: int
-
-
-@dataclass(frozen=True)
-class Reference:
-    """One reference image of a query: an upload id or a catalog photo id."""
-
-    upload: str | None = None
-    photo: int | None = None
-
-
-def _references(value: Any, limits: Limits) -> tuple[Reference, ...]:
-    """``[{"upload": ID} | {"photo": N}, ...]`` checked; anything else is a ``ServeError``."""
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > limits.images:
-        raise ServeError(f"images must be a list of at most {limits.images} references")
-    out = []
-    for item in value:
-        if not isinstance(item, dict) or len(item) != 1:
-            raise ServeError('each of images is {"upload": ID} or {"photo": N}')
-        ((key, ref),) = item.items()
-        if key == "upload" and isinstance(ref, str):
-            out.append(Reference(upload=ref))
-        elif key == "photo" and isinstance(ref, int) and not isinstance(ref, bool):
-            out.append(Reference(photo=ref))
-        else:
-            raise ServeError('each of images is {"upload": ID} or {"photo": N}')
-    return tuple(out)
 
 
 class Service:
@@ -168,6 +70,7 @@ class Service:
         self._catalog: Catalog | None = None
         self._ann: ann_mod.Ann | None = None
         self._other: Gallery | None = None  # an index or a back end, opened once
+        self._duplicates: tuple[Any, list[Any]] | None = None  # (what was asked of which generation, the groups)
         self._uploads: OrderedDict[str, torch.Tensor] = OrderedDict()  # id -> features (embed_dim,)
         self.timings: dict[str, float] = {}  # ms by stage of the last upload or search (the Server-Timing header)
 
@@ -282,6 +185,28 @@ class Service:
             raise NotFound(f"item {ref.photo} of {gallery.name} has neither stored features nor a local file")
         image = open_image(local.path, draft=self.engine.backbone.draft_size)  # a layout without norm: the image
         return self.engine.image_features([image])[0].float().cpu()
+
+    # ---- near-duplicates -----------------------------------------------------------------------------------------
+    def duplicates(self, ask: DuplicatesQuery) -> dict[str, Any]:
+        """The catalog's groups of near-identical photos (``p2w.library.duplicates``), at most ``Limits.groups`` of
+        them, each photo with its id (for its thumbnail); kept until the catalog changes, so asking again is free."""
+        if not self.choice.catalog:
+            raise Unsupported(
+                f"near-duplicates are found in a photo catalog; this server searches {self._gallery().name}"
+            )
+        from p2w.library.duplicates import THRESHOLD, duplicates
+
+        catalog = self._open()
+        ann = self._current_ann(catalog)
+        key = (ann.generation, ask)
+        if self._duplicates is None or self._duplicates[0] != key:
+            threshold = THRESHOLD if ask.threshold is None else ask.threshold
+            where = Where(ask.within) if ask.within else None
+            self._duplicates = key, duplicates(catalog, threshold, where, ann)
+        groups = self._duplicates[1]
+        shown = [{"photos": [{**fspath.to_json(p.path), "id": p.id, "similarity": p.similarity, "size": p.size}
+                             for p in g.photos]} for g in groups[: self.limits.groups]]  # fmt: skip
+        return {"groups": shown, "count": len(groups)}
 
     # ---- files ---------------------------------------------------------------------------------------------------
     def original(self, photo: int) -> Original:

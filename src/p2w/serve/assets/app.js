@@ -5,9 +5,11 @@
 
 const $ = (id) => document.getElementById(id);
 const JSON_POST = { method: "POST", headers: { "Content-Type": "application/json" } };
-// ref: the reference image ({kind: "upload"|"photo", id, src, label}); notice: what the server says is missing
-// (no catalog, no mapper), shown whenever no error of the last action is; again: a search asked for while one ran.
-const state = { ref: null, status: null, notice: "", busy: false, again: null };
+// refs: the reference images, in the order of the prompt's * ({kind: "upload"|"photo", id, src, label}); notice: what
+// the server says is missing (no catalog, no mapper), shown whenever no error of the last action is; again: a search
+// asked for while one ran.
+const state = { refs: [], status: null, notice: "", busy: false, again: null };
+const MAX_REFS = 8; // the server's Limits.images
 
 function showMessage(text) {
   const box = $("message");
@@ -64,25 +66,82 @@ async function loadStatus() {
   }
 }
 
+// The one reference image (none: null), in place of all of them.
 function setReference(ref) {
-  if (state.ref && state.ref.src.startsWith("blob:")) URL.revokeObjectURL(state.ref.src);
-  state.ref = ref;
+  replaceReferences(ref ? [ref] : []);
+}
+
+function addReference(ref) {
+  if (state.refs.length >= MAX_REFS) {
+    showMessage(`a query takes at most ${MAX_REFS} reference images`);
+    return false;
+  }
+  replaceReferences([...state.refs, ref]);
+  return true;
+}
+
+function replaceReferences(refs) {
+  for (const old of state.refs) {
+    if (!refs.includes(old) && old.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
+  }
+  state.refs = refs;
+  const first = refs[0];
   const img = $("ref-image");
-  if (ref && ref.src) {
-    img.src = ref.src;
-    img.alt = ref.label;
+  if (first && first.src) {
+    img.src = first.src;
+    img.alt = first.label;
   } else {  // no reference, or one with no image to show (a layout's row without a local file)
     img.removeAttribute("src");
     img.alt = "";
   }
-  $("ref-label").textContent = ref ? ref.label : "";
-  img.hidden = !ref || !ref.src;
-  $("clear-ref").hidden = !ref;
-  $("drop").classList.toggle("has-image", Boolean(ref));
+  $("ref-label").textContent = refs.map((r) => r.label).join(" + ");
+  img.hidden = !first || !first.src;
+  $("clear-ref").hidden = !refs.length;
+  $("clear-ref").textContent = refs.length > 1 ? "Clear the references" : "Clear the reference";
+  $("add-ref").hidden = !refs.length || refs.length >= MAX_REFS;
+  $("drop").classList.toggle("has-image", Boolean(first));
+  renderReferences(refs);
 }
 
-async function uploadFile(file) {
+// With several references, each with the * it fills (the i-th * of the prompt takes the i-th) and a way to remove it.
+function renderReferences(refs) {
+  const list = $("ref-list");
+  list.replaceChildren();
+  list.hidden = refs.length < 2;
+  refs.forEach((ref, i) => {
+    const item = document.createElement("li");
+    const star = document.createElement("span");
+    star.className = "star";
+    star.textContent = `* ${i + 1}`;
+    star.title = `fills the ${ordinal(i + 1)} * of the prompt`;
+    const img = document.createElement("img");
+    img.alt = "";
+    if (ref.src) img.src = ref.src;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = ref.label;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "secondary";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `remove reference ${i + 1}, ${ref.label}`);
+    remove.addEventListener("click", () => {
+      replaceReferences(state.refs.filter((r) => r !== ref));
+      search(null, true);
+    });
+    item.append(star, img, name, remove);
+    list.append(item);
+  });
+}
+
+function ordinal(n) {
+  return n === 1 ? "1st" : n === 2 ? "2nd" : n === 3 ? "3rd" : `${n}th`;
+}
+
+// Upload a file as the reference (add: as one more reference) and search.
+async function uploadFile(file, add = false) {
   $("file").value = ""; // the same file can be chosen again
+  $("add-file").value = "";
   if (!file) {
     showMessage("drop or paste an image file (a photo from your computer, or a result below)");
     return;
@@ -100,7 +159,12 @@ async function uploadFile(file) {
       body: file,
     });
     showMessage("");
-    setReference({ kind: "upload", id: answer.upload, src: URL.createObjectURL(file), label: file.name || "pasted image" });
+    const ref = { kind: "upload", id: answer.upload, src: URL.createObjectURL(file), label: file.name || "pasted image" };
+    if (add) {
+      if (!addReference(ref)) return;
+    } else {
+      setReference(ref);
+    }
     await search();
   } catch (e) {
     const hint = e.status === 415 ? "; choose a photo (JPEG, PNG, WebP, ...)" : "";
@@ -126,8 +190,18 @@ function queryBody() {
   const floor = $("min-score").value.trim();
   if (floor !== "" && Number.isFinite(Number(floor))) body.min_score = Number(floor);
   if ($("cutoff").checked) body.drop = (state.status && state.status.drop) || 30;
-  if (state.ref && state.ref.kind === "upload") body.upload = state.ref.id;
-  if (state.ref && state.ref.kind === "photo") body.photo = state.ref.id;
+  const refs = state.refs.map((r) => (r.kind === "upload" ? { upload: r.id } : { photo: r.id }));
+  if (refs.length === 1) Object.assign(body, refs[0]);
+  if (refs.length > 1) body.images = refs;
+  const template = body.prompt || (state.status && state.status.prompt) || "";
+  const stars = (template.match(/\*/g) || []).length;
+  // pic2word: one * an image (the server's rule, p2w.core.compose.plan), said here before a request is sent
+  if (refs.length && resolvedMode(body) === "pic2word" && (refs.length > 1 || body.prompt) && stars !== refs.length) {
+    throw new Error(refs.length > 1
+      ? `${refs.length} reference images need a prompt with one * each (the i-th * takes the i-th image), ` +
+        'e.g. "a * wearing the hat of *"; or choose the average mode'
+      : `the prompt needs one * for the reference image, e.g. "a photo of * , {text}"`);
+  }
   return body;
 }
 
@@ -140,7 +214,7 @@ function clampK() {
 // "auto" with an image and words asks for the average instead of a pic2word query that cannot run.
 function resolvedMode(body) {
   if (body.mode) return body.mode;
-  const image = Boolean(body.upload) || body.photo != null;
+  const image = Boolean(body.upload) || body.photo != null || Boolean(body.images);
   if (!image) return "text";
   if (!(body.text || body.prompt)) return "image";
   return hasMapper() ? "pic2word" : "average";
@@ -161,7 +235,7 @@ async function search(event, quiet = false) {
     showMessage(e.message);
     return;
   }
-  if (!body.text && !body.upload && body.photo == null && !body.prompt) {
+  if (!body.text && !body.upload && body.photo == null && !body.images && !body.prompt) {
     render([]);
     showMessage(quiet ? "" : "give a reference image, some words, or both");
     return;
@@ -313,6 +387,44 @@ function card(hit) {
   return item;
 }
 
+// The catalog's groups of near-identical photos (under the folder, when one is given), one section a group, the
+// largest file first; each photo may be picked as the reference like a result.
+async function showDuplicates() {
+  const root = $("results");
+  const within = $("within").value.trim();
+  root.setAttribute("aria-busy", "true");
+  try {
+    const answer = await api("/api/duplicates", { ...JSON_POST, body: JSON.stringify(within ? { within } : {}) });
+    showMessage("");
+    root.replaceChildren();
+    root.classList.remove("two");
+    const title = document.createElement("h2");
+    title.className = "label";
+    const shown = answer.groups.length;
+    title.textContent = !answer.count ? "No near-identical photos" + (within ? " under that folder" : "")
+      : `Near-identical photos: ${answer.count} group${answer.count === 1 ? "" : "s"}` +
+        (shown < answer.count ? ` (the ${shown} largest shown)` : "") + "; nothing is moved or deleted";
+    root.append(title);
+    answer.groups.forEach((group, i) => {
+      const section = document.createElement("section");
+      section.className = "column duplicates";
+      const h2 = document.createElement("h2");
+      h2.textContent = `Group ${i + 1} · ${group.photos.length} photos`;
+      const grid = document.createElement("div");
+      grid.className = "grid";
+      group.photos.forEach((p, j) => {
+        grid.append(card({ ...p, rank: j + 1, score: p.similarity, local: true, refine: true }));
+      });
+      section.append(h2, grid);
+      root.append(section);
+    });
+  } catch (e) {
+    showMessage(e.message);
+  } finally {
+    root.setAttribute("aria-busy", "false");
+  }
+}
+
 // A result's thumbnail dragged onto the drop zone is that catalog photo (same origin, /api/thumb/ID).
 function droppedPhoto(data) {
   const uri = (data.getData("text/uri-list") || "").split("\n").find((line) => line && !line.startsWith("#"));
@@ -330,6 +442,8 @@ function wire() {
   const drop = $("drop");
   $("query").addEventListener("submit", (e) => search(e));
   $("file").addEventListener("change", (e) => { if (e.target.files.length) uploadFile(e.target.files[0]); });
+  $("add-file").addEventListener("change", (e) => { if (e.target.files.length) uploadFile(e.target.files[0], true); });
+  $("show-duplicates").addEventListener("click", () => showDuplicates());
   drop.addEventListener("click", () => $("file").click());
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
