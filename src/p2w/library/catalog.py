@@ -23,39 +23,12 @@ from p2w.core.dates import Taken, Where, from_mtime
 from p2w.core.gallery import Hit
 from p2w.errors import P2WError
 from p2w.fspath import from_db, gone, to_db
+from p2w.library.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, has_table, statements
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec, safe_name
 
-__all__ = ["Catalog", "Hit", "Row", "catalog_dir", "catalog_for"]
+__all__ = ["SCHEMA_VERSION", "Catalog", "Hit", "Row", "catalog_dir", "catalog_for"]
 
-SCHEMA_VERSION = 4
-# path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
-# vec: the unit vector (float32 bytes); norm: the image features' length before normalising (NULL in catalogs made
-# before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features);
-# roots: the folders and files given to ``p2w index`` (``p2w status`` names those gone from disk);
-# taken: the capture time in wall-clock seconds, taken_offset its offset from UTC in minutes (NULL: not known),
-# taken_from "exif" or "mtime" (``p2w.core.dates``); NULL in rows migrated from schema 3, whose taken is their mtime
-# until the next ``p2w index`` reads their EXIF (``Catalog.undated_under``)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
-    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL, taken INTEGER, taken_offset INTEGER, taken_from TEXT);
-CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
-CREATE INDEX IF NOT EXISTS files_taken ON files (taken);
-CREATE TABLE IF NOT EXISTS skipped (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
-CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY, indexed REAL);
-"""
-# stepwise migrations: MIGRATIONS[v] upgrades a catalog of schema v to v + 1
-MIGRATIONS: dict[int, str] = {
-    1: "ALTER TABLE files ADD COLUMN norm REAL;",
-    2: "UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';"
-    "UPDATE skipped SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';",
-    3: "ALTER TABLE files ADD COLUMN taken INTEGER; ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
-    "ALTER TABLE files ADD COLUMN taken_from TEXT;"
-    # the mtime on this machine's clock, as p2w.core.dates.from_mtime gives it: the local time read as UTC
-    "UPDATE files SET taken = CAST(strftime('%s', mtime_ns / 1000000000, 'unixepoch', 'localtime') AS INTEGER);",
-}
 Stored = tuple[bytes, float | None]  # a unit vector's float32 bytes and the features' norm (None: unknown)
 # a file to store: path, size, mtime_ns, content hash, unit vector bytes, norm, capture time
 NewRow = tuple[str, int, int, str, bytes, float | None, Taken]
@@ -105,14 +78,14 @@ class Catalog:
     def _init_schema(self, backbone_id: str, dim: int | None) -> None:
         """Create or migrate in one write transaction that reads the version again inside it: a second process
         opening the catalog at the same moment waits, then finds the work done."""
-        meta = self.meta() if _has_table(self.con, "meta") else {}
+        meta = self.meta() if has_table(self.con, "meta") else {}
         if meta and int(meta.get("schema", 0)) == SCHEMA_VERSION:
             self._check(meta, backbone_id)
             return
         with self.transaction() as con:
-            meta = self.meta() if _has_table(self.con, "meta") else {}
+            meta = self.meta() if has_table(self.con, "meta") else {}
             if not meta:
-                for statement in _statements(_SCHEMA):
+                for statement in statements(SCHEMA):
                     con.execute(statement)
                 self._set_meta(
                     schema=SCHEMA_VERSION, backbone=backbone_id, dim=dim or 0, generation=0, created=time.time()
@@ -121,10 +94,10 @@ class Catalog:
             self._check(meta, backbone_id)
             version = int(meta.get("schema", 0))
             while version < SCHEMA_VERSION:
-                for statement in _statements(MIGRATIONS[version]):
+                for statement in statements(MIGRATIONS[version]):
                     con.execute(statement)
                 version += 1
-            for statement in _statements(_SCHEMA):  # tables a newer schema added (CREATE ... IF NOT EXISTS)
+            for statement in statements(SCHEMA):  # tables a newer schema added (CREATE ... IF NOT EXISTS)
                 con.execute(statement)
             self._set_meta(schema=version)
 
@@ -382,16 +355,12 @@ def _under(root: str) -> tuple[bytes, int, bytes]:
 
 def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
     """``Catalog.gone_roots`` on any connection to a catalog (``p2w status`` reads one read-only)."""
-    if not _has_table(con, "roots"):
+    if not has_table(con, "roots"):
         return []  # made before schema 3
     roots = sorted(from_db(r[0]) for r in con.execute("SELECT path FROM roots"))
     query = "SELECT count(*) FROM files WHERE " + _UNDER
     counts = [(r, int(con.execute(query, _under(r)).fetchone()[0])) for r in roots if gone(r)]
     return [(r, n) for r, n in counts if n]
-
-
-def _has_table(con: sqlite3.Connection, name: str) -> bool:
-    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 _ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from"  # the columns of a Row
@@ -400,11 +369,6 @@ _ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from"  # the 
 def _row(r: tuple[Any, ...]) -> Row:
     taken = Taken(r[5], r[6], r[7]) if r[7] is not None else from_mtime(r[3]) if r[3] is not None else None
     return Row(r[0], from_db(r[1]), r[2], r[3], r[4], taken)
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of a script, to run one at a time inside a transaction (``executescript`` commits first)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
 
 
 def _parts(ids: Sequence[int], size: int = 900) -> list[list[int]]:

@@ -1,0 +1,44 @@
+"""The catalog's SQLite schema (``SCHEMA_VERSION``) and the stepwise migrations that bring an older catalog to it;
+``p2w.library.catalog.Catalog`` applies them in one write transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 4
+# path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
+# vec: the unit vector (float32 bytes); norm: the image features' length before normalising (NULL in catalogs made
+# before schema 2), so features = vec * norm without the image tower (a mapper reads unnormalised features);
+# roots: the folders and files given to ``p2w index`` (``p2w status`` names those gone from disk);
+# taken: the capture time in wall-clock seconds, taken_offset its offset from UTC in minutes (NULL: not known),
+# taken_from "exif" or "mtime" (``p2w.core.dates``); NULL in rows migrated from schema 3, whose taken is their mtime
+# until the next ``p2w index`` reads their EXIF (``Catalog.undated_under``)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, path BLOB UNIQUE NOT NULL, size INTEGER, mtime_ns INTEGER,
+    hash TEXT NOT NULL, vec BLOB NOT NULL, added REAL, norm REAL, taken INTEGER, taken_offset INTEGER, taken_from TEXT);
+CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
+CREATE INDEX IF NOT EXISTS files_taken ON files (taken);
+CREATE TABLE IF NOT EXISTS skipped (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, reason TEXT);
+CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY, indexed REAL);
+"""
+# stepwise migrations: MIGRATIONS[v] upgrades a catalog of schema v to v + 1
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE files ADD COLUMN norm REAL;",
+    2: "UPDATE files SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';"
+    "UPDATE skipped SET path = CAST(path AS BLOB) WHERE typeof(path) = 'text';",
+    3: "ALTER TABLE files ADD COLUMN taken INTEGER; ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
+    "ALTER TABLE files ADD COLUMN taken_from TEXT;"
+    # the mtime on this machine's clock, as p2w.core.dates.from_mtime gives it: the local time read as UTC
+    "UPDATE files SET taken = CAST(strftime('%s', mtime_ns / 1000000000, 'unixepoch', 'localtime') AS INTEGER);",
+}
+
+
+def has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a script, to run one at a time inside a transaction (``executescript`` commits first)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
