@@ -25,7 +25,7 @@ from p2w.progress import Progress
 
 THRESHOLD = 0.96  # cosine at or above which two photos are near-duplicates (measured: docs/photos.md)
 NEIGHBOURS = 16  # neighbours looked at per photo: a group larger than this is still found, through its links
-EF = 48  # the graph's search breadth for them: a near-duplicate is among the very nearest (docs/performance.md)
+EF = 24  # the graph's search breadth for them: a near-duplicate is among the very nearest (docs/performance.md)
 CHUNK = 1024  # photos queried at a time (their neighbours' vectors gathered: CHUNK x NEIGHBOURS x dim floats)
 
 
