@@ -55,6 +55,10 @@ def index_command(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="glob to skip (repeatable)")] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="also index hidden files/folders")] = False,
     show_skipped: Annotated[bool, typer.Option("--show-skipped", help="list the files that were skipped")] = False,
+    no_videos: Annotated[bool, typer.Option("--no-videos", help="leave videos out (those indexed stay)")] = False,
+    video_every: Annotated[
+        float, typer.Option("--video-every", help="seconds between the frames taken of a video", show_default=False)
+    ] = 2.0,
     show_status: Annotated[bool, typer.Option("--status", help="show the catalogs (as p2w status) and exit")] = False,
     embeddings: Annotated[
         Path | None,
@@ -98,7 +102,10 @@ def index_command(
             raise P2WError("give one or more folders to index, e.g. p2w index ~/Pictures")
         settings = Settings.from_env()
         spec = settings.backbone(model, pretrained)
-        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size}
+        from p2w.core.video import Videos
+
+        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size,
+                   "videos": None if no_videos else Videos(video_every)}  # fmt: skip
         if watch:
             _watch(paths, spec, lambda: load_engine(model, pretrained, device, precision), settings, as_json,
                    {**options, "workers": workers})  # fmt: skip
@@ -109,11 +116,9 @@ def index_command(
                 spec,
                 lambda: load_engine(model, pretrained, device, precision),
                 settings,
-                exclude=exclude or (),
-                include_hidden=include_hidden,
-                batch_size=batch_size,
                 workers=workers,
                 progress=progress,
+                **options,  # type: ignore[arg-type]
             )
         if as_json:
             typer.echo(json.dumps(report.to_json()))
@@ -276,7 +281,7 @@ def forget_command(
     """Drop the photos of a folder gone for good from the catalog of a model (p2w status lists such folders). No
     file on disk is touched."""
     with user_errors():
-        from p2w.library.index import forget
+        from p2w.library.forget import forget
 
         settings = Settings.from_env()
         for path, count in forget(paths, settings.backbone(model, pretrained), settings, force=force).items():

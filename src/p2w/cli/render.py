@@ -206,10 +206,24 @@ def hits_table(hits: list[Hit]) -> Table:
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for h in hits:
         if files:
-            table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), _size(h.size), _taken(h))
+            table.add_row(str(h.rank), f"{h.score:.3f}", plain(_where(h)), _size(h.size), _taken(h))
         else:
             table.add_row(str(h.rank), f"{h.score:.3f}", plain(h.path), plain(h.caption or ""))
     return table
+
+
+def _where(hit: Hit) -> str:
+    """The path, and for a video the times of its frames among the results: ``clip.mp4 @ 01:23, 02:10``."""
+    if not hit.times:
+        return hit.path
+    return f"{hit.path} @ " + ", ".join(clock(t) for t in hit.times)
+
+
+def clock(seconds: float) -> str:
+    """``83.4`` -> ``01:23``; an hour or more: ``1:02:03``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _taken(hit: Hit) -> str:

@@ -40,7 +40,7 @@ _OFFSET = re.compile(r"([+-])(\d{2}):(\d{2})")
 @dataclass(frozen=True)
 class Taken:
     """A capture time: wall-clock seconds, the offset from UTC in minutes (None: not known) and where it came from
-    (``"exif"`` or ``"mtime"``)."""
+    (``"exif"``, ``"metadata"``: a video container's creation time, or ``"mtime"``)."""
 
     seconds: int
     offset: int | None
@@ -91,8 +91,13 @@ def from_exif(original: object, offset: object = None) -> Taken | None:
 
 def capture_time(path: str | Path, mtime_ns: int) -> Taken:
     """When the photo at ``path`` was taken: its EXIF date when it has one (only its header is read), else its
-    modification time ``mtime_ns``."""
+    modification time ``mtime_ns``; a video's: its container's ``creation_time`` (UTC), else its modification time."""
     from PIL import Image
+
+    from p2w.core.video import created, is_video
+
+    if is_video(path):
+        return from_created(created(path)) or from_mtime(mtime_ns)
 
     from p2w.core.images import register_heif
 
@@ -105,6 +110,18 @@ def capture_time(path: str | Path, mtime_ns: int) -> Taken:
     except Exception:  # no EXIF to read (a PNG, a damaged header, a decompression bomb): the file's time
         taken = None
     return taken or from_mtime(mtime_ns)
+
+
+def from_created(value: str | None) -> Taken | None:
+    """A video container's ``creation_time`` ("2023-07-14T08:30:00.000000Z", UTC) as a capture time (offset 0)."""
+    if not value:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    utc = moment.astimezone(dt.timezone.utc) if moment.tzinfo else moment
+    return Taken(_wall(utc.replace(tzinfo=None)), 0, "metadata")
 
 
 def parse_bound(text: str, option: str = "date") -> int:

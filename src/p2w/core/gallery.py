@@ -34,14 +34,19 @@ class Hit:
     caption: str | None = None
     url: str | None = None
     taken: str | None = None  # when the photo was taken, ISO 8601 (``p2w.core.dates``)
-    taken_from: str | None = None  # where that time came from: "exif" or "mtime"
+    taken_from: str | None = None  # where that time came from: "exif", "metadata" (a video's) or "mtime"
+    time: float | None = None  # a video's frame: its offset in seconds (``path`` is the video's)
+    times: tuple[float, ...] = ()  # a video: the times of every frame among the results, best first
 
     def to_json(self) -> dict[str, Any]:
         """The ``p2w search --json`` form: ``{"rank", "score", "path"}`` (``"path_bytes"`` for a name that is not
         UTF-8: ``p2w.fspath.to_json``), and ``"caption"``, ``"url"``, ``"taken"``, ``"taken_from"`` where the gallery
-        has them."""
-        fields = ("caption", "url", "taken", "taken_from")
+        has them; for a video ``"time"`` (the best frame's, in seconds) and ``"times"`` (all its frames' among the
+        results, best first)."""
+        fields = ("caption", "url", "taken", "taken_from", "time")
         extra = {k: v for k in fields if (v := getattr(self, k)) is not None}
+        if self.times:
+            extra["times"] = list(self.times)
         return {"rank": self.rank, "score": self.score, **to_json(self.path), **extra}
 
 
@@ -54,6 +59,7 @@ class LocalFile:
     size: int | None = None
     mtime_ns: int | None = None
     hash: str | None = None
+    time: float | None = None  # a video's frame: the item is the frame at this offset (seconds) of the video
 
 
 class Gallery(Protocol):

@@ -27,8 +27,10 @@ def scan(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     unreadable: list[tuple[str, str]] | None = None,
+    suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
 ) -> Iterator[Found]:
-    """Every image file under ``roots`` (files given directly count too), each real folder visited once.
+    """Every image file (every file with one of ``suffixes``) under ``roots`` (files given directly count too), each
+    real folder visited once.
 
     A folder that cannot be listed, or an entry whose type or size cannot be read (a permission change, an EIO on a
     network share, an unmounted sub-volume), is appended to ``unreadable`` as ``(path, reason)``: what was under it
@@ -46,7 +48,7 @@ def scan(
         except OSError as exc:
             problems.append((str(root), f"cannot be read: {_reason(exc)}"))
             continue
-        yield from _walk(root, root, exclude, include_hidden, seen, problems)
+        yield from _walk(root, root, exclude, include_hidden, seen, problems, suffixes)
 
 
 def _reason(exc: OSError) -> str:
@@ -60,6 +62,7 @@ def _walk(
     hidden: bool,
     seen: set[tuple[int, int]],
     problems: list[tuple[str, str]],
+    suffixes: tuple[str, ...],
 ) -> Iterator[Found]:
     try:
         st = folder.stat()
@@ -77,8 +80,8 @@ def _walk(
         try:
             if entry.is_dir():  # follows symlinked folders; `seen` stops loops
                 if name not in JUNK_DIRS:
-                    yield from _walk(Path(entry.path), root, exclude, hidden, seen, problems)
-            elif entry.is_file() and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                    yield from _walk(Path(entry.path), root, exclude, hidden, seen, problems, suffixes)
+            elif entry.is_file() and os.path.splitext(name)[1].lower() in suffixes:
                 info = entry.stat()
                 yield Found(entry.path, info.st_size, info.st_mtime_ns)
         except OSError as exc:

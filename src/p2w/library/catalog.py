@@ -23,7 +23,18 @@ from p2w.core.dates import Taken, Where, from_mtime
 from p2w.core.gallery import Hit
 from p2w.errors import P2WError
 from p2w.fspath import from_db, gone, to_db
-from p2w.library.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, has_table, statements
+from p2w.library.schema import (
+    MIGRATIONS,
+    OF,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UNDER,
+    frame_key,
+    has_table,
+    of,
+    statements,
+    under,
+)
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec, safe_name
 
@@ -44,6 +55,7 @@ class Row:
     mtime_ns: int
     hash: str
     taken: Taken | None = None  # None: the row's time is not known (never once the catalog is schema 4)
+    time: float | None = None  # a video's frame: its offset in seconds (``path`` is the video's)
 
 
 def catalog_dir(home: Path, backbone_id: str) -> Path:
@@ -158,27 +170,29 @@ class Catalog:
     # ---- files --------------------------------------------------------------------------------------------------
     def rows_under(self, roots: Sequence[str]) -> dict[str, Row]:
         """Catalogued files at or under the given absolute paths."""
-        query = f"SELECT {_ROW} FROM files WHERE " + _UNDER
-        return {row.path: row for root in roots for row in map(_row, self.con.execute(query, _under(root)))}
+        query = f"SELECT {_ROW} FROM files WHERE " + UNDER
+        return {row.path: row for root in roots for row in map(_row, self.con.execute(query, under(root)))}
 
     def count_under(self, root: str) -> int:
         """Number of catalogued files at or under ``root``."""
-        return int(self.con.execute("SELECT count(*) FROM files WHERE " + _UNDER, _under(root)).fetchone()[0])
+        return int(self.con.execute("SELECT count(*) FROM files WHERE " + UNDER, under(root)).fetchone()[0])
 
     def vectors_by_hash(self, hashes: Iterable[str]) -> dict[str, Stored]:
-        """A stored vector (and norm) for each known content hash (copies and moves reuse it)."""
+        """A stored vector (and norm) for each known content hash of a photo (copies and moves reuse it)."""
         out: dict[str, Stored] = {}
         for h in set(hashes):
-            hit = self.con.execute("SELECT vec, norm FROM files WHERE hash = ? LIMIT 1", (h,)).fetchone()
+            sql = "SELECT vec, norm FROM files WHERE hash = ? AND time IS NULL LIMIT 1"
+            hit = self.con.execute(sql, (h,)).fetchone()
             if hit:
                 out[h] = (hit[0], hit[1])
         return out
 
     def paths_by_hash(self, hashes: Iterable[str]) -> dict[str, list[str]]:
-        """The catalogued paths of each content hash (where a moved file came from)."""
+        """The catalogued paths of each content hash of a photo (where a moved file came from)."""
         out: dict[str, list[str]] = {}
         for h in set(hashes):
-            found = [from_db(r[0]) for r in self.con.execute("SELECT path FROM files WHERE hash = ?", (h,))]
+            sql = "SELECT path FROM files WHERE hash = ? AND time IS NULL"
+            found = [from_db(r[0]) for r in self.con.execute(sql, (h,))]
             if found:
                 out[h] = found
         return out
@@ -204,12 +218,32 @@ class Catalog:
                 self._set_meta(dim=dim)
             self._bump()
 
+    def put_frames(
+        self, video: str, facts: tuple[int, int, str, Taken], frames: Sequence[tuple[float, bytes, float]], dim: int
+    ) -> None:
+        """Replace the rows of ``video`` by its ``frames`` (time, vector bytes, norm), all with the video's facts
+        (size, mtime_ns, content hash, capture time), in one transaction."""
+        size, mtime_ns, digest, taken = facts
+        with self.transaction() as con:
+            con.execute("DELETE FROM files WHERE " + OF, of(video))
+            now = time.time()
+            con.executemany(
+                "INSERT INTO files (path, size, mtime_ns, hash, vec, norm, added, taken, taken_offset, taken_from, "
+                "time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(frame_key(video, t), size, mtime_ns, digest, vec, norm, now, taken.seconds, taken.offset,
+                  taken.source, t) for t, vec, norm in frames],
+            )  # fmt: skip
+            con.execute("DELETE FROM skipped WHERE path = ?", (to_db(video),))
+            if not self.dim:
+                self._set_meta(dim=dim)
+            self._bump()
+
     def touch(self, rows: Sequence[tuple[str, int, int, Taken]]) -> None:
         """Record a new size, mtime and capture time for files whose content did not change (no new vector, no ANN
-        change)."""
-        sql = "UPDATE files SET size = ?, mtime_ns = ?, taken = ?, taken_offset = ?, taken_from = ? WHERE path = ?"
+        change); a video's frames all of them."""
+        sql = "UPDATE files SET size = ?, mtime_ns = ?, taken = ?, taken_offset = ?, taken_from = ? WHERE " + OF
         with self.transaction() as con:
-            con.executemany(sql, [(s, m, t.seconds, t.offset, t.source, to_db(p)) for p, s, m, t in rows])
+            con.executemany(sql, [(s, m, t.seconds, t.offset, t.source, *of(p)) for p, s, m, t in rows])
 
     def date(self, rows: Sequence[tuple[str, Taken]]) -> None:
         """Record the capture time of catalogued files (those ``undated_under`` lists)."""
@@ -220,25 +254,25 @@ class Catalog:
     def undated_under(self, roots: Sequence[str]) -> dict[str, int]:
         """Catalogued files at or under the roots whose EXIF was never read (a catalog migrated from schema 3):
         path -> mtime_ns."""
-        query = "SELECT path, mtime_ns FROM files WHERE taken_from IS NULL AND " + _UNDER
-        return {from_db(p): m for root in roots for p, m in self.con.execute(query, _under(root))}
+        query = "SELECT path, mtime_ns FROM files WHERE taken_from IS NULL AND time IS NULL AND " + UNDER
+        return {from_db(p): m for root in roots for p, m in self.con.execute(query, under(root))}
 
     def remove(self, paths: Sequence[str]) -> None:
-        """Forget files (deleted from disk)."""
+        """Forget files (deleted from disk), a video's frames with it."""
         if not paths:
             return
         keys = [(to_db(p),) for p in paths]
         with self.transaction() as con:
-            con.executemany("DELETE FROM files WHERE path = ?", keys)
+            con.executemany("DELETE FROM files WHERE " + OF, [of(p) for p in paths])
             con.executemany("DELETE FROM skipped WHERE path = ?", keys)
             self._bump()
 
     def forget_under(self, root: str) -> int:
         """Forget every file, skipped file and root at or under ``root``; returns how many files were forgotten."""
         with self.transaction() as con:
-            gone = con.execute("DELETE FROM files WHERE " + _UNDER, _under(root)).rowcount
-            con.execute("DELETE FROM skipped WHERE " + _UNDER, _under(root))
-            con.execute("DELETE FROM roots WHERE " + _UNDER, _under(root))
+            gone = con.execute("DELETE FROM files WHERE " + UNDER, under(root)).rowcount
+            con.execute("DELETE FROM skipped WHERE " + UNDER, under(root))
+            con.execute("DELETE FROM roots WHERE " + UNDER, under(root))
             if gone:
                 self._bump()
         return int(gone)
@@ -256,11 +290,11 @@ class Catalog:
 
     def skipped_under(self, roots: Sequence[str]) -> dict[str, tuple[int, int, str]]:
         """Skipped files at or under the roots: path -> (size, mtime_ns, reason)."""
-        query = "SELECT path, size, mtime_ns, reason FROM skipped WHERE " + _UNDER
+        query = "SELECT path, size, mtime_ns, reason FROM skipped WHERE " + UNDER
         return {
             from_db(p): (size, mtime, reason)
             for root in roots
-            for p, size, mtime, reason in self.con.execute(query, _under(root))
+            for p, size, mtime, reason in self.con.execute(query, under(root))
         }
 
     # ---- roots --------------------------------------------------------------------------------------------------
@@ -344,31 +378,23 @@ class Catalog:
         self.con.close()
 
 
-# a path at or under a root: the path itself, or its prefix is the root and a separator (exact bytes)
-_UNDER = "(path = ? OR substr(path, 1, ?) = ?)"
-
-
-def _under(root: str) -> tuple[bytes, int, bytes]:
-    prefix = to_db(root.rstrip(os.sep) + os.sep)
-    return to_db(root), len(prefix), prefix
-
-
 def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
     """``Catalog.gone_roots`` on any connection to a catalog (``p2w status`` reads one read-only)."""
     if not has_table(con, "roots"):
         return []  # made before schema 3
     roots = sorted(from_db(r[0]) for r in con.execute("SELECT path FROM roots"))
-    query = "SELECT count(*) FROM files WHERE " + _UNDER
-    counts = [(r, int(con.execute(query, _under(r)).fetchone()[0])) for r in roots if gone(r)]
+    query = "SELECT count(*) FROM files WHERE " + UNDER
+    counts = [(r, int(con.execute(query, under(r)).fetchone()[0])) for r in roots if gone(r)]
     return [(r, n) for r, n in counts if n]
 
 
-_ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from"  # the columns of a Row
+_ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from, time"  # the columns of a Row
 
 
 def _row(r: tuple[Any, ...]) -> Row:
     taken = Taken(r[5], r[6], r[7]) if r[7] is not None else from_mtime(r[3]) if r[3] is not None else None
-    return Row(r[0], from_db(r[1]), r[2], r[3], r[4], taken)
+    path = from_db(r[1] if r[8] is None else bytes(r[1]).split(b"\0", 1)[0])
+    return Row(r[0], path, r[2], r[3], r[4], taken, r[8])
 
 
 def _parts(ids: Sequence[int], size: int = 900) -> list[list[int]]:

@@ -16,7 +16,9 @@ import numpy as np
 
 from p2w import fspath
 from p2w.core.dates import Taken, capture_times
+from p2w.core.images import IMAGE_SUFFIXES
 from p2w.core.lock import writer_lock
+from p2w.core.video import VIDEO_SUFFIXES, Videos, is_video
 from p2w.core.walk import Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
@@ -72,6 +74,7 @@ class _Plan:
     """What an index run has to do, found without decoding any image."""
 
     embed: list[tuple[Found, str | None]] = field(default_factory=list)  # (file, content hash if known)
+    videos: list[tuple[Found, str]] = field(default_factory=list)  # (video, content hash): to be decoded
     reuse: list[tuple[Found, str, Stored, bool]] = field(default_factory=list)  # (file, hash, vector, is_move)
     touch: list[tuple[str, int, int]] = field(default_factory=list)
     dates: dict[str, Taken] = field(default_factory=dict)  # the capture time of every file written
@@ -95,9 +98,11 @@ def index(
     workers: int | None = None,
     progress: Progress | None = None,
     record_roots: bool = True,
+    videos: Videos | None = Videos(),  # noqa: B008  (frozen: one shared default is safe)
 ) -> IndexReport:
     """Bring the catalog of ``spec`` up to date with ``roots``; the model is loaded only if something needs embedding.
     ``record_roots``: remember ``roots`` as folders given to ``p2w index`` (not for the folders a watch looks at).
+    ``videos``: how videos are taken as frames (None: videos are neither added nor removed).
 
     Each batch of new vectors is committed as it is made, so an interruption (Ctrl-C, ``kill -9``) loses at most
     the batch in flight; the next run resumes. A second writer on the same catalog is refused. A first run that
@@ -116,9 +121,9 @@ def index(
         done = False
         try:
             base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
-            plan = _plan(catalog, absolute, exclude, include_hidden, workers, progress)
-            _apply(catalog, plan, report, load_engine, batch_size, workers, progress)
-            _finish_ann(catalog, base)
+            plan = _plan(catalog, absolute, _Scan(exclude, include_hidden, videos), workers, progress)
+            _apply(catalog, plan, report, once(load_engine), batch_size, workers, progress, videos)
+            finish_ann(catalog, base)
             done = not report.interrupted
             if done and record_roots:
                 catalog.record_roots(absolute)
@@ -153,27 +158,35 @@ def _check_root(root: str, folder: Path, backbone: str) -> None:
     raise P2WError(f"not found: {root}")
 
 
-def _plan(
-    catalog: Catalog,
-    roots: list[str],
-    exclude: Sequence[str],
-    hidden: bool,
-    workers: int | None,
-    progress: Progress | None,
-) -> _Plan:
+@dataclass(frozen=True)
+class _Scan:
+    """What a run looks for: ``exclude`` globs, hidden files or not, videos or not (None)."""
+
+    exclude: Sequence[str]
+    hidden: bool
+    videos: Videos | None
+
+    def unseen(self, path: str) -> bool:
+        """Whether ``path`` is outside what this run looks at (a video when videos are off): kept, not removed."""
+        return self.videos is None and is_video(path)
+
+
+def _plan(catalog: Catalog, roots: list[str], look: _Scan, workers: int | None, progress: Progress | None) -> _Plan:
     known = catalog.rows_under(roots)
     skipped = catalog.skipped_under(roots)
     plan = _Plan()
-    found = list(scan([Path(r) for r in roots], exclude, hidden, plan.unreadable))
+    suffixes = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if look.videos is not None else ())
+    found = list(scan([Path(r) for r in roots], look.exclude, look.hidden, plan.unreadable, suffixes))
     seen = {f.path for f in found}
     unknown = _Beneath([p for p, _ in plan.unreadable])  # under a folder that could not be listed: not gone
-    plan.remove = [(p, row.hash) for p, row in known.items() if p not in seen and not unknown.covers(p)]
-    plan.unskip = [p for p in skipped if p not in seen and not unknown.covers(p)]
+    gone = [p for p in known if p not in seen and not unknown.covers(p) and not look.unseen(p)]
+    plan.remove = [(p, known[p].hash) for p in gone]
+    plan.unskip = [p for p in skipped if p not in seen and not unknown.covers(p) and not look.unseen(p)]
     fresh = _changed(found, known, skipped, plan)
-    paths, hashing = [f.path for f in fresh], progress
+    paths = [f.path for f in fresh]
     # I/O threads, not decoders: None leaves their number to the digest module
-    hashes = sha256_many(paths, progress=hashing) if workers is None else sha256_many(paths, workers, hashing)
-    by_hash = catalog.vectors_by_hash(h for h in hashes.values() if h)
+    hashes = sha256_many(paths, progress=progress) if workers is None else sha256_many(paths, workers, progress)
+    by_hash = catalog.vectors_by_hash(h for p, h in hashes.items() if h and not is_video(p))
     sources = _move_sources(catalog, plan, roots, [h for p, h in hashes.items() if h and p not in known])
     for f in fresh:
         digest, row = hashes.get(f.path), known.get(f.path)
@@ -185,7 +198,9 @@ def _plan(
         else:
             if row:
                 plan.replaced.add(f.path)
-            if digest in by_hash:
+            if is_video(f.path):
+                plan.videos.append((f, digest))
+            elif digest in by_hash:
                 moved = not row and bool(sources.get(digest))
                 if moved:
                     sources[digest].pop()
@@ -198,7 +213,7 @@ def _plan(
 
 def _read_dates(catalog: Catalog, roots: list[str], seen: set[str], plan: _Plan, progress: Progress | None) -> None:
     """The capture time of every file to be written, and of the unchanged ones catalogued before times were kept."""
-    files = [f for f, _ in plan.embed] + [f for f, *_ in plan.reuse]
+    files = [f for f, _ in plan.embed] + [f for f, *_ in plan.reuse] + [f for f, _ in plan.videos]
     written = {f.path: f.mtime_ns for f in files} | {p: m for p, _, m in plan.touch}
     undated = {p: m for p, m in catalog.undated_under(roots).items() if p in seen and p not in written}
     wanted = list((written | undated).items())
@@ -258,8 +273,10 @@ def _apply(
     batch_size: int,
     workers: int | None,
     progress: Progress | None,
+    videos: Videos | None,
 ) -> None:
-    """Write the plan: touches and reused vectors first, new embeddings batch by batch, removals last."""
+    """Write the plan: touches and reused vectors first, new embeddings batch by batch, then videos one by one,
+    removals last."""
     if plan.touch:
         catalog.touch([(p, s, m, plan.dates[p]) for p, s, m in plan.touch])
     if plan.redate:
@@ -274,6 +291,8 @@ def _apply(
     try:
         if plan.embed:
             _embed(catalog, plan, load_engine, batch_size, workers, progress, report)
+        if plan.videos and videos is not None:
+            _videos(catalog, plan, load_engine, videos, batch_size, progress, report)
     except KeyboardInterrupt:
         report.interrupted = True  # what is committed stays; the next run resumes
         return
@@ -319,7 +338,37 @@ def _embed(
             progress("embedding", done, len(files))
 
 
-def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
+def _videos(
+    catalog: Catalog,
+    plan: _Plan,
+    engine: Callable[[], Any],
+    videos: Videos,
+    batch_size: int,
+    progress: Progress | None,
+    report: IndexReport,
+) -> None:
+    from p2w.library.videos import embed_videos  # numpy and PyAV: only when a video needs decoding
+
+    stored, skipped = embed_videos(catalog, plan.videos, plan.dates, engine, videos, batch_size, progress)
+    plan.skipped += skipped
+    report.updated += sum(1 for p in stored if p in plan.replaced)
+    report.added += sum(1 for p in stored if p not in plan.replaced)
+
+
+def once(load: Callable[[], Any]) -> Callable[[], Any]:
+    """``load``, called at most once (the photos and the videos of a run, and every batch of a watch, embed with the
+    same engine)."""
+    held: list[Any] = []
+
+    def engine() -> Any:
+        if not held:
+            held.append(load())
+        return held[0]
+
+    return engine
+
+
+def finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
     """Bring the ANN file to the catalog's generation: apply this run's changes, or rebuild."""
     if catalog.count() == 0:
         ann_mod.remove(catalog.folder)
@@ -332,32 +381,6 @@ def _finish_ann(catalog: Catalog, base: ann_mod.Ann | None) -> None:
     current = set(catalog.ids())
     present = set(base.index.get_ids_list())
     ann_mod.save(ann_mod.update(base, sorted(current - present), sorted(present - current), catalog), catalog.folder)
-
-
-def forget(
-    paths: Sequence[Path], spec: BackboneSpec, settings: Settings | None = None, force: bool = False
-) -> dict[str, int]:
-    """Drop every photo at or under ``paths`` from the catalog of ``spec`` (a folder gone for good: deleted, or a
-    drive that will not come back); no file on disk is touched. Returns the number dropped per path.
-
-    A path that still exists is refused unless ``force``: its photos would come back with the next ``p2w index``.
-    """
-    folder = catalog_for(spec, settings)
-    absolute = [os.path.abspath(p.expanduser()) for p in paths]
-    present = [p for p in absolute if not gone(p)]
-    if present and not force:
-        raise P2WError(
-            f"{present[0]} exists; p2w forget drops photos of folders gone from disk (pass --force to drop them anyway)"
-        )
-    with writer_lock(folder):
-        catalog = Catalog(folder, spec.id)
-        try:
-            base = ann_mod.load(catalog, save_rebuilt=False) if catalog.count() else None
-            dropped = {p: catalog.forget_under(p) for p in absolute}
-            _finish_ann(catalog, base)
-        finally:
-            catalog.close()
-    return dropped
 
 
 def discard_empty(folder: Path) -> bool:

@@ -9,6 +9,7 @@ exactly; more are searched in the ANN with hnswlib's filter, and exactly after a
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,20 +53,40 @@ def search(
     """
     if query.shape != (catalog.dim,):
         raise P2WError(f"query has {query.shape[-1]} dimensions but the catalog holds {catalog.dim}-d vectors")
-    want = 2 * k + 8
-    if where:
-        ids, scores = _filtered(catalog, query, where, want, ef, ann)
-    else:
-        ids, scores = (ann or ann_mod.load(catalog)).query(query, want, ef=ef)
+    if not where:
+        ann = ann or ann_mod.load(catalog)
+    for want in (2 * k + 8, 8 * k + 32, 32 * k + 128):  # wider when frames of the same videos fill the first
+        if where:
+            ids, scores = _filtered(catalog, query, where, want, ef, ann)
+        else:
+            assert ann is not None
+            ids, scores = ann.query(query, want, ef=ef)
+        hits = _hits(catalog, ids, scores, k)
+        if len(hits) == k or len(ids) < want:
+            return hits
+    return hits
+
+
+def _hits(catalog: Catalog, ids: np.ndarray, scores: np.ndarray, k: int) -> list[Hit]:
+    """The first ``k`` results of the ranked ``ids``: files gone from disk left out, the frames of one video ranked
+    before the ``k``-th result grouped into its best one's hit (its ``times``)."""
     rows = catalog.rows_for([int(i) for i in ids])
     hits: list[Hit] = []
+    videos: dict[str, int] = {}  # a video's path -> its hit's place
     for i, score in zip(ids, scores, strict=True):
         row = rows.get(int(i))
         if row is None or not os.path.exists(row.path):
             continue
+        if row.time is not None and row.path in videos:
+            place = videos[row.path]
+            hits[place] = replace(hits[place], times=(*hits[place].times, row.time))
+            continue
+        if row.time is not None:
+            videos[row.path] = len(hits)
         taken = row.taken
         hits.append(Hit(len(hits) + 1, float(score), row.path, row.size, row.mtime_ns / 1e9, int(i),
-                        taken=taken.iso() if taken else None, taken_from=taken.source if taken else None))  # fmt: skip
+                        taken=taken.iso() if taken else None, taken_from=taken.source if taken else None,
+                        time=row.time, times=() if row.time is None else (row.time,)))  # fmt: skip
         if len(hits) == k:
             break
     return hits
@@ -103,7 +124,7 @@ class CatalogGallery:
 
     def local_file(self, item: int) -> LocalFile | None:
         row = self.catalog.rows_for([item]).get(item)
-        return None if row is None else LocalFile(row.path, row.size, row.mtime_ns, row.hash)
+        return None if row is None else LocalFile(row.path, row.size, row.mtime_ns, row.hash, row.time)
 
     def close(self) -> None:
         self.catalog.close()

@@ -20,7 +20,7 @@ from typing import Any
 
 from p2w.errors import P2WError
 from p2w.fspath import gone
-from p2w.library.index import IndexReport, index
+from p2w.library.index import IndexReport, index, once
 from p2w.progress import Progress
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
@@ -59,7 +59,7 @@ def watch(
     import watchfiles
 
     absolute = [os.path.abspath(r.expanduser()) for r in roots]
-    engine = _once(load_engine)
+    engine = once(load_engine)
     first = index(roots, spec, engine, settings, progress=progress, **options)
     on_batch(Batch(absolute, first))
     if first.interrupted:
@@ -124,15 +124,3 @@ def _outermost(folders: Iterable[str]) -> list[str]:
         if not any(folder == k or folder.startswith(k.rstrip(os.sep) + os.sep) for k in kept):
             kept.append(folder)
     return kept
-
-
-def _once(load: Callable[[], Any]) -> Callable[[], Any]:
-    """``load``, called at most once: every batch embeds with the same engine."""
-    held: list[Any] = []
-
-    def engine() -> Any:
-        if not held:
-            held.append(load())
-        return held[0]
-
-    return engine

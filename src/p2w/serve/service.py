@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from PIL import Image
 
 from p2w import fspath
 from p2w.core.compose import MODES
 from p2w.core.cutoff import DROP
 from p2w.core.dates import Where
-from p2w.core.gallery import Gallery, Hit
+from p2w.core.gallery import Gallery, Hit, LocalFile
 from p2w.core.images import decode_image, open_image
 from p2w.engine import Engine
 from p2w.errors import ImageError, ImageTooLarge, P2WError
@@ -219,18 +220,29 @@ class Service:
     def thumbnail(self, photo: int) -> Path:
         """A JPEG thumbnail of gallery item ``photo``, made once and kept by content (``files.thumb_key``)."""
         file = servable(self._gallery(), photo)
-        key = thumb_key(file)
+        key = thumb_key(file) + ("" if file.time is None else f"-{file.time:.3f}")
         target = self.thumbs / key[:2] / f"{key}-{THUMB}.jpg"
         if not target.is_file():
-            opened, size = open_checked(file, photo)
-            with opened:
-                data = opened.read(size)
-            try:
-                image = decode_image(data, file.path, draft=THUMB)
-            except ImageError as exc:
-                raise NotFound(f"photo {photo} cannot be read: {exc}") from exc
-            thumbnail(image, target)
+            thumbnail(self._image(file, photo), target)
         return target
+
+    def _image(self, file: LocalFile, photo: int) -> Image.Image:
+        """The picture of a gallery item's local file (opened and checked: ``files.open_checked``): the photo, or a
+        video's frame at its time."""
+        opened, size = open_checked(file, photo)
+        with opened:
+            if file.time is not None:
+                from p2w.core.video import VideoError, frame_at
+
+                try:
+                    return frame_at(opened, file.time)
+                except VideoError as exc:
+                    raise NotFound(f"video {photo} {exc}") from exc
+            data = opened.read(size)
+        try:
+            return decode_image(data, file.path, draft=THUMB)
+        except ImageError as exc:
+            raise NotFound(f"photo {photo} cannot be read: {exc}") from exc
 
     # ---- the gallery -----------------------------------------------------------------------------------------------
     def _gallery(self) -> Gallery:

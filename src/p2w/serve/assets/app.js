@@ -309,6 +309,14 @@ function render(columns) {
   }
 }
 
+// 83.4 -> "01:23"; an hour or more: "1:02:03" (p2w.cli.render.clock)
+function clock(seconds) {
+  const whole = Math.floor(seconds);
+  const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${two(m)}:${two(s)}`;
+}
+
 function filtered() {
   return $("cutoff").checked || ["within", "after", "before", "min-score"].some((id) => $(id).value.trim() !== "");
 }
@@ -354,7 +362,7 @@ function card(hit) {
   const cut = Math.max(hit.path.lastIndexOf("/"), hit.path.lastIndexOf("\\")) + 1;
   const name = document.createElement("span");
   name.className = "name";
-  name.textContent = hit.path.slice(cut);
+  name.textContent = hit.path.slice(cut) + (hit.times && hit.times.length ? ` @ ${hit.times.map(clock).join(", ")}` : "");
   const folder = document.createElement("span");
   folder.className = "folder";
   const inner = document.createElement("bdi");
@@ -378,10 +386,11 @@ function card(hit) {
   const target = hit.local ? `/api/photo/${hit.id}` : /^https?:\/\//i.test(hit.url || "") ? hit.url : null;
   if (target) {
     const open = document.createElement("a");
-    open.href = target;
+    // a video's frame: the video, played from that frame's time (a media fragment)
+    open.href = hit.time != null ? `${target}#t=${hit.time}` : target;
     open.target = "_blank";
     open.rel = "noopener noreferrer";
-    open.textContent = hit.local ? "open original" : "open link";
+    open.textContent = hit.time != null ? `play from ${clock(hit.time)}` : hit.local ? "open original" : "open link";
     item.append(open);
   }
   return item;
