@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import numpy as np
 from p2w.core.dates import Taken, Where
 from p2w.library import ann as ann_mod
 from p2w.library import search as search_mod
-from p2w.library.catalog import Catalog
+from p2w.library.catalog import SCHEMA_VERSION, Catalog
 
 T0 = calendar.timegm(dt.datetime(2015, 1, 1).timetuple())
 SPAN = 10 * 365 * 86400
@@ -46,14 +47,19 @@ RANK = 64
 
 
 def open_or_fill(root: Path, rows: int, dim: int) -> tuple[Catalog, ann_mod.Ann, dict]:
-    """The benchmark's catalog and its ANN: reused when a complete one for ``rows`` x ``dim`` is there."""
+    """The benchmark's catalog and its ANN: reused when a complete one for ``rows`` x ``dim`` is there that this p2w
+    reads (made at the same schema version; a probe of its rows for a working tree between versions)."""
     ready = root / "ready.json"
     info = json.loads(ready.read_text()) if ready.is_file() else {}
-    if (info.get("rows"), info.get("dim")) == (rows, dim):
+    if (info.get("rows"), info.get("dim"), info.get("schema")) == (rows, dim, SCHEMA_VERSION):
         catalog = Catalog(root / "catalog", "bench/filtered")
-        start = time.perf_counter()
-        index = ann_mod.load(catalog)
-        return catalog, index, info | {"load_s": round(time.perf_counter() - start, 1)}
+        try:
+            catalog.rows_for([1])
+            start = time.perf_counter()
+            index = ann_mod.load(catalog)
+            return catalog, index, info | {"load_s": round(time.perf_counter() - start, 1)}
+        except sqlite3.Error:
+            catalog.close()
     for p in (root / "catalog").glob("*"):
         p.unlink()
     rng = np.random.default_rng(0)
@@ -78,8 +84,8 @@ def open_or_fill(root: Path, rows: int, dim: int) -> tuple[Catalog, ann_mod.Ann,
     start = time.perf_counter()
     index = ann_mod.build(catalog)
     ann_mod.save(index, catalog.folder)
-    info = {"rows": rows, "dim": dim, "fill_s": round(fill_s, 1), "build_s": round(time.perf_counter() - start, 1)}
-    info["graph_dim"] = index.index.dim
+    info = {"rows": rows, "dim": dim, "schema": SCHEMA_VERSION, "graph_dim": index.index.dim}
+    info |= {"fill_s": round(fill_s, 1), "build_s": round(time.perf_counter() - start, 1)}
     ready.write_text(json.dumps(info))
     return catalog, index, info
 

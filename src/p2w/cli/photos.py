@@ -57,8 +57,9 @@ def index_command(
     show_skipped: Annotated[bool, typer.Option("--show-skipped", help="list the files that were skipped")] = False,
     no_videos: Annotated[bool, typer.Option("--no-videos", help="leave videos out (those indexed stay)")] = False,
     video_every: Annotated[
-        float, typer.Option("--video-every", help="seconds between the frames taken of a video", show_default=False)
-    ] = 2.0,
+        float | None,
+        typer.Option("--video-every", help="seconds between the frames taken of a video [default: 1, measured]"),
+    ] = None,
     show_status: Annotated[bool, typer.Option("--status", help="show the catalogs (as p2w status) and exit")] = False,
     embeddings: Annotated[
         Path | None,
@@ -104,8 +105,9 @@ def index_command(
         spec = settings.backbone(model, pretrained)
         from p2w.core.video import Videos
 
-        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size,
-                   "videos": None if no_videos else Videos(video_every)}  # fmt: skip
+        videos = None if no_videos else Videos() if video_every is None else Videos(video_every)
+        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size}
+        options["videos"] = videos
         if watch:
             _watch(paths, spec, lambda: load_engine(model, pretrained, device, precision), settings, as_json,
                    {**options, "workers": workers})  # fmt: skip

@@ -18,7 +18,7 @@ from PIL import Image
 from p2w.errors import P2WError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv")
-EVERY = 2.0  # seconds between sampled frames (measured: docs/performance.md, "Videos")
+EVERY = 1.0  # seconds between sampled frames (measured: docs/performance.md, "Videos")
 TIME_LIMIT = 120.0  # seconds one video may take to decode before it is skipped
 SAME = 3.0  # mean absolute difference (of 255) under which a frame is the previous one again
 SEEK = 10.0  # a gap (seconds) to the next sampled frame worth a seek instead of decoding through it
