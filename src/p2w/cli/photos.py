@@ -106,8 +106,8 @@ def index_command(
         from p2w.core.video import Videos
 
         videos = None if no_videos else Videos() if video_every is None else Videos(video_every)
-        options = {"exclude": exclude or (), "include_hidden": include_hidden, "batch_size": batch_size}
-        options["videos"] = videos
+        options: dict[str, Any] = {"exclude": exclude or (), "include_hidden": include_hidden}
+        options.update(batch_size=batch_size, videos=videos)
         if watch:
             _watch(paths, spec, lambda: load_engine(model, pretrained, device, precision), settings, as_json,
                    {**options, "workers": workers})  # fmt: skip
