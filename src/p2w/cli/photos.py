@@ -120,7 +120,7 @@ def index_command(
                 settings,
                 workers=workers,
                 progress=progress,
-                **options,  # type: ignore[arg-type]
+                **options,
             )
         if as_json:
             typer.echo(json.dumps(report.to_json()))
