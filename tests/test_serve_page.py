@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from media import item, write_video
 from p2w.cli import app
 from p2w.core.cutoff import DROP, before_drop
 from serving import Running, backbone_args, make_photos, running_server
@@ -361,6 +362,30 @@ def test_a_phone_sized_window(page: Any, tmp_path: Path) -> None:
     assert right.rect["y"] == left.rect["y"], "on a phone too, the two columns are side by side"
     assert right.rect["x"] + right.rect["width"] <= width[1]
     page.save_screenshot(str(tmp_path / "phone.png"))  # to look at: pytest --basetemp=DIR
+
+
+def test_a_video_result_shows_its_frame_and_plays_from_its_time(driver: Any, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    home, folder = tmp_path / "video-home", tmp_path / "videos"
+    write_video(folder / "holiday.mp4", [(item(2, 5), 2.0), (item(3, 3), 2.0)])
+    Image.fromarray(item(4, 1)).save(folder / "photo.png")
+    Image.fromarray(item(3, 3)).save(tmp_path / "green.png")
+    micro = ["--model", "p2w-micro-fashion"]
+    result = CliRunner().invoke(app, ["index", str(folder), *micro, "--workers", "0"], env={"P2W_HOME": str(home)})
+    assert result.exit_code == 0, result.output
+    with running_server(home, micro) as served:
+        driver.delete_all_cookies()
+        driver.get_log("browser")
+        driver.get(f"{served.url}/?token={served.token}")
+        until(driver, lambda d: "p2w-micro-fashion" in state(d)["about"])
+        driver.find_element(By.ID, "file").send_keys(str(tmp_path / "green.png"))
+        first = wait_results(driver, ("image",))["columns"][0]
+        assert first["paths"][0].endswith("holiday.mp4 @ 00:02, 00:00"), first  # the green frame first, then the blue
+        assert first["images"][0], "the frame's thumbnail"
+        link = driver.find_element(By.CSS_SELECTOR, "#results .hit a")
+        assert link.text == "play from 00:02" and link.get_attribute("href").endswith("#t=2")
+        assert driver.execute_async_script(FETCH, link.get_attribute("href")) == [200, "video/mp4"]
+        assert_no_errors(driver)
 
 
 def test_no_catalog_and_no_mapper_are_said_plainly(driver: Any, tiny: Any, tmp_path: Path) -> None:

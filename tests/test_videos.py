@@ -9,45 +9,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from media import item, write_video
 from p2w.cli import app
 from p2w.core import video as video_mod
 from p2w.core.video import VideoError, frames
-from p2w.micro import world as mw
-from p2w.micro.demo import gallery_items
 from serving import running_server
 
 av = pytest.importorskip("av")
 runner = CliRunner()
 MICRO = ["--model", "p2w-micro-fashion"]
-SIDE = 64
-
-
-def item(i: int, colour: int) -> np.ndarray:
-    """A shipped demo item painted in a colour, ``SIDE`` px: (SIDE, SIDE, 3) uint8."""
-    images, _, _ = gallery_items()
-    rgb = mw.colourise(images[i : i + 1], np.array([colour]))[0]
-    return np.asarray(Image.fromarray(rgb).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
-
-
-def write_video(path: Path, scenes: list[tuple[np.ndarray, float]], fps: int = 10) -> Path:
-    """An H.264 video of ``scenes`` (a picture, how many seconds), at ``fps``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = SIDE
-        stream.pix_fmt = "yuv420p"
-        for picture, seconds in scenes:
-            for _ in range(round(seconds * fps)):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def test_frames_are_sampled_and_repeats_dropped(tmp_path):
