@@ -336,10 +336,11 @@ class Catalog:
             out.update((int(i), float(n)) for i, n in self.con.execute(sql, part))
         return out
 
-    def ids_where(self, where: Where) -> list[int]:
+    def ids_where(self, where: Where, photos: bool = False) -> list[int]:
         """Ids of the files that pass ``where``: under its folder (a range of the path index: the paths that start
-        with the folder and a separator), taken in its date range (the ``taken`` index)."""
-        clauses: list[str] = []
+        with the folder and a separator), taken in its date range (the ``taken`` index); ``photos``: no video's
+        frames."""
+        clauses: list[str] = ["time IS NULL"] if photos else []
         values: list[object] = []
         if where.within is not None:
             prefix = to_db(where.within.rstrip(os.sep) + os.sep)

@@ -61,8 +61,9 @@ def duplicates(
     progress: Progress | None = None,
 ) -> list[Group]:
     """The groups of near-identical photos among those that pass ``where`` (all: None), largest group first; files
-    gone from disk are left out. Holds the photos' vectors in memory (4 bytes a dimension a photo)."""
-    ids = catalog.ids_where(where) if where else catalog.ids()
+    gone from disk and videos' frames are left out. Holds the photos' vectors in memory (4 bytes a dimension a
+    photo)."""
+    ids = catalog.ids_where(where or Where(), photos=True)
     if len(ids) < 2:
         return []
     order, vectors = ann_mod.matrix(catalog.vectors_for(ids))
