@@ -76,6 +76,8 @@ def test_a_video_is_found_at_its_time_grouped_and_indexed_once(library, monkeypa
     assert blue[0]["taken_from"] == "mtime"
     table = runner.invoke(app, ["search", str(library.parent / "query green.png"), "-k", "1", "--no-server", *MICRO])
     assert "holiday.mp4 @ 00:02" in table.stdout
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert (status[0]["files"], status[0]["videos"]) == (3, 1)  # two photos and a video of three frames
     groups = json.loads(runner.invoke(app, ["duplicates", *MICRO, "--json"]).stdout)  # frames 0 and 4 are alike,
     assert not any("holiday.mp4" in p["path"] for g in groups for p in g["photos"])  # but not near-duplicate photos
 

@@ -266,7 +266,7 @@ def status_table(infos: list[CatalogInfo]) -> Table:
     for c in infos:
         table.add_row(
             plain(c.backbone),
-            str(c.files),
+            f"{c.files} ({c.videos} videos)" if c.videos else str(c.files),
             str(c.skipped),
             _size(c.bytes_on_disk),
             "current" if c.ann_current else "rebuilt on next use",

@@ -20,18 +20,20 @@ class CatalogInfo:
     photos still held from each (``p2w forget FOLDER`` drops them)."""
 
     backbone: str
-    files: int
+    files: int  # photos and videos (a video counts once, however many frames it has)
     skipped: int
     bytes_on_disk: int
     folder: Path
     ann_current: bool
     gone: list[tuple[str, int]] = field(default_factory=list)
+    videos: int = 0  # of the files
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
         return {
             "backbone": self.backbone,
             "files": self.files,
+            "videos": self.videos,
             "skipped": self.skipped,
             "bytes": self.bytes_on_disk,
             **fspath.to_json(str(self.folder), "folder"),
@@ -55,11 +57,21 @@ def _info(folder: Path) -> CatalogInfo:
     con = sqlite3.connect(f"{(folder / 'catalog.sqlite').absolute().as_uri()}?mode=ro", uri=True)
     try:
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        files = con.execute("SELECT count(*) FROM files").fetchone()[0]
+        files, videos = _files(con)
         skipped = con.execute("SELECT count(*) FROM skipped").fetchone()[0]
         gone = gone_roots(con)
     finally:
         con.close()
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     current = ann_mod.is_current(folder, meta.get("generation"))
-    return CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, current, gone)
+    return CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, current, gone, videos)
+
+
+def _files(con: sqlite3.Connection) -> tuple[int, int]:
+    """Files and videos of a catalog (one opened read-only may be of an older schema, without frames)."""
+    if "time" not in {r[1] for r in con.execute("PRAGMA table_info(files)")}:
+        return int(con.execute("SELECT count(*) FROM files").fetchone()[0]), 0
+    photos = int(con.execute("SELECT count(*) FROM files WHERE time IS NULL").fetchone()[0])
+    sql = "SELECT count(DISTINCT substr(path, 1, instr(path, x'00') - 1)) FROM files WHERE time IS NOT NULL"
+    videos = int(con.execute(sql).fetchone()[0])
+    return photos + videos, videos
