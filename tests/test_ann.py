@@ -70,6 +70,12 @@ def test_reduced_graph_finds_the_exact_neighbours_with_exact_scores(catalog):
     assert hits / 400 >= 0.98
     ann.query(structured(rng, 1, basis)[0], 3, ef=10)
     assert ann.index.ef == ann_mod.CANDIDATES  # never below the candidates re-ranked
+    q = structured(rng, 1, basis)[0]
+    some = set(catalog.ids()[::7])
+    ids, _ = ann.query(q, 10, allowed=some.__contains__)  # hnswlib's filter on the reduced graph
+    assert len(ids) == 10 and set(ids.tolist()) <= some
+    ids, scores = ann.query(q, 10, allowed=lambda label: False)  # nothing passes: nothing, not an error
+    assert len(ids) == len(scores) == 0
 
 
 def test_no_reduction_where_it_would_not_pay(catalog, tmp_path):

@@ -195,7 +195,7 @@ def test_a_filtered_search_returns_k_whenever_k_pass(many, monkeypatch):
     exact_calls = []
     real_exact = search_mod.exact
     monkeypatch.setattr(search_mod, "exact", lambda *a: exact_calls.append(1) or real_exact(*a))
-    monkeypatch.setattr(search_mod, "EXACT_MAX", 1000)
+    assert search_mod.exact_limit(6000) == 1084  # 14 x sqrt(6,000): 60 pass -> exact; 5,000 -> the ANN's filter
     rare = Where(after=hour(3000), before=hour(3060))  # 60 of 6,000 pass: 1%, scored exactly
     hits = search_mod.search(catalog, query, 10, rare)
     assert [h.path for h in hits] == best(vectors, query, range(3000, 3060), 10) and exact_calls == [1]
@@ -208,7 +208,7 @@ def test_a_filtered_search_returns_k_whenever_k_pass(many, monkeypatch):
     assert [h.path for h in search_mod.search(catalog, query, 10, odd_late)] == best(
         vectors, query, range(5981, 6000, 2), 10
     )
-    monkeypatch.setattr(search_mod, "EXACT_MAX", 0)  # 12 pass, through the ANN's filter, which finds few or none
+    monkeypatch.setattr(search_mod, "EXACT_FACTOR", 0)  # 12 pass, through the ANN's filter, which finds few or none
     twelve = Where(after=hour(100), before=hour(112))
     assert [h.path for h in search_mod.search(catalog, query, 10, twelve)] == best(vectors, query, range(100, 112), 10)
     with pytest.raises(P2WError, match="no catalogued photos under /q"):

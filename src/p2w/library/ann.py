@@ -144,7 +144,10 @@ class Ann:
         c = min(self.live, max(k, CANDIDATES))
         self.index.set_ef(max(ef or default_ef(self.index.dim), c))
         labels, _ = _knn(self.index, self.projection.apply(q[None])[0], c, allowed)
-        ids, vectors = matrix(self.fetch([int(i) for i in labels]))
+        found = self.fetch([int(i) for i in labels])
+        if not found:  # a filter that nothing the search reached passes
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        ids, vectors = matrix(found)
         if not len(ids):
             return ids, np.zeros(0, dtype=np.float32)
         scores = vectors @ q

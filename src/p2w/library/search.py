@@ -1,13 +1,14 @@
 """``search``: the catalogued photos closest to a query vector, all of them or only those that pass a filter (a
 folder, a date range: ``p2w.core.dates.Where``); the catalog as a ``p2w.core.gallery.Gallery`` (``CatalogGallery``).
 
-A filtered search returns ``k`` photos whenever ``k`` pass: few passing photos (at most ``EXACT_MAX``) are scored
-exactly; more are searched in the ANN with hnswlib's filter, and exactly after all when that finds too few
-(docs/performance.md, "Filtered search").
+A filtered search returns ``k`` photos whenever ``k`` pass: few passing photos (at most ``exact_limit`` of the
+catalog's size) are scored exactly; more are searched in the ANN with hnswlib's filter, and exactly after all when
+that finds too few (docs/performance.md, "Filtered search").
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 
@@ -21,7 +22,7 @@ from p2w.library.catalog import Catalog, Hit, catalog_for
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
-EXACT_MAX = 20_000  # passing photos scored exactly rather than through the ANN's filter
+EXACT_FACTOR = 14.0  # passing photos scored exactly: up to this times the square root of the catalog's size
 
 
 def open_catalog(spec: BackboneSpec, settings: Settings | None = None) -> Catalog:
@@ -138,12 +139,20 @@ def _filtered(
     allowed = catalog.ids_where(where)
     if not allowed and where.within is not None and not catalog.ids_where(Where(where.within)):
         raise P2WError(f"no catalogued photos under {where.within}; index it with: p2w index {where.within}")
-    if len(allowed) > EXACT_MAX:
+    if len(allowed) > exact_limit(ann.live if ann is not None else catalog.count()):
         passing = set(allowed)
         ids, scores = (ann or ann_mod.load(catalog)).query(query, k, ef, allowed=passing.__contains__)
         if len(ids) >= min(k, len(allowed)):
             return ids, scores
     return exact(catalog, query, allowed, k)
+
+
+def exact_limit(total: int) -> int:
+    """How many passing photos of a catalog of ``total`` are scored exactly rather than through the ANN's filter:
+    exact scoring costs each passing photo (reading its vector), the filter the more the fewer pass, and they cross
+    at about 14 times the square root of the catalog's size (measured at 30,000, 100,000 and 300,000 photos: 2,150,
+    4,200-4,500 and 8,000; docs/performance.md, "Filtered search")."""
+    return int(EXACT_FACTOR * math.sqrt(max(total, 0)))
 
 
 def exact(catalog: Catalog, query: np.ndarray, ids: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
