@@ -42,7 +42,8 @@ def duplicates_command(
     largest group first and in each the largest file first, from the vectors the catalog holds. Nothing is moved or
     deleted."""
     with user_errors():
-        from p2w.cli.render import LibraryProgress, duplicates_table
+        from p2w.cli.render import LibraryProgress
+        from p2w.cli.render_catalog import duplicates_table
         from p2w.core.dates import Where
         from p2w.library.duplicates import THRESHOLD, duplicates
         from p2w.library.search import open_catalog

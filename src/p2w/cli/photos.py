@@ -96,7 +96,8 @@ def index_command(
         _index_embeddings(paths, embeddings, max_memory, index_key, ray, as_json)
         return
     with user_errors():
-        from p2w.cli.render import LibraryProgress, index_table, skipped_table
+        from p2w.cli.render import LibraryProgress
+        from p2w.cli.render_catalog import index_table, skipped_table
         from p2w.library.index import index
 
         if not paths:
@@ -144,7 +145,7 @@ def _watch(
     options: dict[str, Any],
 ) -> None:
     """``p2w index DIR --watch``: the first run as ``p2w index`` shows it, then a line (or a JSON line) a batch."""
-    from p2w.cli.render import batch_line, index_table
+    from p2w.cli.render_catalog import batch_line, index_table
     from p2w.library.watch import Batch, watch
 
     said: set[str] = set()  # roots said to be gone
@@ -302,7 +303,7 @@ def status_command(
 ) -> None:
     """Show the catalogs: backbone, photos, size on disk, location."""
     with user_errors():
-        from p2w.cli.render import gone_lines, status_table
+        from p2w.cli.render_catalog import gone_lines, status_table
         from p2w.library.status import status
 
         settings = Settings.from_env()

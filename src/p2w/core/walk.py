@@ -94,3 +94,14 @@ def _excluded(path: str, root: Path, patterns: Sequence[str]) -> bool:
     rel = os.path.relpath(path, root)
     name = os.path.basename(path)
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+class Beneath:
+    """Tells whether a path is one of some folders or under one of them."""
+
+    def __init__(self, folders: Sequence[str]) -> None:
+        self.exact = set(folders)
+        self.prefixes = tuple(f.rstrip(os.sep) + os.sep for f in folders)
+
+    def covers(self, path: str) -> bool:
+        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))

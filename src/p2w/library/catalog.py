@@ -30,6 +30,7 @@ from p2w.library.schema import (
     SCHEMA_VERSION,
     UNDER,
     frame_key,
+    gone_roots,
     has_table,
     of,
     statements,
@@ -377,16 +378,6 @@ class Catalog:
     def close(self) -> None:
         """Close the database."""
         self.con.close()
-
-
-def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
-    """``Catalog.gone_roots`` on any connection to a catalog (``p2w status`` reads one read-only)."""
-    if not has_table(con, "roots"):
-        return []  # made before schema 3
-    roots = sorted(from_db(r[0]) for r in con.execute("SELECT path FROM roots"))
-    query = "SELECT count(*) FROM files WHERE " + UNDER
-    counts = [(r, int(con.execute(query, under(r)).fetchone()[0])) for r in roots if gone(r)]
-    return [(r, n) for r, n in counts if n]
 
 
 _ROW = "id, path, size, mtime_ns, hash, taken, taken_offset, taken_from, time"  # the columns of a Row

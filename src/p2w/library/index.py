@@ -19,7 +19,7 @@ from p2w.core.dates import Taken, capture_times
 from p2w.core.images import IMAGE_SUFFIXES
 from p2w.core.lock import writer_lock
 from p2w.core.video import VIDEO_SUFFIXES, Videos, is_video
-from p2w.core.walk import Found, scan
+from p2w.core.walk import Beneath, Found, scan
 from p2w.digest import sha256_many
 from p2w.errors import P2WError
 from p2w.fspath import gone
@@ -178,7 +178,7 @@ def _plan(catalog: Catalog, roots: list[str], look: _Scan, workers: int | None, 
     suffixes = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if look.videos is not None else ())
     found = list(scan([Path(r) for r in roots], look.exclude, look.hidden, plan.unreadable, suffixes))
     seen = {f.path for f in found}
-    unknown = _Beneath([p for p, _ in plan.unreadable])  # under a folder that could not be listed: not gone
+    unknown = Beneath([p for p, _ in plan.unreadable])  # under a folder that could not be listed: not gone
     gone = [p for p in known if p not in seen and not unknown.covers(p) and not look.unseen(p)]
     plan.remove = [(p, known[p].hash) for p in gone]
     plan.unskip = [p for p in skipped if p not in seen and not unknown.covers(p) and not look.unseen(p)]
@@ -245,24 +245,13 @@ def _move_sources(catalog: Catalog, plan: _Plan, roots: list[str], digests: list
     sources: dict[str, list[str]] = {}
     for path, digest in plan.remove:
         sources.setdefault(digest, []).append(path)
-    inside = _Beneath(roots)
+    inside = Beneath(roots)
     for digest, paths in catalog.paths_by_hash(d for d in set(digests) if d not in sources).items():
         for path in paths:
             if not inside.covers(path) and gone(path):
                 plan.remove.append((path, digest))
                 sources.setdefault(digest, []).append(path)
     return sources
-
-
-class _Beneath:
-    """Tells whether a path is one of some folders or under one of them."""
-
-    def __init__(self, folders: Sequence[str]) -> None:
-        self.exact = set(folders)
-        self.prefixes = tuple(f.rstrip(os.sep) + os.sep for f in folders)
-
-    def covers(self, path: str) -> bool:
-        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
 
 
 def _apply(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from p2w.fspath import to_db
+from p2w.fspath import from_db, gone, to_db
 
 SCHEMA_VERSION = 4
 # path: the file's exact bytes (BLOB; TEXT in catalogs made before schema 3, converted by the migration);
@@ -71,3 +71,13 @@ def under(root: str) -> tuple[bytes, int, bytes]:
     """The parameters of ``UNDER`` for ``root``."""
     prefix = to_db(root.rstrip(os.sep) + os.sep)
     return to_db(root), len(prefix), prefix
+
+
+def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
+    """``Catalog.gone_roots`` on any connection to a catalog (``p2w status`` reads one read-only)."""
+    if not has_table(con, "roots"):
+        return []  # made before schema 3
+    roots = sorted(from_db(r[0]) for r in con.execute("SELECT path FROM roots"))
+    query = "SELECT count(*) FROM files WHERE " + UNDER
+    counts = [(r, int(con.execute(query, under(r)).fetchone()[0])) for r in roots if gone(r)]
+    return [(r, n) for r, n in counts if n]

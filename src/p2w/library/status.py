@@ -9,7 +9,8 @@ from typing import Any
 
 from p2w import fspath
 from p2w.library import ann as ann_mod
-from p2w.library.catalog import catalog_for, gone_roots
+from p2w.library.catalog import catalog_for
+from p2w.library.schema import gone_roots
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
