@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -54,14 +55,9 @@ def search(
     """
     if query.shape != (catalog.dim,):
         raise P2WError(f"query has {query.shape[-1]} dimensions but the catalog holds {catalog.dim}-d vectors")
-    if not where:
-        ann = ann or ann_mod.load(catalog)
+    ranked = _ranking(catalog, query, where, ef, ann)
     for want in (2 * k + 8, 8 * k + 32, 32 * k + 128):  # wider when frames of the same videos fill the first
-        if where:
-            ids, scores = _filtered(catalog, query, where, want, ef, ann)
-        else:
-            assert ann is not None
-            ids, scores = ann.query(query, want, ef=ef)
+        ids, scores = ranked(want)
         hits = _hits(catalog, ids, scores, k)
         if len(hits) == k or len(ids) < want:
             return hits
@@ -131,20 +127,31 @@ class CatalogGallery:
         self.catalog.close()
 
 
-def _filtered(
-    catalog: Catalog, query: np.ndarray, where: Where, k: int, ef: int | None, ann: ann_mod.Ann | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best of the photos that pass ``where``: exactly when they are few, else through the ANN's filter
-    (and exactly after all when it finds fewer than ``k`` of them)."""
+Ranked = Callable[[int], tuple[np.ndarray, np.ndarray]]  # how many -> the best ids and their scores
+
+
+def _ranking(
+    catalog: Catalog, query: np.ndarray, where: Where | None, ef: int | None, ann: ann_mod.Ann | None
+) -> Ranked:
+    """How the catalog's best for ``query`` are found, decided once a search (the passing ids read and the ANN
+    loaded at most once, however much the search widens): the ANN; under a filter, exact scores when few pass, else
+    the ANN's filter (and exact scores after all when it finds fewer than asked)."""
+    if not where:
+        index = ann or ann_mod.load(catalog)
+        return lambda want: index.query(query, want, ef=ef)
     allowed = catalog.ids_where(where)
     if not allowed and where.within is not None and not catalog.ids_where(Where(where.within)):
         raise P2WError(f"no catalogued photos under {where.within}; index it with: p2w index {where.within}")
-    if len(allowed) > exact_limit(ann.live if ann is not None else catalog.count()):
-        passing = set(allowed)
-        ids, scores = (ann or ann_mod.load(catalog)).query(query, k, ef, allowed=passing.__contains__)
-        if len(ids) >= min(k, len(allowed)):
-            return ids, scores
-    return exact(catalog, query, allowed, k)
+    if len(allowed) <= exact_limit(ann.live if ann is not None else catalog.count()):
+        return lambda want: exact(catalog, query, allowed, want)
+    index = ann or ann_mod.load(catalog)
+    passing = set(allowed).__contains__
+
+    def filtered(want: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = index.query(query, want, ef, allowed=passing)
+        return (ids, scores) if len(ids) >= min(want, len(allowed)) else exact(catalog, query, allowed, want)
+
+    return filtered
 
 
 def exact_limit(total: int) -> int:
