@@ -377,7 +377,7 @@ def test_a_video_result_shows_its_frame_and_plays_from_its_time(driver: Any, tmp
         driver.delete_all_cookies()
         driver.get_log("browser")
         driver.get(f"{served.url}/?token={served.token}")
-        until(driver, lambda d: "p2w-micro-fashion" in state(d)["about"])
+        until(driver, lambda d: "2 photos" in state(d)["about"])  # the photo, and the video once (not its frames)
         driver.find_element(By.ID, "file").send_keys(str(tmp_path / "green.png"))
         first = wait_results(driver, ("image",))["columns"][0]
         assert first["paths"][0].endswith("holiday.mp4 @ 00:02, 00:00"), first  # the green frame first, then the blue

@@ -81,3 +81,13 @@ def gone_roots(con: sqlite3.Connection) -> list[tuple[str, int]]:
     query = "SELECT count(*) FROM files WHERE " + UNDER
     counts = [(r, int(con.execute(query, under(r)).fetchone()[0])) for r in roots if gone(r)]
     return [(r, n) for r, n in counts if n]
+
+
+def count_files(con: sqlite3.Connection) -> tuple[int, int]:
+    """Files and videos of a catalog (one opened read-only may be of an older schema, without frames)."""
+    if "time" not in {r[1] for r in con.execute("PRAGMA table_info(files)")}:
+        return int(con.execute("SELECT count(*) FROM files").fetchone()[0]), 0
+    photos = int(con.execute("SELECT count(*) FROM files WHERE time IS NULL").fetchone()[0])
+    sql = "SELECT count(DISTINCT substr(path, 1, instr(path, x'00') - 1)) FROM files WHERE time IS NOT NULL"
+    videos = int(con.execute(sql).fetchone()[0])
+    return photos + videos, videos

@@ -20,6 +20,7 @@ from p2w.core.gallery import LocalFile
 from p2w.errors import P2WError
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import Catalog, Hit, catalog_for
+from p2w.library.schema import count_files
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
@@ -105,7 +106,8 @@ class CatalogGallery:
         return self.catalog.dim
 
     def count(self) -> int | None:
-        return self.catalog.count()
+        """Its photos and videos (a video once, however many frames it has)."""
+        return count_files(self.catalog.con)[0]
 
     def search(self, query: np.ndarray, k: int, where: Where | None = None, ef: int | None = None) -> list[Hit]:
         return search(self.catalog, query, k, where, ef, self.ann)

@@ -10,7 +10,7 @@ from typing import Any
 from p2w import fspath
 from p2w.library import ann as ann_mod
 from p2w.library.catalog import catalog_for
-from p2w.library.schema import gone_roots
+from p2w.library.schema import count_files, gone_roots
 from p2w.settings import Settings
 from p2w.spec import BackboneSpec
 
@@ -58,7 +58,7 @@ def _info(folder: Path) -> CatalogInfo:
     con = sqlite3.connect(f"{(folder / 'catalog.sqlite').absolute().as_uri()}?mode=ro", uri=True)
     try:
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        files, videos = _files(con)
+        files, videos = count_files(con)
         skipped = con.execute("SELECT count(*) FROM skipped").fetchone()[0]
         gone = gone_roots(con)
     finally:
@@ -66,13 +66,3 @@ def _info(folder: Path) -> CatalogInfo:
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     current = ann_mod.is_current(folder, meta.get("generation"))
     return CatalogInfo(meta.get("backbone", "?"), files, skipped, size, folder, current, gone, videos)
-
-
-def _files(con: sqlite3.Connection) -> tuple[int, int]:
-    """Files and videos of a catalog (one opened read-only may be of an older schema, without frames)."""
-    if "time" not in {r[1] for r in con.execute("PRAGMA table_info(files)")}:
-        return int(con.execute("SELECT count(*) FROM files").fetchone()[0]), 0
-    photos = int(con.execute("SELECT count(*) FROM files WHERE time IS NULL").fetchone()[0])
-    sql = "SELECT count(DISTINCT substr(path, 1, instr(path, x'00') - 1)) FROM files WHERE time IS NOT NULL"
-    videos = int(con.execute(sql).fetchone()[0])
-    return photos + videos, videos
