@@ -105,3 +105,9 @@ def test_the_server_shows_a_frame_and_serves_the_video(library, tmp_path):
         assert thumb[0] == 200 and thumb[2].startswith(b"\xff\xd8")  # a JPEG of the frame
         original = server.request(f"/api/photo/{frame['id']}")
         assert original[0] == 200 and original[2] == (library / "holiday.mp4").read_bytes()
+        query = str(library.parent / "query blue.png")
+        warm = runner.invoke(app, ["search", query, "--json", "-k", "3", *MICRO])  # answered by the server
+        assert warm.exit_code == 0, warm.output
+    cold = search(query, "-k", "3")
+    keys = ("path", "time", "times", "taken", "taken_from")
+    assert [{k: h.get(k) for k in keys} for h in json.loads(warm.stdout)] == [{k: h.get(k) for k in keys} for h in cold]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from p2w.core.dates import Where
 from p2w.errors import P2WError
-from p2w.fspath import to_json
+from p2w.fspath import from_json, to_json
 
 if TYPE_CHECKING:  # a warm `p2w search` imports this module, and neither numpy nor torch
     import numpy as np
@@ -43,11 +43,20 @@ class Hit:
         UTF-8: ``p2w.fspath.to_json``), and ``"caption"``, ``"url"``, ``"taken"``, ``"taken_from"`` where the gallery
         has them; for a video ``"time"`` (the best frame's, in seconds) and ``"times"`` (all its frames' among the
         results, best first)."""
-        fields = ("caption", "url", "taken", "taken_from", "time")
-        extra = {k: v for k in fields if (v := getattr(self, k)) is not None}
+        extra = {k: v for k in _OPTIONAL if (v := getattr(self, k)) is not None}
         if self.times:
             extra["times"] = list(self.times)
         return {"rank": self.rank, "score": self.score, **to_json(self.path), **extra}
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> Hit:
+        """A hit back from its JSON form (``to_json``, with ``size``, ``mtime`` and ``id``, as ``p2w serve``
+        answers)."""
+        return cls(r["rank"], r["score"], from_json(r), r.get("size", 0), r.get("mtime", 0.0), r.get("id", 0),
+                   **{k: r.get(k) for k in _OPTIONAL}, times=tuple(r.get("times", ())))  # fmt: skip
+
+
+_OPTIONAL = ("caption", "url", "taken", "taken_from", "time")  # the fields of a Hit's JSON form where it has them
 
 
 @dataclass(frozen=True)

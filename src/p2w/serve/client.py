@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from p2w import fspath
 from p2w.errors import P2WError
 from p2w.library.catalog import Hit
 from p2w.serve import discovery
@@ -113,13 +112,7 @@ def warm_search(
             discovery.forget(settings, record)
         return None
     log.info("searched through p2w serve at %s", record.url)
-    return [_hit(r) for r in rows]
-
-
-def _hit(r: dict[str, Any]) -> Hit:
-    """A hit of the server's answer (``p2w.serve.service.Service.search``)."""
-    return Hit(r["rank"], r["score"], fspath.from_json(r), r["size"], r["mtime"], r["id"],
-               taken=r.get("taken"), taken_from=r.get("taken_from"))  # fmt: skip
+    return [Hit.from_json(r) for r in rows]
 
 
 def _beyond(limits: dict[str, int], query: dict[str, Any], images: Sequence[Path]) -> str | None:
