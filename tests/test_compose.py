@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from open_clip import SimpleTokenizer
 
-from p2w.core.compose import DEFAULT_TEMPLATE, fill, plan
+from p2w.core.compose import DEFAULT_TEMPLATE, FUSIONS, MEASURED_ALPHA, PUBLISHED_ALPHA, fill, plan
 from p2w.errors import MapperError, PromptError
 
 
@@ -19,11 +19,23 @@ from p2w.errors import MapperError, PromptError
         (None, False, True, None, ("text", "{text}")),
         ("text", False, True, None, ("text", DEFAULT_TEMPLATE)),
         ("average", True, True, "{text}", ("average", "{text}")),
+        ("slerp", True, True, None, ("slerp", "{text}")),  # TEXT as written, as the authors encode it
+        ("weighted", 2, True, "a photo of {text}", ("weighted", "a photo of {text}")),
     ],
 )
 def test_plan(mode, has_image, has_text, prompt, expected):
     qp = plan(mode, has_image, has_text, prompt)
     assert (qp.mode, qp.template) == expected
+    assert (qp.alpha is None) == (mode not in FUSIONS)
+
+
+def test_alpha_is_checked_and_defaults_per_backbone(monkeypatch):
+    assert plan("slerp", True, True, alpha=0.25).alpha == 0.25
+    assert plan("weighted", True, True).alpha == PUBLISHED_ALPHA["weighted"]
+    monkeypatch.setitem(MEASURED_ALPHA, "tiny/", {"slerp": 0.6})
+    assert plan("slerp", True, True, backbone="tiny/abc").alpha == 0.6
+    assert plan("slerp", True, True, backbone="other/abc").alpha == PUBLISHED_ALPHA["slerp"]
+    assert plan("weighted", True, True, backbone="tiny/abc").alpha == PUBLISHED_ALPHA["weighted"]
 
 
 @pytest.mark.parametrize(
@@ -34,11 +46,23 @@ def test_plan(mode, has_image, has_text, prompt, expected):
         (("text", False, False, None), "needs TEXT"),
         (("pic2word", True, True, "a photo of {text}"), "no '\\*'"),
         (("magic", True, True, None), "unknown mode"),
+        (("slerp", True, False, None), "needs TEXT"),
+        (("weighted", False, True, None), "needs a query image"),
     ],
 )
 def test_plan_refuses(args, match):
     with pytest.raises(PromptError, match=match):
         plan(*args)
+
+
+@pytest.mark.parametrize(
+    ("mode", "alpha", "match"),
+    [("slerp", 1.5, "between 0"), ("weighted", -0.1, "between 0"), ("slerp", float("nan"), "between 0"),
+     ("pic2word", 0.5, "not of mode pic2word"), ("average", 0.5, "not of mode average")],
+)  # fmt: skip
+def test_alpha_refusals(mode, alpha, match):
+    with pytest.raises(PromptError, match=match):
+        plan(mode, True, True, alpha=alpha)
 
 
 def test_fill_slots_and_refusals():
@@ -108,6 +132,34 @@ def test_pic2word_needs_a_mapper(tiny, images):
     with pytest.raises(MapperError, match="--mapper"):
         engine.encode_query(images[0], "in red")
     assert engine.encode_query(images[0], "in red", mode="average").shape == (32,)
+    assert engine.encode_query(images[0], "in red", mode="slerp").shape == (32,)  # the fusions need no mapper
+
+
+@pytest.mark.parametrize("mode", FUSIONS)
+def test_fusions_end_at_the_image_and_the_text(tiny_engine, images, mode):
+    e = tiny_engine
+    image, text = e.encode_images([images[0]])[0], e.encode_texts(["in red"])[0]
+    np.testing.assert_allclose(e.encode_query(images[0], "in red", mode=mode, alpha=0.0), image, atol=1e-6)
+    np.testing.assert_allclose(e.encode_query(images[0], "in red", mode=mode, alpha=1.0), text, atol=1e-6)
+    between = e.encode_query(images[0], "in red", mode=mode, alpha=0.5)
+    assert float(between @ image) < 1 - 1e-3 and float(between @ text) < 1 - 1e-3
+
+
+def test_fusions_of_several_images(tiny_engine, images):
+    """slerp starts from the direction of the images' unit sum (what ``image`` mode gives), weighted from the mean
+    of their unnormalised embeddings."""
+    e, pair = tiny_engine, [images[0], images[1]]
+    start = e.encode_query(pair, None, mode="image")
+    text = e.encode_texts(["in red"])[0]
+    got = e.encode_query(pair, "in red", mode="slerp", alpha=0.3)
+    theta = np.arccos(np.clip(start @ text, -1, 1))
+    expected = (np.sin(0.7 * theta) * start + np.sin(0.3 * theta) * text) / np.sin(theta)
+    np.testing.assert_allclose(got, expected / np.linalg.norm(expected), atol=1e-5)
+    raw = e.encode_images(pair, normalize=False).mean(axis=0)
+    raw_text = e.encode_texts(["in red"], normalize=False)[0]
+    expected = 0.7 * raw + 0.3 * raw_text
+    got = e.encode_query(pair, "in red", mode="weighted", alpha=0.3)
+    np.testing.assert_allclose(got, expected / np.linalg.norm(expected), atol=1e-5)
 
 
 def test_empty_inputs_give_empty_arrays_of_the_right_width(tiny_engine):

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import p2w
 from p2w.cli import app
+from p2w.core.compose import MODES, PUBLISHED_ALPHA
 from p2w.evaluation import cirr, fashioniq
 
 runner = CliRunner()
@@ -82,7 +83,8 @@ def test_fashioniq_numbers_match_an_independent_computation(fiq, tiny, tmp_path)
     )
     assert out.exit_code == 0, out.stderr
     results = json.loads(out.stdout)
-    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average"]
+    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average", "slerp", "weighted"]
+    assert [r.get("alpha") for r in results] == [None] * 4 + [PUBLISHED_ALPHA["slerp"], PUBLISHED_ALPHA["weighted"]]
     composed = results[0]
     assert set(composed["metrics"]) == {"dress", "shirt", "toptee", "average"}
     assert set(composed["metrics"]["dress"]) == {"R@1", "R@5", "R@10", "R@50", "R@100"}
@@ -98,8 +100,15 @@ def test_fashioniq_numbers_match_an_independent_computation(fiq, tiny, tmp_path)
     ranks = [(g @ q[i] > g[gallery.index(x["target"])] @ q[i]).sum() for i, x in enumerate(caps)]
     for k in (1, 5, 10):
         assert composed["metrics"]["dress"][f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k), abs=1e-4)
+    # slerp reads the joined captions as written (the authors' text), at the published alpha
+    q = engine.encode_queries(
+        [img(x["candidate"]) for x in caps], [f"{x['captions'][1]} and {x['captions'][0]}" for x in caps], mode="slerp"
+    )
+    ranks = [(g @ q[i] > g[gallery.index(x["target"])] @ q[i]).sum() for i, x in enumerate(caps)]
+    for k in (1, 5, 10):
+        assert results[4]["metrics"]["dress"][f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k), abs=1e-4)
     preds = json.loads((tmp_path / "pred.json").read_text())
-    assert set(preds) == {"pic2word", "image", "text", "average"}
+    assert set(preds) == {"pic2word", "image", "text", "average", "slerp a=0.8", "weighted a=0.8"}
     assert len(preds["pic2word"]["dress"]) == 5 and preds["pic2word"]["dress"][0][0] in gallery
 
 
@@ -234,8 +243,9 @@ def test_mode_all_is_one_table_with_a_row_per_mode(fiq, tiny):
     assert out.exit_code == 0, out.stderr
     assert out.stdout.count("fashioniq val") == 1  # one title, so one table
     rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
-    for mode in ("pic2word", "image", "text", "average"):
-        assert sum(1 for line in rows if line.split("│")[1].strip() == mode) == 4  # dress, shirt, toptee, average
+    labels = ["pic2word", "image", "text", "average", "slerp a=0.8", "weighted a=0.8"]
+    for label in labels:
+        assert sum(1 for line in rows if line.split("│")[1].strip() == label) == 4  # dress, shirt, toptee, average
 
 
 def test_benchmark_options_of_another_benchmark_are_refused(fiq, tiny):
@@ -504,7 +514,7 @@ def test_coco_eval_end_to_end_and_the_reference_csv_layout(coco_data, tiny, tmp_
     files = ["000000000042.jpg", "000000000139.jpg", "000000000500.jpg"]
     for rows in json.loads(pred.read_text()).values():
         assert [len(r) > 0 for r in rows["coco"]] == [True, True, False] and rows["coco"][0][0] in files
-    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average"]
+    assert [r["mode"] for r in results] == list(MODES)
     for r in results:
         assert r["benchmark"] == "coco" and r["missing"] == {"images": 1}
         assert {"R@1", "R@5", "mean_rank", "median_rank", "image_to_ref_R@1"} <= set(r["metrics"])

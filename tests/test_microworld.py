@@ -18,7 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from p2w.cli import app
+from p2w.core.compose import MODES
 from p2w.errors import P2WError
+from p2w.evaluation.common import SWEEP
 from p2w.micro import world as mw
 from p2w.settings import Settings
 from p2w.spec import BUILTIN_TAG, BackboneSpec, builtin_file
@@ -159,7 +161,7 @@ def test_eval_micro_fashion_gives_the_documented_numbers() -> None:
     result = runner.invoke(app, ["eval", "micro-fashion", "--mode", "all", "--json"])
     assert result.exit_code == 0, result.output
     got = {r["mode"]: r for r in json.loads(result.stdout)}
-    assert list(got) == ["pic2word", "image", "text", "average"]
+    assert list(got) == list(MODES)
     documented = documented_results()
     assert set(documented) == set(got)
     for mode, r in got.items():
@@ -200,13 +202,20 @@ def test_eval_micro_fashion_on_a_small_world(tmp_path: Path) -> None:
     assert (world.colour_of[refs2] != colours).all()
     engine = p2w.load(MODEL, mapper=str(builtin_file(MODEL, "mapper.safetensors")), device="cpu")
     results = mf.evaluate(engine, tmp_path, mode="all", per_class=3)
-    assert [r.mode for r in results] == ["pic2word", "image", "text", "average"]
+    assert [r.mode for r in results] == list(MODES)
     image = results[1]
     # image only: the top result of a colour edit is never the reference itself
     for row, ref in zip(image.predictions["colour-change"], refs2, strict=True):
         assert world.names[ref] not in row and len(row) == mf.TOP
-    with pytest.raises(P2WError, match="one split"):
-        mf.evaluate(engine, tmp_path, mode="image", split="val", per_class=3)
+    with pytest.raises(P2WError, match=r"splits test .* and val"):
+        mf.evaluate(engine, tmp_path, mode="image", split="train", per_class=3)
+    val = mf.build_world(tmp_path, per_class=3, seed=0, split="val")  # the 4th item of each class is all left
+    assert not set(val.names) & set(world.names) and len(val.names) == 10 * 8
+    fused = mf.evaluate(engine, tmp_path, mode="slerp", alpha_sweep=True, split="val", per_class=3)
+    assert [r.alpha for r in fused] == list(SWEEP) and {r.split for r in fused} == {"val"}
+    # alpha 0 is the image alone, 1 the text alone (the fused text is TEXT as written)
+    image_only = mf.evaluate(engine, tmp_path, mode="image", split="val", per_class=3)[0]
+    assert fused[0].predictions == image_only.predictions
 
 
 # ---- p2w demo ------------------------------------------------------------------------------------------------------
@@ -248,7 +257,7 @@ def test_demo_runs_offline_and_writes_a_contact_sheet(tmp_path: Path) -> None:
 
     again = demo.run(out, lambda: p2w.load(MODEL, device="cpu", mapper=str(builtin_file(MODEL, "mapper.safetensors"))))
     assert (again.indexed.added, again.indexed.unchanged) == (0, again.images)
-    assert [r.mode for r in again.results[0]] == ["pic2word", "image", "text", "average"]
+    assert [r.mode for r in again.results[0]] == list(MODES)
     assert all(len(r.paths) == demo.SHOW for q in again.results for r in q)
 
 

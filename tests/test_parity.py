@@ -193,3 +193,41 @@ def test_training_step_reproduces_the_reference_loss(tv, exp):
     first = float(step(feats, lr=1e-4))
     assert first == pytest.approx(float(exp["train_loss"]), abs=ATOL_UNIT)
     assert float(step(feats, lr=1e-4)) < first  # and it learns
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _slerp_formula(image: np.ndarray, text: np.ndarray, alpha: float) -> np.ndarray:
+    """Jang et al.'s slerp, written from the paper's formula in float64: the angle between the unit vectors, and the
+    sines of its parts."""
+    v0, v1 = _unit(image.astype(np.float64)), _unit(text.astype(np.float64))
+    theta = np.arccos(np.clip(v0 @ v1, -1.0, 1.0))
+    out = (np.sin((1 - alpha) * theta) * v0 + np.sin(alpha * theta) * v1) / np.sin(theta)
+    return _unit(out)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.8, 1.0])
+def test_training_free_fusions_equal_their_formulas(tv_engine, prompts, exp, image_paths, alpha):
+    """slerp and weighted on the reference's own image and text features (computed by the Pic2Word reference code,
+    not by p2w): the slerp of the unit vectors, and WeiMoCIR's normalised weighted sum of the unnormalised ones."""
+    for r in prompts["rows"]:
+        i, img = r["row"], image_paths[r["image_index"]]
+        text, template = baseline_args(r)
+        image_ref = exp["image_features"][r["image_index"]]
+        text_ref = exp["baseline_text_features"][i]
+        got = tv_engine.encode_query(img, text, mode="slerp", prompt=template, alpha=alpha)
+        np.testing.assert_allclose(got, _slerp_formula(image_ref, text_ref, alpha), atol=ATOL_UNIT, rtol=0)
+        got = tv_engine.encode_query(img, text, mode="weighted", prompt=template, alpha=alpha)
+        expected = _unit((1 - alpha) * image_ref.astype(np.float64) + alpha * text_ref.astype(np.float64))
+        np.testing.assert_allclose(got, expected, atol=ATOL_UNIT, rtol=0)
+
+
+def test_slerp_halfway_is_the_average(tv_engine, prompts, image_paths):
+    """At alpha 0.5 the great circle's midpoint is the normalised sum of the two unit vectors: Pic2Word's average."""
+    r = prompts["rows"][0]
+    text, template = baseline_args(r)
+    img = image_paths[r["image_index"]]
+    half = tv_engine.encode_query(img, text, mode="slerp", prompt=template, alpha=0.5)
+    np.testing.assert_allclose(half, tv_engine.encode_query(img, text, mode="average", prompt=template), atol=1e-6)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
-from p2w.core.compose import MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.compose import FUSIONS, MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.fusion import fuse
 from p2w.core.images import ImageLike, open_image
 from p2w.core.resolve import mapper_dims
 from p2w.errors import MapperError, PromptError
@@ -93,9 +94,10 @@ class Engine:
         mode: str | None = None,
         prompt: str | None = None,
         normalize: bool = True,
+        alpha: float | None = None,
     ) -> np.ndarray:
         """One query embedding ``(embed_dim,)``; ``image`` may be a list of images; see ``encode_queries``."""
-        return self.encode_queries([image], [text], mode=mode, prompt=prompt, normalize=normalize)[0]
+        return self.encode_queries([image], [text], mode=mode, prompt=prompt, normalize=normalize, alpha=alpha)[0]
 
     def encode_queries(
         self,
@@ -105,23 +107,28 @@ class Engine:
         prompt: str | None = None,
         normalize: bool = True,
         batch_size: int = 64,
+        alpha: float | None = None,
     ) -> np.ndarray:
         """Query embeddings ``(n, embed_dim)`` for paired images and texts (either may be None where the mode allows).
 
         ``mode``: ``pic2word`` (the mapped image at the template's ``*``), ``image``, ``text`` (the filled template
-        with a literal ``*``) or ``average`` (``l2n(l2n(image) + l2n(text))``). ``prompt`` is the template, with ``*``
-        and optionally ``{text}`` (default ``a photo of * , {text}``). With ``normalize=False`` the unnormalised
-        output is returned (for ``average``: the sum before the final normalisation).
+        with a literal ``*``), ``average`` (``l2n(l2n(image) + l2n(text))``), or the training-free fusions ``slerp``
+        and ``weighted`` (``p2w.core.fusion``; ``alpha`` is the text's weight, default ``compose.default_alpha``).
+        ``prompt`` is the template, with ``*`` and optionally ``{text}`` (default ``a photo of * , {text}``; the
+        fusions': ``{text}``, TEXT as written). With ``normalize=False`` the unnormalised output is returned (for
+        ``average``: the sum before the final normalisation).
 
         A query may have several images (a list): the i-th ``*`` of the template takes the i-th image's token;
         ``average`` sums every image's unit vector with the text's, ``image`` the images' (every query of a batch
-        has the same number of images).
+        has the same number of images); the fusions start from them as ``p2w.core.fusion`` says.
         """
         if len(images) != len(texts):
             raise PromptError(f"{len(images)} images but {len(texts)} texts; queries pair them one to one")
         rows = [_as_list(img) for img in images]
-        default = self.default_prompt
-        plans = {plan(mode, len(imgs), bool(txt), prompt, default) for imgs, txt in zip(rows, texts, strict=True)}
+        default, bb = self.default_prompt, self.backbone.id
+        plans = {
+            plan(mode, len(imgs), bool(txt), prompt, default, alpha, bb) for imgs, txt in zip(rows, texts, strict=True)
+        }
         counts = {len(imgs) for imgs in rows}
         if len(plans) > 1 or len(counts) > 1:
             raise PromptError("queries of one batch must all have the same number of images")
@@ -141,12 +148,13 @@ class Engine:
         text: str | None = None,
         mode: str | None = None,
         prompt: str | None = None,
+        alpha: float | None = None,
     ) -> np.ndarray:
         """One unit query vector ``(embed_dim,)`` from image features already computed (unnormalised
         ``(embed_dim,)``, or ``(k, embed_dim)`` for k images, e.g. uploads or catalogued photos), so a refined query
         skips the image tower; the same vector as ``encode_query`` on those images."""
         count = 0 if image_features is None else (1 if image_features.dim() == 1 else int(image_features.shape[0]))
-        qp = plan(mode, count, bool(text), prompt, self.default_prompt)
+        qp = plan(mode, count, bool(text), prompt, self.default_prompt, alpha, self.backbone.id)
         filled = fill(qp.template, text, qp.mode) if qp.needs_text_tower else ""
         feats = None
         if image_features is not None and qp.mode != "text":
@@ -196,6 +204,9 @@ class Engine:
                 tokens = self._require_mapper()(image)  # (batch, token_width) or (batch, k, token_width)
                 return bb.encode_text(prompt_ids(bb, prompts, need_star=image.shape[1] if several else 1), tokens)
             text = bb.encode_text(prompt_ids(bb, prompts, need_star=False))
+            if qp.mode in FUSIONS:
+                assert qp.alpha is not None, f"mode {qp.mode} needs an alpha"
+                return fuse(qp.mode, qp.alpha, image, text)
             unit = F.normalize(image, dim=-1)
             return (unit.sum(dim=1) if several else unit) + F.normalize(text, dim=-1)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from p2w.cli.root import (
+    AlphaOpt,
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
@@ -15,6 +16,7 @@ from p2w.cli.root import (
     JsonOpt,
     MapperOpt,
     ModelOpt,
+    ModeOpt,
     OutOpt,
     PrecisionOpt,
     PretrainedOpt,
@@ -67,7 +69,8 @@ def embed_image(
 @embed_app.command("query", short_help="Embed a query: p2w embed query shirt.jpg 'in red'")
 def embed_query(
     query: QueryArgs = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    mode: ModeOpt = None,
+    alpha: AlphaOpt = None,
     prompt: Annotated[
         str | None,
         typer.Option("--prompt", help="template with '*' and optionally {text}; default 'a photo of * , {text}'"),
@@ -93,12 +96,14 @@ def embed_query(
         imgs, txt = split_query_args(query or [])
         settings = Settings.from_env()
         backbone = settings.backbone(model, pretrained).id
-        qp, choice = plan_query(mode, len(imgs), bool(txt), prompt, mapper, backbone, settings, download, note)
+        qp, choice = plan_query(mode, len(imgs), bool(txt), prompt, mapper, backbone, settings, download, note, alpha)
         chosen = choice.path if choice is not None else None
         engine = load_engine(model, pretrained, device, precision, mapper=chosen, force_mapper=force_mapper)
-        vectors = engine.encode_queries([imgs], [txt], mode=qp.mode, prompt=qp.template, normalize=not raw)
+        vectors = engine.encode_queries([imgs], [txt], qp.mode, qp.template, normalize=not raw, alpha=qp.alpha)
         image = imgs[0] if len(imgs) == 1 else (imgs or None)  # one path as before; a list for several
-        record = {"input": {"image": image, "text": txt}, "mode": qp.mode, "prompt": qp.template}
+        record: dict[str, object] = {"input": {"image": image, "text": txt}, "mode": qp.mode, "prompt": qp.template}
+        if qp.alpha is not None:
+            record["alpha"] = qp.alpha
         _emit([record], vectors, output, as_json, force)
 
 

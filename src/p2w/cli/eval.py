@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from p2w.cli.root import (
+    AlphaOpt,
     DeviceOpt,
     DownloadOpt,
     ForceMapperOpt,
@@ -32,7 +33,13 @@ def eval_command(
         Path | None,
         typer.Option("--data", help="the benchmark's folder, in its published layout (micro-fashion: Fashion-MNIST)"),
     ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="pic2word, image, text, average or all")] = "pic2word",
+    mode: Annotated[
+        str, typer.Option("--mode", help="pic2word, slerp, weighted, average, image, text or all")
+    ] = "pic2word",
+    alpha: AlphaOpt = None,
+    alpha_sweep: Annotated[
+        bool, typer.Option("--alpha-sweep", help="modes slerp and weighted at every alpha 0, 0.05, ..., 1 (a row each)")
+    ] = False,
     split: Annotated[str | None, typer.Option("--split", help="val (or test1 for CIRR) [default: val]")] = None,
     category: Annotated[list[str] | None, typer.Option("--category", help="FashionIQ category (repeatable)")] = None,
     caption_order: Annotated[
@@ -97,13 +104,15 @@ def eval_command(
             mapper=mapper or "default",
             force_mapper=force_mapper,
             download=download,
-            need_mapper=mode in ("pic2word", "all"),  # else: image, text and average need none
+            need_mapper=mode in ("pic2word", "all"),  # the other modes need none
         )
         results = bench.evaluate(
             engine,
             folder,
             Settings.from_env().home,
             mode=mode,
+            alpha=alpha,
+            alpha_sweep=alpha_sweep,
             split=split,
             strict=strict,
             workers=workers,
@@ -113,7 +122,7 @@ def eval_command(
         if save_predictions is not None:
             from p2w.cli.output import write_json
 
-            preds = results[0].predictions if len(results) == 1 else {r.mode: r.predictions for r in results}
+            preds = results[0].predictions if len(results) == 1 else {r.label: r.predictions for r in results}
             write_json(save_predictions, preds)
         if as_json:
             payload = results[0].to_json() if len(results) == 1 else [r.to_json() for r in results]

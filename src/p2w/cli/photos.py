@@ -13,6 +13,7 @@ import typer
 from p2w import fspath
 from p2w.cli.root import (
     AfterOpt,
+    AlphaOpt,
     BeforeOpt,
     CutoffOpt,
     DeviceOpt,
@@ -25,6 +26,7 @@ from p2w.cli.root import (
     MapperOpt,
     MinScoreOpt,
     ModelOpt,
+    ModeOpt,
     PrecisionOpt,
     PretrainedOpt,
     QueryArgs,
@@ -197,7 +199,8 @@ def _index_embeddings(
 def search_command(
     query: QueryArgs = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="number of results")] = 10,
-    mode: Annotated[str | None, typer.Option("--mode", help="pic2word, image, text or average")] = None,
+    mode: ModeOpt = None,
+    alpha: AlphaOpt = None,
     prompt: Annotated[str | None, typer.Option("--prompt", help="template with '*' and maybe {text}")] = None,
     mapper: MapperOpt = None,
     force_mapper: ForceMapperOpt = False,
@@ -244,7 +247,7 @@ def search_command(
         gallery = GalleryChoice(index, knn_service, knn_index)
         where = Where.parse(within, after, before)
         cutoff = Cutoff(min_score, DROP if cutoff_ else None)
-        request = Request(tuple(imgs), txt, mode, prompt, k, where, ef, gallery, cutoff)
+        request = Request(tuple(imgs), txt, mode, prompt, k, where, ef, gallery, cutoff, alpha)
         backend = Backend(model, pretrained, mapper, device, precision, force_mapper, download, not no_server)
         answer = search(request, backend, notify=note)
         hits = answer.hits

@@ -281,13 +281,13 @@ def eval_table(results: list[EvalResult]) -> Table:
             table.add_column(k, justify="right")
         for r, groups in zip(results, grouped, strict=True):
             for g in names:
-                table.add_row(r.mode, g, *(_pct(groups.get(g, {}), k) for k in keys[g]))
+                table.add_row(r.label, g, *(_pct(groups.get(g, {}), k) for k in keys[g]))
         return table
     columns = [(g, k) for g in names for k in keys[g]]
     for g, k in columns:
         table.add_column(f"{g} {k}".strip(), justify="right")
     for r, groups in zip(results, grouped, strict=True):
-        table.add_row(r.mode, *(_pct(groups.get(g, {}), k) for g, k in columns))
+        table.add_row(r.label, *(_pct(groups.get(g, {}), k) for g, k in columns))
     return table
 
 

@@ -56,6 +56,16 @@ RawOpt = Annotated[bool, typer.Option("--raw", help="unnormalised vectors instea
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout (the default without -o)")]
 OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a float32 .npy file instead")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option("--mode", help="pic2word, slerp, weighted, average, image or text [default: from the query]"),
+]
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--alpha", help="modes slerp and weighted: the text's weight, 0 (the image) to 1 (the text) [default: 0.8]"
+    ),
+]
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]
 ForceMapperOpt = Annotated[bool, typer.Option("--force-mapper", help="use a mapper made for another model")]
 # what a search runs on instead of the catalog (``p2w.serve.query.GalleryChoice``): p2w search and p2w serve

@@ -1,5 +1,6 @@
-"""Prompt templates and query modes: ``pic2word`` (the mapped image at ``*``), and the baselines ``image``,
-``text`` and ``average`` of the Pic2Word paper.
+"""Prompt templates and query modes: ``pic2word`` (the mapped image at ``*``), the baselines ``image``, ``text`` and
+``average`` of the Pic2Word paper, and the training-free fusions ``slerp`` (Jang et al., ECCV 2024) and ``weighted``
+(WeiMoCIR, Wu et al. 2024), which weigh the text by ``alpha`` (0: the image alone, 1: the text alone).
 """
 
 from __future__ import annotations
@@ -19,20 +20,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("pic2word", "image", "text", "average")
+MODES = ("pic2word", "image", "text", "average", "slerp", "weighted")
+FUSIONS = ("slerp", "weighted")  # training-free: the image's and the text's embeddings, weighed by alpha
+# alpha of a fusion on a backbone p2w has not measured: WeiMoCIR's published value for CLIP ViT-B/L/H/G on FashionIQ
+# and CIRR (its README, with its caption weight beta 0.1; p2w has no captions of the gallery, beta 0). The Slerp
+# authors' code publishes none (youngkyunJang/SLERP-TAT: slerp.py has no default); 0.8 is used for it alike.
+PUBLISHED_ALPHA = {"slerp": 0.8, "weighted": 0.8}
+# measured on a validation split: backbone model -> mode -> alpha (docs/microworld.md, "Training-free composition")
+MEASURED_ALPHA: dict[str, dict[str, float]] = {}
 DEFAULT_TEMPLATE = "a photo of * , {text}"
 TRAIN_PROMPT = "a photo of *"
 SLOT = "{text}"
 _STAR_RUN = re.compile(r"\s*\*\s*")
-MAPPER_NEEDED = "pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode image/text/average)"
+MAPPER_NEEDED = (
+    "pic2word mode needs a mapper: pass --mapper NAME|FILE (or use --mode slerp/weighted/average/image/text)"
+)
 
 
 @dataclass(frozen=True)
 class QueryPlan:
-    """How a query is encoded: its mode and the template its text goes into (``{text}`` is the slot)."""
+    """How a query is encoded: its mode, the template its text goes into (``{text}`` is the slot), and for a fusion
+    the text's weight ``alpha`` (None for the other modes)."""
 
     mode: str
     template: str
+    alpha: float | None = None
 
     @property
     def needs_mapper(self) -> bool:
@@ -63,9 +75,34 @@ def choose_mode(mode: str | None, has_image: bool | int, has_text: bool, prompt:
         raise PromptError(f"mode {mode} needs a query image")
     if mode == "text" and not (has_text or prompt):
         raise PromptError("mode text needs TEXT or a --prompt")
+    if mode in FUSIONS and not (has_text or prompt):
+        raise PromptError(f"mode {mode} needs TEXT to weigh against the image (or use --mode image)")
     if mode == "pic2word" and images > 1 and prompt is None:
         raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
     return mode
+
+
+def default_alpha(mode: str, backbone: str = "") -> float:
+    """The text's weight of fusion ``mode`` when none is given: measured on a validation split for the backbones in
+    ``MEASURED_ALPHA`` (by backbone id prefix, e.g. ``p2w-micro-fashion/builtin``), else ``PUBLISHED_ALPHA``."""
+    for prefix, alphas in MEASURED_ALPHA.items():
+        if backbone.startswith(prefix) and mode in alphas:
+            return alphas[mode]
+    return PUBLISHED_ALPHA[mode]
+
+
+def alpha_for(mode: str, alpha: float | None, backbone: str = "") -> float | None:
+    """The alpha a query of ``mode`` is encoded with: ``alpha`` checked (0 to 1), or ``default_alpha``; None for the
+    modes that weigh nothing, where a given alpha is an error rather than silently unused."""
+    if mode not in FUSIONS:
+        if alpha is not None:
+            raise PromptError(f"--alpha weighs the text of modes {' and '.join(FUSIONS)}, not of mode {mode}")
+        return None
+    if alpha is None:
+        return default_alpha(mode, backbone)
+    if not 0.0 <= alpha <= 1.0:  # also refuses NaN
+        raise PromptError(f"alpha must be between 0 (the image alone) and 1 (the text alone), not {alpha}")
+    return float(alpha)
 
 
 def plan(
@@ -74,18 +111,23 @@ def plan(
     has_text: bool,
     prompt: str | None = None,
     default: str = DEFAULT_TEMPLATE,
+    alpha: float | None = None,
+    backbone: str = "",
 ) -> QueryPlan:
-    """Choose mode and template, e.g. ``plan(None, True, True)`` -> pic2word with ``a photo of * , {text}``.
+    """Choose mode, template and alpha, e.g. ``plan(None, True, True)`` -> pic2word with ``a photo of * , {text}``.
 
     The mode is ``choose_mode``'s; text alone without a mode is a plain text query (TEXT as written, no template).
     ``has_image`` may count the query images: with several, the i-th ``*`` of a pic2word template takes the i-th
     image, so the template needs one ``*`` per image. ``default`` is the template when no ``prompt`` is given (the
-    mapper's method's: ``p2w.mappers.choice.query_template``).
+    mapper's method's: ``p2w.mappers.choice.query_template``); the fusions encode TEXT as written, as their authors
+    do. ``alpha`` is ``alpha_for``'s, with the default of ``backbone`` (an id).
     """
     images = int(has_image)
     chosen = choose_mode(mode, has_image, has_text, prompt)
     if mode is None and chosen == "text":
         prompt = prompt or SLOT
+    if chosen in FUSIONS:
+        default = SLOT
     template = prompt if prompt is not None else default
     if chosen == "pic2word" and "*" not in template:
         raise PromptError(f"pic2word prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
@@ -94,7 +136,7 @@ def plan(
         raise PromptError(
             f"prompt {template!r} has {stars} '*' but {images} images were given; the i-th '*' takes the i-th image"
         )
-    return QueryPlan(chosen, template)
+    return QueryPlan(chosen, template, alpha_for(chosen, alpha, backbone))
 
 
 def fill(template: str, text: str | None, mode: str = "pic2word") -> str:

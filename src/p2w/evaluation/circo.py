@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from p2w.core.compose import FUSIONS
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
@@ -23,7 +24,9 @@ STYLES = {
     "caption": lambda q: q["relative_caption"],
     "concept": lambda q: f"{q['shared_concept']} {q['relative_caption']}",
 }
-TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
+# the baselines and the fusions read the relative caption as written (as CIRCO's authors and the Slerp and WeiMoCIR
+# code do)
+TEMPLATES = {"pic2word": "a photo of * , {text}"} | dict.fromkeys(("text", "average", "image", *FUSIONS), "{text}")
 
 
 def check_layout(data: Path) -> None:
@@ -37,6 +40,8 @@ def evaluate(
     data: Path,
     home: Path,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "val",
     strict: bool = False,
     workers: int | None = None,
@@ -64,7 +69,9 @@ def evaluate(
     described = [_query(q, query_style) for q in queries]
     qs = query_set("circo", TEMPLATES, images, [str(int(p.stem)) for p in files], described, engine.backbone.embed_dim)
     check_missing(f"CIRCO {split}", qs.missing, strict)
-    return run(engine, _rules(submission if test else None, split), split, mode, [qs], prompt)
+    return run(
+        engine, _rules(submission if test else None, split), split, mode, [qs], prompt, alpha=alpha, sweep=alpha_sweep
+    )
 
 
 def _rules(submission: Path | None, split: str) -> Rules:

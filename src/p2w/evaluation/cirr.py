@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from p2w.core.compose import FUSIONS
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
 from p2w.evaluation.common import EvalResult, Progress, check_missing, image_vectors, percent, read_json
 from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
-TEMPLATES = {"pic2word": "a photo of * , {text}", "text": "{text}", "average": "{text}", "image": "{text}"}
+# the baselines and the fusions read the relative caption as written (as CIRR's authors and the Slerp and WeiMoCIR
+# code do)
+TEMPLATES = {"pic2word": "a photo of * , {text}"} | dict.fromkeys(("text", "average", "image", *FUSIONS), "{text}")
 KS = (1, 5, 10, 50)
 
 
@@ -32,6 +35,8 @@ def evaluate(
     data: Path,
     home: Path,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "val",
     strict: bool = False,
     workers: int | None = None,
@@ -52,7 +57,7 @@ def evaluate(
     queries = [_query(q, test) for q in caps]
     qs = query_set("cirr", TEMPLATES, images, list(names), queries, engine.backbone.embed_dim)
     check_missing(f"CIRR {split} under {data}", qs.missing, strict)
-    return run(engine, _rules(submission if test else None), split, mode, [qs], prompt)
+    return run(engine, _rules(submission if test else None), split, mode, [qs], prompt, alpha=alpha, sweep=alpha_sweep)
 
 
 def _rules(submission: Path | None) -> Rules:

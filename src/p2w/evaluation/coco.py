@@ -40,6 +40,8 @@ TEMPLATES = {
     "image": "",
     "text": "a photo of {text}",
     "average": "a photo of {text}",
+    "slerp": "a photo of {text}",  # the fusions read the text as average does
+    "weighted": "a photo of {text}",
 }
 TOP = 50
 
@@ -188,6 +190,8 @@ def evaluate(
     data: Path,
     home: Path,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "val",
     strict: bool = False,
     workers: int | None = None,
@@ -209,7 +213,7 @@ def evaluate(
     if not qs.rows:
         raise P2WError(f"no COCO query could be built from {data}: none of its val2017 images was found")
     region = _region_features(engine, [queries[i] for i in qs.rows], data, batch_size)
-    return run(engine, RULES, split, mode, [replace(qs, refs=region, missing=missing)])
+    return run(engine, RULES, split, mode, [replace(qs, refs=region, missing=missing)], alpha=alpha, sweep=alpha_sweep)
 
 
 def _score(scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:

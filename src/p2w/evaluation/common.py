@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2w.core.compose import MODES, QueryPlan, fill
+from p2w.core.compose import FUSIONS, MODES, QueryPlan, alpha_for, fill, prompt_ids
 from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
+from p2w.core.fusion import fuse
 from p2w.engine import Engine
-from p2w.errors import P2WError
+from p2w.errors import P2WError, PromptError
 from p2w.mappers.choice import query_template
 from p2w.progress import Progress
 
@@ -31,10 +32,16 @@ class EvalResult:
     metrics: dict[str, Any]
     missing: dict[str, int]
     predictions: dict[str, list[list[str]]] = field(default_factory=dict)
+    alpha: float | None = None  # the text's weight of a fusion mode (slerp, weighted)
+
+    @property
+    def label(self) -> str:
+        """The mode as a table row names it: ``pic2word``, ``slerp a=0.8``."""
+        return self.mode if self.alpha is None else f"{self.mode} a={self.alpha:g}"
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form (predictions go to ``--save-predictions`` instead)."""
-        return {
+        out = {
             "benchmark": self.benchmark,
             "split": self.split,
             "mode": self.mode,
@@ -43,8 +50,10 @@ class EvalResult:
             "metrics": self.metrics,
             "missing": self.missing,
         }
+        return out if self.alpha is None else {**out, "alpha": self.alpha}
 
 
+SWEEP = tuple(round(0.05 * i, 2) for i in range(21))  # --alpha-sweep: 0, 0.05, ..., 1
 # image preprocessing of the benchmark images: the backbone's own, or SEARLE's target padding (ratio 1.25) first
 PREPROCESS = {"clip": 0.0, "targetpad": 1.25}
 
@@ -105,20 +114,34 @@ def image_vectors(
 
 def query_vectors(
     engine: Engine,
-    mode: str,
-    template: str,
+    qp: QueryPlan,
     image: np.ndarray | None,
     texts: Sequence[str | None],
     batch_size: int = 256,
+    text: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Unit query vectors ``(n, dim)`` of ``mode`` from reference image features ``(n, dim)`` and texts."""
-    qp = QueryPlan(mode, template)
-    prompts = [fill(template, t, mode) if mode != "image" else "" for t in texts]
+    """Unit query vectors ``(n, dim)`` of plan ``qp`` from reference image features ``(n, dim)`` and texts; a fusion
+    may be given its text features ``(n, dim)`` (``text_features``) already computed, e.g. for a sweep of alpha."""
+    prompts = [fill(qp.template, t, qp.mode) if qp.mode != "image" else "" for t in texts]
+    if qp.mode in FUSIONS and image is not None and qp.alpha is not None:
+        text = text if text is not None else text_features(engine, prompts, batch_size)
+        return l2n(fuse(qp.mode, qp.alpha, torch.from_numpy(image), torch.from_numpy(text)).numpy())
     out = []
     for i in range(0, len(texts), batch_size):
         feats = None if image is None else torch.from_numpy(np.ascontiguousarray(image[i : i + batch_size]))
         out.append(engine.compose(qp, feats, prompts[i : i + batch_size]).float().cpu().numpy())
     return l2n(np.concatenate(out)) if out else np.zeros((0, engine.backbone.embed_dim), dtype=np.float32)
+
+
+def text_features(engine: Engine, prompts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Unnormalised text features ``(n, dim)`` float32 of filled ``prompts`` (as ``Engine.compose`` encodes them)."""
+    bb = engine.backbone
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            ids = prompt_ids(bb, prompts[i : i + batch_size], need_star=False)
+            out.append(bb.encode_text(ids).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, bb.embed_dim), dtype=np.float32)
 
 
 def template_for(engine: Engine, benchmark: str, mode: str, default: str, prompt: str | None = None) -> str:
@@ -152,10 +175,20 @@ def in_order(ok: Sequence[int], tops: Sequence[list[str]], n: int) -> list[list[
     return [by_query.get(i, []) for i in range(n)]
 
 
-def modes_of(mode: str) -> list[str]:
-    """``all`` -> every mode; else the one named."""
-    if mode == "all":
-        return list(MODES)
-    if mode not in MODES:
+def modes_of(
+    mode: str, alpha: float | None = None, sweep: bool = False, backbone: str = ""
+) -> list[tuple[str, float | None]]:
+    """The (mode, alpha) pairs ``--mode`` asks for: ``all`` -> every mode; else the one named. A fusion mode runs at
+    ``alpha`` (None: ``compose.default_alpha`` of ``backbone``), or at every alpha of ``SWEEP`` with ``sweep``."""
+    if mode != "all" and mode not in MODES:
         raise P2WError(f"unknown mode {mode!r}; use one of {', '.join(MODES)} or all")
-    return [mode]
+    modes = list(MODES) if mode == "all" else [mode]
+    if (alpha is not None or sweep) and not set(modes) & set(FUSIONS):
+        raise P2WError(f"--alpha and --alpha-sweep weigh the text of modes {' and '.join(FUSIONS)}, not of {mode}")
+    if sweep and alpha is not None:
+        raise P2WError("give --alpha or --alpha-sweep, not both")
+    try:
+        alphas = {md: SWEEP if sweep else (alpha_for(md, alpha, backbone),) for md in modes if md in FUSIONS}
+    except PromptError as exc:
+        raise P2WError(str(exc)) from exc
+    return [(md, a) for md in modes for a in alphas.get(md, (None,))]

@@ -10,11 +10,12 @@ the query vectors (``common.query_vectors``) and ONE ``(Q, G)`` score matrix, fr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from p2w.core.compose import FUSIONS, QueryPlan, fill
 from p2w.engine import Engine
 from p2w.evaluation import metrics as m
 from p2w.evaluation.common import (
@@ -24,6 +25,7 @@ from p2w.evaluation.common import (
     modes_of,
     query_vectors,
     template_for,
+    text_features,
     unit_rows,
 )
 
@@ -116,14 +118,23 @@ class Rules:
 
 
 def run(
-    engine: Engine, rules: Rules, split: str, mode: str, sets: Sequence[QuerySet], prompt: str | None = None
+    engine: Engine,
+    rules: Rules,
+    split: str,
+    mode: str,
+    sets: Sequence[QuerySet],
+    prompt: str | None = None,
+    alpha: float | None = None,
+    sweep: bool = False,
 ) -> list[EvalResult]:
-    """One ``EvalResult`` per mode of ``mode`` (``all``: every mode) over ``sets``; ``prompt`` is ``--prompt``."""
+    """One ``EvalResult`` per mode of ``mode`` (``all``: every mode) and alpha (``common.modes_of``: a fusion's
+    ``alpha``, or each of ``common.SWEEP`` with ``sweep``) over ``sets``; ``prompt`` is ``--prompt``."""
     results = []
-    for md in modes_of(mode):
-        result = EvalResult(rules.benchmark, split, md, engine.backbone.id, engine.mapper_name, {}, {})
+    texts: dict[tuple[str, str, int], np.ndarray] = {}  # a sweep encodes each query set's texts once
+    for md, a in modes_of(mode, alpha, sweep, engine.backbone.id):
+        result = EvalResult(rules.benchmark, split, md, engine.backbone.id, engine.mapper_name, {}, {}, alpha=a)
         for qs in sets:
-            metrics, result.predictions[qs.name] = _rank(engine, rules, qs, md, prompt)
+            metrics, result.predictions[qs.name] = _rank(engine, rules, qs, QueryPlan(md, "", a), prompt, texts)
             if rules.grouped:
                 result.metrics[qs.name] = metrics
             else:
@@ -137,22 +148,36 @@ def run(
 
 
 def _rank(
-    engine: Engine, rules: Rules, qs: QuerySet, mode: str, prompt: str | None
+    engine: Engine,
+    rules: Rules,
+    qs: QuerySet,
+    qp: QueryPlan,
+    prompt: str | None,
+    texts: dict[tuple[str, str, int], np.ndarray],
 ) -> tuple[dict[str, Any], list[list[str]]]:
-    """The metrics of one query set in one mode and its predictions in annotation order; writes its server files."""
-    template = template_for(engine, rules.benchmark, mode, qs.templates[mode], prompt)
-    scores = rules.product(_vectors(engine, mode, template, qs), qs.vectors, qs.exclude)  # (Q, G), the only one
+    """The metrics of one query set in one mode (``qp``, its template still to choose) and its predictions in
+    annotation order; writes its server files."""
+    qp = replace(qp, template=template_for(engine, rules.benchmark, qp.mode, qs.templates[qp.mode], prompt))
+    scores = rules.product(_vectors(engine, qp, qs, texts), qs.vectors, qs.exclude)  # (Q, G), the only one
     tops = rules.top(scores, qs.gallery)
     if rules.submit is not None:
-        rules.submit(mode, scores, tops, qs)
+        rules.submit(qp.mode if qp.alpha is None else f"{qp.mode}-{qp.alpha:g}", scores, tops, qs)
     metrics = rules.score(scores, tops, qs) if rules.score is not None else {}
     return metrics, in_order(qs.rows, tops, len(qs.queries))
 
 
-def _vectors(engine: Engine, mode: str, template: str, qs: QuerySet) -> np.ndarray:
-    """Unit query vectors ``(Q, dim)``; a query's several texts: the normalised sum of theirs (image mode: one)."""
-    width = len(qs.queries[qs.rows[0]].texts) if qs.rows and mode != "image" else 1
-    each = [
-        query_vectors(engine, mode, template, qs.refs, [qs.queries[i].texts[k] for i in qs.rows]) for k in range(width)
-    ]
+def _vectors(engine: Engine, qp: QueryPlan, qs: QuerySet, texts: dict[tuple[str, str, int], np.ndarray]) -> np.ndarray:
+    """Unit query vectors ``(Q, dim)``; a query's several texts: the normalised sum of theirs (image mode: one). A
+    fusion's text features are kept in ``texts`` for the next alpha."""
+    width = len(qs.queries[qs.rows[0]].texts) if qs.rows and qp.mode != "image" else 1
+    each = []
+    for k in range(width):
+        words = [qs.queries[i].texts[k] for i in qs.rows]
+        cached = None
+        if qp.mode in FUSIONS and qs.refs is not None:
+            key = (qs.name, qp.template, k)
+            if key not in texts:
+                texts[key] = text_features(engine, [fill(qp.template, w, qp.mode) for w in words])
+            cached = texts[key]
+        each.append(query_vectors(engine, qp, qs.refs, words, text=cached))
     return each[0] if width == 1 else l2n(sum(each[1:], each[0]))

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from p2w.core.compose import MODES
+from p2w.core.compose import FUSIONS, MODES
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
@@ -18,6 +18,7 @@ from p2w.evaluation.driver import Query, QuerySet, Rules, query_set, run
 
 CATEGORIES = ("dress", "shirt", "toptee")
 TEMPLATE = "a photo of * , {text}"
+FUSION_TEMPLATE = "{text}"  # the joined captions as written, as the Slerp and WeiMoCIR code encode them
 
 
 def image_path(data: Path, asin: str) -> Path | None:
@@ -40,6 +41,8 @@ def evaluate(
     data: Path,
     home: Path,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "val",
     categories: Sequence[str] | None = None,
     caption_order: str = "pic2word",
@@ -67,13 +70,22 @@ def evaluate(
     wanted = {a for caps, gallery in annotations.values() for a in [*gallery, *(q["candidate"] for q in caps)]}
     paths = {a: image_path(data, a) for a in sorted(wanted)}
     images = image_vectors(engine, paths, home, workers, batch_size, progress, preprocess)
-    templates = dict.fromkeys(MODES, TEMPLATE)
+    templates = dict.fromkeys(MODES, TEMPLATE) | dict.fromkeys(FUSIONS, FUSION_TEMPLATE)
     sets = []
     for c, (caps, gallery) in annotations.items():
         queries = [_query(q, caption_order) for q in caps]
         sets.append(query_set(c, templates, images, gallery, queries, engine.backbone.embed_dim, f"{c}_"))
         check_missing(f"FashionIQ {c} under {data}", sets[-1].missing, strict)
-    return run(engine, Rules("fashioniq", _score, grouped=True, average=True), split, mode, sets, prompt)
+    return run(
+        engine,
+        Rules("fashioniq", _score, grouped=True, average=True),
+        split,
+        mode,
+        sets,
+        prompt,
+        alpha=alpha,
+        sweep=alpha_sweep,
+    )
 
 
 def _query(caption: dict[str, Any], order: str) -> Query:

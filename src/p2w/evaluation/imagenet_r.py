@@ -56,6 +56,8 @@ def evaluate(
     data: Path,
     home: Path,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "val",
     strict: bool = False,
     workers: int | None = None,
@@ -71,7 +73,15 @@ def evaluate(
     check_missing(f"ImageNet-R under {data}", qs.missing, strict)
     labels = np.array([label for p, label in targets if p in images], dtype=np.int64)  # (G,) of qs.gallery
     sets = [replace(qs, name=d, templates=_templates(d)) for d in DOMAINS]
-    return run(engine, Rules("imagenet-r", partial(_score, labels), grouped=True, average=True), split, mode, sets)
+    return run(
+        engine,
+        Rules("imagenet-r", partial(_score, labels), grouped=True, average=True),
+        split,
+        mode,
+        sets,
+        alpha=alpha,
+        sweep=alpha_sweep,
+    )
 
 
 def _lists(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:

@@ -1,7 +1,9 @@
 """``micro-fashion``: composed retrieval in the colour world (``p2w.microworld``), p2w's own offline benchmark.
 
 Held-out items: ``per_class`` seeded Fashion-MNIST *test* items of every class (none was seen in training). The
-gallery is every held-out item in every one of the eight colours; each query's reference image is left out.
+gallery is every held-out item in every one of the eight colours; each query's reference image is left out. Split
+``test`` is the benchmark; ``val`` is built alike from the next ``per_class`` test items of each class in the same
+seeded order (disjoint from ``test``'s), for choosing what ``test`` then measures (e.g. ``--alpha-sweep``).
 
 - ``class-change``: item in colour c + a class name ("a red dress" + "shirt") -> items of that class in colour c.
   Prompt ``a * {text}``. Metric: P@10 / P@50, the fraction of the top k that has the asked class *and* colour c.
@@ -50,16 +52,22 @@ class World:
         return mw.colourise(self.items.images[self.item_of], self.colour_of)
 
 
-def build_world(data: Path | None = None, per_class: int = PER_CLASS, seed: int = 0) -> World:
-    """The held-out items, gallery and queries, all seeded."""
+SPLITS = ("test", "val")
+
+
+def build_world(data: Path | None = None, per_class: int = PER_CLASS, seed: int = 0, split: str = "test") -> World:
+    """The held-out items, gallery and queries of ``split`` (``SPLITS``), all seeded."""
+    if split not in SPLITS:
+        raise P2WError(f"micro-fashion has splits test (the benchmark) and val (other held-out items), not {split!r}")
     test = mw.load_items("test", data)
-    rows = mw.balanced_rows(test.labels, per_class, seed)
+    val = split == "val"
+    rows = mw.balanced_rows(test.labels, per_class, seed, skip=per_class if val else 0)
     items = test.subset(rows)
     n, colours = len(items), len(mw.COLOURS)
     item_of = np.repeat(np.arange(n), colours)
     colour_of = np.tile(np.arange(colours), n)
     names = [f"t{rows[i]:05d}-{mw.COLOUR_NAMES[c]}" for i, c in zip(item_of, colour_of, strict=True)]
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng((seed + 1, 1) if val else seed + 1)
     ref_colour = rng.integers(0, colours, size=n)
     refs = np.arange(n) * colours + ref_colour  # gallery row of each item's reference image
     new_class = (items.labels + rng.integers(1, len(mw.CLASSES), size=n)) % len(mw.CLASSES)
@@ -97,6 +105,8 @@ def evaluate(
     data: Path | None,
     home: Path | None = None,
     mode: str = "pic2word",
+    alpha: float | None = None,
+    alpha_sweep: bool = False,
     split: str = "test",
     per_class: int = PER_CLASS,
     seed: int = 0,
@@ -105,13 +115,11 @@ def evaluate(
     **_: object,
 ) -> list[EvalResult]:
     """One ``EvalResult`` per mode, metrics grouped by task."""
-    if split != "test":
-        raise P2WError(f"micro-fashion has one split, test (held-out Fashion-MNIST test items), not {split!r}")
-    world = build_world(data, per_class, seed)
+    world = build_world(data, per_class, seed, split)
     images = dict(zip(world.names, gallery_features(engine, world, batch_size, progress), strict=True))
     sets = [_task(world, images, task, engine.backbone.embed_dim) for task in TASKS]
     rules = Rules("micro-fashion", partial(_score, world), grouped=True, top=_top)
-    return run(engine, rules, split, mode, sets)
+    return run(engine, rules, split, mode, sets, alpha=alpha, sweep=alpha_sweep)
 
 
 def _task(world: World, images: Mapping[str, np.ndarray], task: str, dim: int) -> QuerySet:

@@ -62,9 +62,9 @@ class Benchmark:
     def evaluate(
         self, engine: Engine, data: Path, home: Path, split: str | None = None, **kwargs: Any
     ) -> list[EvalResult]:
-        """Run it: ``kwargs`` are the common options (mode, strict, workers, batch_size, progress) and this
-        benchmark's own (``own_options``)."""
-        common = {"mode", "strict", "workers", "batch_size", "progress"}
+        """Run it: ``kwargs`` are the common options (mode, alpha, alpha_sweep, strict, workers, batch_size,
+        progress) and this benchmark's own (``own_options``)."""
+        common = {"mode", "alpha", "alpha_sweep", "strict", "workers", "batch_size", "progress"}
         own = self.own_options(**{k: v for k, v in kwargs.items() if k not in common})
         return list(
             self.load().evaluate(

@@ -118,11 +118,12 @@ def plan_query(
     settings: Settings,
     download: bool = False,
     notify: Callable[[str], object] | None = None,
+    alpha: float | None = None,
 ) -> tuple[QueryPlan, MapperChoice | None]:
-    """A query's mode and template, and the mapper it needs (None when its mode needs none), before any model
+    """A query's mode, template and alpha, and the mapper it needs (None when its mode needs none), before any model
     loads; with a mapper and no ``prompt``, the template is the mapper's method's."""
     if choose_mode(mode, images, has_text, prompt) != "pic2word":
-        return plan(mode, images, has_text, prompt), None
+        return plan(mode, images, has_text, prompt, alpha=alpha, backbone=backbone), None
     choice = choose_mapper(mapper, backbone, settings, download, notify)
     assert choice is not None
-    return plan(mode, images, has_text, prompt, choice.prompt), choice
+    return plan(mode, images, has_text, prompt, choice.prompt, alpha, backbone), choice

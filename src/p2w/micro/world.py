@@ -150,12 +150,14 @@ def caption(label: int, colour: int, template: int = 0) -> str:
     return CAPTIONS[template].format(c=COLOUR_NAMES[colour], k=CLASSES[label])
 
 
-def balanced_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """``per_class`` seeded random rows of every class, sorted (a class with fewer rows gives all it has)."""
+def balanced_rows(labels: np.ndarray, per_class: int, seed: int, skip: int = 0) -> np.ndarray:
+    """``per_class`` seeded random rows of every class, sorted (a class with fewer rows gives all it has); ``skip``
+    passes over that many of each class's seeded order first, so ``skip=per_class`` gives rows disjoint from
+    ``skip=0``'s."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    rows = [rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in range(len(CLASSES))]
+    rows = [rng.permutation(np.flatnonzero(labels == k))[skip : skip + per_class] for k in range(len(CLASSES))]
     return np.sort(np.concatenate(rows))
 
 

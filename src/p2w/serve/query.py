@@ -48,9 +48,10 @@ class GalleryChoice:
 @dataclass(frozen=True)
 class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
-    template (None: the library's choice), how many results, which photos may be among them (a folder, a date
-    range: ``Where.parse(within, after, before)``), the ANN's search breadth, in what gallery (``GalleryChoice``; the
-    catalog by default), and which results are kept (``Cutoff``; all by default)."""
+    template (None: the library's choice), how many results, which photos may be among them (a folder, a date range:
+    ``Where.parse(within, after, before)``), the ANN's search breadth, in what gallery (``GalleryChoice``; the catalog
+    by default), which results are kept (``Cutoff``; all by default), and the text's weight in modes slerp and
+    weighted (None: the backbone's default, ``p2w.core.compose.default_alpha``)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None
@@ -61,6 +62,7 @@ class Request:
     ef: int | None = None
     gallery: GalleryChoice = field(default_factory=GalleryChoice)
     cutoff: Cutoff = field(default_factory=Cutoff)
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def search(
     has_text = bool(request.text)
     qp, choice = plan_query(
         request.mode, len(request.images), has_text, request.prompt, backend.mapper, spec.id, settings,
-        backend.download, notify,
+        backend.download, notify, request.alpha,
     )  # fmt: skip
     if _may_be_warm(backend) and request.gallery.catalog:  # a server's record is its catalog's
         hits = warm_search(settings, spec.id, choice.path if choice else None, _wire(request, qp), _paths(request))
@@ -119,7 +121,8 @@ def _may_be_warm(backend: Backend) -> bool:
 
 def _wire(request: Request, qp: QueryPlan) -> dict[str, Any]:
     """The server's JSON query (``p2w.serve.requests.Query``)."""
-    query: dict[str, Any] = {"text": request.text, "mode": qp.mode, "prompt": qp.template, "k": request.k}
+    query: dict[str, Any] = {"text": request.text, "mode": qp.mode, "prompt": qp.template, "alpha": qp.alpha}
+    query["k"] = request.k
     query["ef"] = request.ef
     return {**query, **request.where.to_wire(), **request.cutoff.to_wire()}
 
@@ -150,7 +153,7 @@ def _here(
             force_mapper=backend.force_mapper,
             settings=settings,
         )
-        query = engine.encode_query(list(request.images), request.text, mode=qp.mode, prompt=qp.template)
+        query = engine.encode_query(list(request.images), request.text, qp.mode, qp.template, alpha=qp.alpha)
         return request.cutoff.apply(gallery.search(query, request.k, request.where, request.ef))
     finally:
         gallery.close()

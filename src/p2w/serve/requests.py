@@ -29,11 +29,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class Query:
-    """A composed search: reference images (uploads, catalog photos, or none), words, mode and template."""
+    """A composed search: reference images (uploads, catalog photos, or none), words, mode, template and alpha."""
 
     text: str | None = None
     mode: str | None = None
     prompt: str | None = None
+    alpha: float | None = None  # the text's weight in modes slerp and weighted (None: the backbone's default)
     photo: int | None = None  # a catalog photo id as the reference image
     upload: str | None = None  # an upload id (``Service.upload``) as the reference image
     images: tuple[Reference, ...] = ()  # several references, in order: the i-th '*' of the prompt takes the i-th
@@ -57,7 +58,8 @@ class Query:
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise ServeError(f"{key} must be a string")
         number = (int, float)
-        for key, kinds in (("photo", int), ("k", int), ("ef", int), ("min_score", number), ("drop", number)):
+        fields = (("photo", int), ("k", int), ("ef", int), ("alpha", number), ("min_score", number), ("drop", number))
+        for key, kinds in fields:
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
                 raise ServeError(f"{key} must be {'an integer' if kinds is int else 'a number'}")
@@ -67,6 +69,8 @@ class Query:
             raise ServeError(f"k must be between 1 and {limits.k}")
         if q.ef is not None and not 1 <= q.ef <= limits.ef:
             raise ServeError(f"ef must be between 1 and {limits.ef}")
+        if q.alpha is not None and not 0 <= q.alpha <= 1:  # NaN too
+            raise ServeError("alpha must be between 0 (the image alone) and 1 (the text alone)")
         if sum((q.photo is not None, q.upload is not None, bool(q.images))) > 1:
             raise ServeError("give the reference images one way: photo, upload, or images")
         if q.within is not None and not os.path.isabs(q.within):

@@ -135,7 +135,7 @@ class Service:
         with self._stage("reference"):
             features = self._reference(gallery, q)
         with self._stage("compose"):
-            vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt)
+            vector = self.engine.encode_query_features(features, q.text, q.mode, q.prompt, q.alpha)
         with self._stage("ann"):
             hits = q.cutoff().apply(gallery.search(vector, q.k, q.where(), q.ef))
         return {"results": [self._result(gallery, h) for h in hits]}
