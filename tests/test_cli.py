@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from p2w.cli import app
+from p2w.core.compose import PUBLISHED_ALPHA
 
 runner = CliRunner()
 
@@ -155,15 +156,25 @@ def test_unknown_model_and_tag_suggest_alternatives():
 
 
 def test_pic2word_without_mapper_fails_before_loading_a_model(images):
-    code, _, err = run("embed", "query", str(images[0]), "in red")  # the default ViT-L-14 is not available here
+    code, _, err = run("embed", "query", str(images[0]), "in red", "--mode", "pic2word")  # ViT-L-14 is not here
     assert code == 1 and "--mapper" in err and "HF_HUB_OFFLINE" not in err
 
 
-def test_pic2word_without_mapper_says_what_to_pass(tiny, images):
-    code, _, err = run(
-        "embed", "query", str(images[0]), "in red", "--model", str(tiny.config), "--pretrained", str(tiny.weights)
-    )
+def test_without_a_mapper_image_and_words_are_composed_by_slerp(tiny, images):
+    """No mode asked for and no mapper: slerp at its default alpha, said on stderr; --mode pic2word is refused."""
+    tiny_opts = ("--model", str(tiny.config), "--pretrained", str(tiny.weights), "--json")
+    code, out, err = run("embed", "query", str(images[0]), "in red", *tiny_opts)
+    assert code == 0, err
+    record = json.loads(out)[0]
+    assert (record["mode"], record["alpha"], record["prompt"]) == ("slerp", PUBLISHED_ALPHA["slerp"], "{text}")
+    assert "no mapper for" in err and "training-free slerp" in err and "--mapper" in err
+    code, _, err = run("embed", "query", str(images[0]), "in red", "--mode", "pic2word", *tiny_opts)
     assert code == 1 and "--mapper" in err
+    code, out, err = run("embed", "query", str(images[0]), "in red", "--mode", "weighted", "--alpha", "0.3", *tiny_opts)
+    assert code == 0 and json.loads(out)[0]["alpha"] == 0.3, err
+    code, _, err = run("embed", "query", str(images[0]), "in red", "--mode", "average", "--alpha", "0.3", *tiny_opts)
+    assert code == 1 and "--alpha weighs the text of modes slerp and weighted" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_prompt_without_star_is_refused(tiny, images):

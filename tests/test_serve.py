@@ -72,10 +72,13 @@ def test_warm_search_prints_what_the_in_process_search_prints(catalog, tiny, p2w
         (["a red photo", "--paths", "-k", "500"], False),  # over the server's k: searched here, the same output
         (["a red photo", "--json", "--ef", "20000"], False),
         ([str(query), "in red", "--json", "--mode", "text", "-k", "3", "--in", str(catalog / "2024")], True),
+        ([str(query), "in red", "--json", "--mode", "slerp", "--alpha", "0.3"], True),
+        ([str(query), str(other_image), "in red", "--json", "--mode", "weighted"], True),
     ]
     refused = [  # the same one-line error either way
         [str(query), "in red", *mapper, "--prompt", "a photo without a star {text}"],
         [str(query), "in red", "--mode", "sideways"],
+        [str(query), "in red", "--mode", "slerp", "--alpha", "1.2"],
         ["a red photo", "--in", str(catalog / "nowhere")],
     ]
     cases = [c for c, _ in answered] + refused

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from media import item, write_video
 from p2w.cli import app
+from p2w.core.compose import PUBLISHED_ALPHA
 from p2w.core.cutoff import DROP, before_drop
 from serving import Running, backbone_args, make_photos, running_server
 
@@ -35,7 +36,7 @@ from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 WAIT = 20  # seconds any one thing on the page may take (a search on 2 busy CPU cores is well under one)
 
@@ -239,7 +240,7 @@ def test_search_refine_by_a_result_and_compare(page: Any, server: Running, tmp_p
     assert focused(page) == "button" and outline(page) == "solid"
 
     # Pic2Word next to the average baseline: two columns, side by side on a laptop screen.
-    page.find_element(By.ID, "compare").click()
+    Select(page.find_element(By.ID, "compare")).select_by_value("average")
     both = wait_results(page, ("pic2word", "average (baseline)"))
     assert all(len(c["paths"]) == 24 for c in both["columns"]) and not both["message"]
     left, right = page.find_elements(By.CSS_SELECTOR, "#results .column")
@@ -307,6 +308,32 @@ def test_several_references_each_fills_its_star(page: Any, tmp_path: Path) -> No
     assert not page.find_element(By.ID, "ref-list").is_displayed()
 
 
+def test_the_training_free_modes_and_their_text_weight(page: Any, tmp_path: Path) -> None:
+    """slerp with a text weight of its own, pic2word beside it; the weight is asked for only with a fusion mode,
+    and one out of range is said, not sent."""
+    assert not page.find_element(By.ID, "alpha").is_displayed()
+    page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
+    wait_results(page, ("image",))
+    page.find_element(By.ID, "text").send_keys("in blue")
+    Select(page.find_element(By.ID, "mode")).select_by_value("slerp")
+    wait_results(page, (f"slerp a={PUBLISHED_ALPHA['slerp']:g}",))  # the server's default, said in the title
+    assert page.find_element(By.ID, "alpha").get_attribute("placeholder") == f"{PUBLISHED_ALPHA['slerp']:g}"
+    page.find_element(By.ID, "alpha").send_keys("0.3", Keys.ENTER)
+    Select(page.find_element(By.ID, "compare")).select_by_value("pic2word")
+    both = wait_results(page, ("slerp a=0.3", "pic2word (baseline)"))
+    assert all(len(c["paths"]) == 24 for c in both["columns"]), both
+    sent = page.execute_script("return window.__p2wSearches")[-2:]
+    assert sent[0]["mode"] == "slerp" and sent[0]["alpha"] == 0.3 and "alpha" not in sent[1], sent
+    Select(page.find_element(By.ID, "compare")).select_by_value("weighted")  # the same weight for both fusions
+    wait_results(page, ("slerp a=0.3", "weighted a=0.3 (baseline)"))
+    page.find_element(By.ID, "alpha").clear()
+    page.find_element(By.ID, "alpha").send_keys("2", Keys.ENTER)
+    until(page, lambda d: "is not a number from 0" in state(d)["message"])
+    Select(page.find_element(By.ID, "mode")).select_by_value("pic2word")
+    Select(page.find_element(By.ID, "compare")).select_by_value("")
+    until(page, lambda d: not d.find_element(By.ID, "alpha").is_displayed())
+
+
 def test_the_near_duplicates_view(page: Any, server: Running) -> None:
     expected = server.json("/api/duplicates", {})[1]
     page.find_element(By.ID, "show-duplicates").click()
@@ -349,7 +376,7 @@ def test_an_unreadable_upload_is_a_clear_message_and_the_page_keeps_working(page
 
 def test_a_phone_sized_window(page: Any, tmp_path: Path) -> None:
     page.set_window_size(390, 844)
-    page.find_element(By.ID, "compare").click()  # with nothing to search yet: no complaint
+    Select(page.find_element(By.ID, "compare")).select_by_value("average")  # nothing to search yet: no complaint
     assert state(page)["message"] == ""
     page.find_element(By.ID, "file").send_keys(str(reference_image(tmp_path)))
     wait_results(page, ("image",))
@@ -396,8 +423,8 @@ def test_no_catalog_and_no_mapper_are_said_plainly(driver: Any, tiny: Any, tmp_p
         s = until(driver, lambda d: state(d)["message"] and state(d))
         assert "p2w index DIR" in s["message"] and "no mapper" in s["message"], s
         assert "no mapper" in s["about"] and "0 photos" in s["about"]
-        assert not driver.find_element(By.CSS_SELECTOR, "#mode option[value=pic2word]").is_enabled()
-        assert not driver.find_element(By.ID, "compare").is_enabled()
+        for select in ("mode", "compare"):
+            assert not driver.find_element(By.CSS_SELECTOR, f"#{select} option[value=pic2word]").is_enabled()
         driver.find_element(By.ID, "text").send_keys("a red dress", Keys.ENTER)
         until(driver, lambda d: not state(d)["busy"] and "p2w index DIR" in state(d)["message"])
         assert_no_errors(

@@ -444,6 +444,13 @@ BAD_SEARCHES: list[bytes] = [
     b'{"text": "x", "min_score": 5}',
     b'{"text": "x", "drop": -1}',
     b'{"text": "x", "drop": 1e400}',
+    b'{"text": "x", "mode": "slerp", "alpha": "0.5"}',
+    b'{"text": "x", "mode": "slerp", "alpha": 1.5}',
+    b'{"text": "x", "mode": "weighted", "alpha": -0.1}',
+    b'{"text": "x", "mode": "slerp", "alpha": true}',
+    b'{"text": "x", "mode": "slerp", "alpha": NaN}',
+    b'{"text": "x", "mode": "text", "alpha": 0.5}',
+    b'{"text": "x", "mode": "slerp"}',
 ]
 
 

@@ -4,7 +4,8 @@ all ask, so that a search, a server and a benchmark given the same options use t
 - ``choose_mapper(given, backbone)``: a registered name, a shipped mapper, a file, or (given nothing) the backbone's
   default; only with ``download=True`` the known published one is fetched.
 - ``query_template(method, prompt, benchmark)``: the template of a pic2word-mode query.
-- ``plan_query(...)``: a query's mode and template, and the mapper it needs, resolved before any model loads.
+- ``plan_query(...)``: a query's mode and template, and the mapper it needs, resolved before any model loads
+  (without a mapper, an image-and-words query is composed by ``AUTO_FUSION``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from p2w.mappers.registry import (
     mapper_label,
     mapper_path,
     missing_mapper_hint,
+    registered,
     registry_file,
     set_default,
 )
 from p2w.settings import Settings
 
 DEFAULT = "default"  # p2w.load(mapper="default"): the backbone's default mapper, when it has one
+AUTO_FUSION = "slerp"  # an image-and-words query with no mode, on a backbone without a mapper
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,13 @@ def _default_path(
     return registry_file(settings.mappers_dir, known.name)
 
 
+def has_mapper(backbone: str, settings: Settings) -> bool:
+    """Whether any mapper exists for ``backbone``: registered, shipped with p2w, or known to download."""
+    if known_for(backbone) or builtin_mapper_for(backbone):
+        return True
+    return any(r.backbone == backbone for r in registered(settings))
+
+
 def query_template(
     method: Method | None, prompt: str | None = None, benchmark: str | None = None, own: str | None = None
 ) -> str:
@@ -121,9 +131,19 @@ def plan_query(
     alpha: float | None = None,
 ) -> tuple[QueryPlan, MapperChoice | None]:
     """A query's mode, template and alpha, and the mapper it needs (None when its mode needs none), before any model
-    loads; with a mapper and no ``prompt``, the template is the mapper's method's."""
+    loads; with a mapper and no ``prompt``, the template is the mapper's method's.
+
+    A query of image and words with no mode asked for, on a backbone that has no mapper at all (``has_mapper``), is
+    composed without one: ``AUTO_FUSION`` (slerp), which ``notify`` hears of, rather than refused. A backbone with a
+    mapper that is not set up (none default, or a published one not downloaded) is told how, as before."""
     if choose_mode(mode, images, has_text, prompt) != "pic2word":
         return plan(mode, images, has_text, prompt, alpha=alpha, backbone=backbone), None
-    choice = choose_mapper(mapper, backbone, settings, download, notify)
-    assert choice is not None
+    fuse = mode is None and mapper is None and not has_mapper(backbone, settings)
+    choice = choose_mapper(mapper, backbone, settings, download, notify, required=not fuse)
+    if choice is None:
+        qp = plan(AUTO_FUSION, images, has_text, prompt, alpha=alpha, backbone=backbone)
+        if notify:
+            notify(f"no mapper for {backbone}: composing with the training-free {qp.mode} (alpha {qp.alpha:g}); "
+                   "pass --mapper NAME|FILE for pic2word, or --mode to choose")  # fmt: skip
+        return qp, None
     return plan(mode, images, has_text, prompt, choice.prompt, alpha, backbone), choice

@@ -232,7 +232,7 @@ def missing_mapper_hint(backbone: str) -> str:
     fetch = f"p2w mapper download {known.name}" if known else "p2w mapper import FILE --name NAME"
     return (
         f"pic2word mode needs a mapper and {backbone} has no default; run: {fetch} (or train one: "
-        f"p2w train --data DIR), or pass --mapper NAME|FILE, or use --mode image|text|average"
+        f"p2w train --data DIR), or pass --mapper NAME|FILE, or use a mode that needs none: --mode slerp"
     )
 
 

@@ -54,11 +54,10 @@ async function loadStatus() {
     if (s.message && (s.photos === 0 || s.mapper)) notes.push(s.message);
     if (!s.mapper) {
       notes.push(`no mapper for ${s.backbone}, so pic2word is off (restart with p2w serve --mapper NAME|FILE); ` +
-                 "the image, text and average modes work");
-      $("mode").querySelector("option[value=pic2word]").disabled = true;
-      $("compare").disabled = true;
-      $("compare").checked = false;
+                 "image and words are composed by slerp, and every other mode works");
+      for (const id of ["mode", "compare"]) $(id).querySelector("option[value=pic2word]").disabled = true;
     }
+    showAlpha();
     state.notice = notes.join(". ");
     showMessage("");
   } catch (e) {
@@ -187,6 +186,8 @@ function queryBody() {
     if (value && !DATE.test(value)) throw new Error(`${key} "${value}" is not a date: give 2023, 2023-07 or 2023-07-14`);
     if (value) body[key] = value;
   }
+  const alpha = $("alpha").value.trim();
+  if (alpha && FUSIONS.includes(resolvedMode(body))) body.alpha = checkedAlpha(alpha);
   const floor = $("min-score").value.trim();
   if (floor !== "" && Number.isFinite(Number(floor))) body.min_score = Number(floor);
   if ($("cutoff").checked) body.drop = (state.status && state.status.drop) || 30;
@@ -211,13 +212,39 @@ function clampK() {
 }
 
 // The mode the server will use (p2w.core.compose.plan): explicit, else by what the query has. Without a mapper,
-// "auto" with an image and words asks for the average instead of a pic2word query that cannot run.
+// "auto" with an image and words asks for slerp (p2w.mappers.choice.AUTO_FUSION), not a pic2word query that cannot run.
 function resolvedMode(body) {
   if (body.mode) return body.mode;
   const image = Boolean(body.upload) || body.photo != null || Boolean(body.images);
   if (!image) return "text";
   if (!(body.text || body.prompt)) return "image";
-  return hasMapper() ? "pic2word" : "average";
+  return hasMapper() ? "pic2word" : "slerp";
+}
+
+// The training-free modes, which weigh the words by alpha (p2w.core.compose.FUSIONS).
+const FUSIONS = ["slerp", "weighted"];
+
+function checkedAlpha(value) {
+  const alpha = Number(value);
+  if (!Number.isFinite(alpha) || alpha < 0 || alpha > 1) {
+    throw new Error(`text weight "${value}" is not a number from 0 (the image alone) to 1 (the words alone)`);
+  }
+  return alpha;
+}
+
+// A column's title: the mode, and for a fusion the alpha it ran with (the server's default when none is given).
+function modeLabel(mode, alpha) {
+  if (!FUSIONS.includes(mode)) return mode;
+  const defaults = (state.status && state.status.alphas) || {};
+  return `${mode} a=${alpha ?? defaults[mode]}`;
+}
+
+// The text weight is asked for only while a fusion mode is chosen, as the mode or beside it.
+function showAlpha() {
+  const fused = [$("mode").value, $("compare").value].filter((m) => FUSIONS.includes(m));
+  $("alpha-field").hidden = fused.length === 0;
+  const defaults = (state.status && state.status.alphas) || {};
+  if (fused.length) $("alpha").placeholder = String(defaults[fused[0]] ?? "");
 }
 
 // Search now, or right after the search in flight (the latest request wins). `quiet`: asked for by a change of
@@ -241,7 +268,7 @@ async function search(event, quiet = false) {
     return;
   }
   const mode = resolvedMode(body);
-  if (!body.mode && mode === "average") body.mode = mode; // no mapper: the average, not a pic2word refusal
+  if (!body.mode && mode === "slerp") body.mode = mode; // no mapper: slerp, not a pic2word refusal
   const results = $("results");
   const focusInResults = results.contains(document.activeElement);
   state.busy = true;
@@ -250,13 +277,17 @@ async function search(event, quiet = false) {
   try {
     const columns = [];
     const main = await api("/api/search", { ...JSON_POST, body: JSON.stringify(body) });
-    columns.push({ title: mode, results: main.results });
-    if ($("compare").checked && mode !== "average") {
+    columns.push({ title: modeLabel(mode, body.alpha), results: main.results });
+    const beside = $("compare").value;
+    if (beside && beside !== mode) {
       if (mode !== "text" && (body.text || body.prompt)) {
-        const average = await api("/api/search", { ...JSON_POST, body: JSON.stringify({ ...body, mode: "average" }) });
-        columns.push({ title: "average (baseline)", results: average.results });
+        const other = { ...body, mode: beside };
+        if (!FUSIONS.includes(beside)) delete other.alpha;
+        else if ($("alpha").value.trim()) other.alpha = checkedAlpha($("alpha").value.trim());
+        const answer = await api("/api/search", { ...JSON_POST, body: JSON.stringify(other) });
+        columns.push({ title: `${modeLabel(beside, other.alpha)} (baseline)`, results: answer.results });
       } else {
-        columns[0].note = "the average baseline needs a reference image and words";
+        columns[0].note = `the ${beside} baseline needs a reference image and words`;
       }
     }
     showMessage("");
@@ -490,8 +521,13 @@ function wire() {
     search(null, true);
     $("drop").focus();
   });
-  $("mode").addEventListener("change", () => search(null, true));
-  $("compare").addEventListener("change", () => search(null, true));
+  for (const id of ["mode", "compare"]) {
+    $(id).addEventListener("change", () => {
+      showAlpha();
+      search(null, true);
+    });
+  }
+  $("alpha").addEventListener("change", () => search(null, true));
   $("cutoff").addEventListener("change", () => search(null, true));
 }
 
