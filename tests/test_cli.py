@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from p2w.cli import app
-from p2w.core.compose import PUBLISHED_ALPHA
+from p2w.core.compose import DEFAULT_ALPHA
 
 runner = CliRunner()
 
@@ -166,14 +166,14 @@ def test_without_a_mapper_image_and_words_are_composed_by_slerp(tiny, images):
     code, out, err = run("embed", "query", str(images[0]), "in red", *tiny_opts)
     assert code == 0, err
     record = json.loads(out)[0]
-    assert (record["mode"], record["alpha"], record["prompt"]) == ("slerp", PUBLISHED_ALPHA["slerp"], "{text}")
+    assert (record["mode"], record["alpha"], record["prompt"]) == ("slerp", DEFAULT_ALPHA["slerp"], "{text}")
     assert "no mapper for" in err and "training-free slerp" in err and "--mapper" in err
     code, _, err = run("embed", "query", str(images[0]), "in red", "--mode", "pic2word", *tiny_opts)
     assert code == 1 and "--mapper" in err
     code, out, err = run("embed", "query", str(images[0]), "in red", "--mode", "weighted", "--alpha", "0.3", *tiny_opts)
     assert code == 0 and json.loads(out)[0]["alpha"] == 0.3, err
     code, _, err = run("embed", "query", str(images[0]), "in red", "--mode", "average", "--alpha", "0.3", *tiny_opts)
-    assert code == 1 and "--alpha weighs the text of modes slerp and weighted" in err
+    assert code == 1 and "--alpha weighs the text of modes slerp, weighted" in err
     assert len(err.strip().splitlines()) == 1
 
 

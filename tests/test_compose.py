@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from open_clip import SimpleTokenizer
 
-from p2w.core.compose import DEFAULT_TEMPLATE, FUSIONS, MEASURED_ALPHA, PUBLISHED_ALPHA, fill, plan
+from p2w.core.compose import DEFAULT_ALPHA, DEFAULT_TEMPLATE, MAPPED, MEASURED_ALPHA, WEIGHED, fill, plan
 from p2w.errors import MapperError, PromptError
 
 
@@ -21,21 +21,22 @@ from p2w.errors import MapperError, PromptError
         ("average", True, True, "{text}", ("average", "{text}")),
         ("slerp", True, True, None, ("slerp", "{text}")),  # TEXT as written, as the authors encode it
         ("weighted", 2, True, "a photo of {text}", ("weighted", "a photo of {text}")),
+        ("pic2word-slerp", True, True, None, ("pic2word-slerp", DEFAULT_TEMPLATE)),  # the mapper's template
     ],
 )
 def test_plan(mode, has_image, has_text, prompt, expected):
     qp = plan(mode, has_image, has_text, prompt)
     assert (qp.mode, qp.template) == expected
-    assert (qp.alpha is None) == (mode not in FUSIONS)
+    assert (qp.alpha is None) == (mode not in WEIGHED)
 
 
 def test_alpha_is_checked_and_defaults_per_backbone(monkeypatch):
     assert plan("slerp", True, True, alpha=0.25).alpha == 0.25
-    assert plan("weighted", True, True).alpha == PUBLISHED_ALPHA["weighted"]
+    assert plan("weighted", True, True).alpha == DEFAULT_ALPHA["weighted"]
     monkeypatch.setitem(MEASURED_ALPHA, "tiny/", {"slerp": 0.6})
     assert plan("slerp", True, True, backbone="tiny/abc").alpha == 0.6
-    assert plan("slerp", True, True, backbone="other/abc").alpha == PUBLISHED_ALPHA["slerp"]
-    assert plan("weighted", True, True, backbone="tiny/abc").alpha == PUBLISHED_ALPHA["weighted"]
+    assert plan("slerp", True, True, backbone="other/abc").alpha == DEFAULT_ALPHA["slerp"]
+    assert plan("weighted", True, True, backbone="tiny/abc").alpha == DEFAULT_ALPHA["weighted"]
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,8 @@ def test_alpha_is_checked_and_defaults_per_backbone(monkeypatch):
         (("magic", True, True, None), "unknown mode"),
         (("slerp", True, False, None), "needs TEXT"),
         (("weighted", False, True, None), "needs a query image"),
+        (("pic2word-slerp", True, True, "a photo of {text}"), "no '\\*'"),
+        (("pic2word-slerp", 2, True, None), "need a --prompt with one"),
     ],
 )
 def test_plan_refuses(args, match):
@@ -58,7 +61,8 @@ def test_plan_refuses(args, match):
 @pytest.mark.parametrize(
     ("mode", "alpha", "match"),
     [("slerp", 1.5, "between 0"), ("weighted", -0.1, "between 0"), ("slerp", float("nan"), "between 0"),
-     ("pic2word", 0.5, "not of mode pic2word"), ("average", 0.5, "not of mode average")],
+     ("pic2word", 0.5, "not of mode pic2word"), ("pic2word-slerp", 1.01, "between 0"),
+     ("average", 0.5, "not of mode average")],
 )  # fmt: skip
 def test_alpha_refusals(mode, alpha, match):
     with pytest.raises(PromptError, match=match):
@@ -135,10 +139,11 @@ def test_pic2word_needs_a_mapper(tiny, images):
     assert engine.encode_query(images[0], "in red", mode="slerp").shape == (32,)  # the fusions need no mapper
 
 
-@pytest.mark.parametrize("mode", FUSIONS)
+@pytest.mark.parametrize("mode", WEIGHED)
 def test_fusions_end_at_the_image_and_the_text(tiny_engine, images, mode):
     e = tiny_engine
-    image, text = e.encode_images([images[0]])[0], e.encode_texts(["in red"])[0]
+    image = e.encode_images([images[0]])[0]
+    text = e.encode_query(images[0], "in red") if mode in MAPPED else e.encode_texts(["in red"])[0]
     np.testing.assert_allclose(e.encode_query(images[0], "in red", mode=mode, alpha=0.0), image, atol=1e-6)
     np.testing.assert_allclose(e.encode_query(images[0], "in red", mode=mode, alpha=1.0), text, atol=1e-6)
     between = e.encode_query(images[0], "in red", mode=mode, alpha=0.5)

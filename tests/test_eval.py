@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import p2w
 from p2w.cli import app
-from p2w.core.compose import MODES, PUBLISHED_ALPHA
+from p2w.core.compose import DEFAULT_ALPHA, MODES
 from p2w.evaluation import cirr, fashioniq
 
 runner = CliRunner()
@@ -83,8 +83,8 @@ def test_fashioniq_numbers_match_an_independent_computation(fiq, tiny, tmp_path)
     )
     assert out.exit_code == 0, out.stderr
     results = json.loads(out.stdout)
-    assert [r["mode"] for r in results] == ["pic2word", "image", "text", "average", "slerp", "weighted"]
-    assert [r.get("alpha") for r in results] == [None] * 4 + [PUBLISHED_ALPHA["slerp"], PUBLISHED_ALPHA["weighted"]]
+    assert [r["mode"] for r in results] == list(MODES)
+    assert [r.get("alpha") for r in results] == [None] * 4 + [DEFAULT_ALPHA[m] for m in MODES[4:]]
     composed = results[0]
     assert set(composed["metrics"]) == {"dress", "shirt", "toptee", "average"}
     assert set(composed["metrics"]["dress"]) == {"R@1", "R@5", "R@10", "R@50", "R@100"}
@@ -108,7 +108,15 @@ def test_fashioniq_numbers_match_an_independent_computation(fiq, tiny, tmp_path)
     for k in (1, 5, 10):
         assert results[4]["metrics"]["dress"][f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k), abs=1e-4)
     preds = json.loads((tmp_path / "pred.json").read_text())
-    assert set(preds) == {"pic2word", "image", "text", "average", "slerp a=0.8", "weighted a=0.8"}
+    assert set(preds) == {
+        "pic2word",
+        "image",
+        "text",
+        "average",
+        "slerp a=0.8",
+        "weighted a=0.8",
+        "pic2word-slerp a=0.85",
+    }
     assert len(preds["pic2word"]["dress"]) == 5 and preds["pic2word"]["dress"][0][0] in gallery
 
 
@@ -243,7 +251,7 @@ def test_mode_all_is_one_table_with_a_row_per_mode(fiq, tiny):
     assert out.exit_code == 0, out.stderr
     assert out.stdout.count("fashioniq val") == 1  # one title, so one table
     rows = [line for line in out.stdout.splitlines() if line.startswith("│")]
-    labels = ["pic2word", "image", "text", "average", "slerp a=0.8", "weighted a=0.8"]
+    labels = ["pic2word", "image", "text", "average", "slerp a=0.8", "weighted a=0.8", "pic2word-slerp a=0.85"]
     for label in labels:
         assert sum(1 for line in rows if line.split("│")[1].strip() == label) == 4  # dress, shirt, toptee, average
 

@@ -224,6 +224,17 @@ def test_training_free_fusions_equal_their_formulas(tv_engine, prompts, exp, ima
         np.testing.assert_allclose(got, expected, atol=ATOL_UNIT, rtol=0)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.4, 0.85, 1.0])
+def test_pic2word_slerp_is_the_slerp_from_the_image_to_the_composed_vector(tv_engine, prompts, exp, image_paths, alpha):
+    """p2w's composition of the families, on the reference's own image features and composed (Pic2Word) features."""
+    for r in prompts["rows"]:
+        i, img = r["row"], image_paths[r["image_index"]]
+        text, template = query_args(r)
+        got = tv_engine.encode_query(img, text, mode="pic2word-slerp", prompt=template, alpha=alpha)
+        expected = _slerp_formula(exp["image_features"][r["image_index"]], exp["composed_features"][i], alpha)
+        np.testing.assert_allclose(got, expected, atol=ATOL_UNIT, rtol=0)
+
+
 def test_slerp_halfway_is_the_average(tv_engine, prompts, image_paths):
     """At alpha 0.5 the great circle's midpoint is the normalised sum of the two unit vectors: Pic2Word's average."""
     r = prompts["rows"][0]

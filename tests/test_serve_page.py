@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from media import item, write_video
 from p2w.cli import app
-from p2w.core.compose import PUBLISHED_ALPHA
+from p2w.core.compose import DEFAULT_ALPHA
 from p2w.core.cutoff import DROP, before_drop
 from serving import Running, backbone_args, make_photos, running_server
 
@@ -316,8 +316,8 @@ def test_the_training_free_modes_and_their_text_weight(page: Any, tmp_path: Path
     wait_results(page, ("image",))
     page.find_element(By.ID, "text").send_keys("in blue")
     Select(page.find_element(By.ID, "mode")).select_by_value("slerp")
-    wait_results(page, (f"slerp a={PUBLISHED_ALPHA['slerp']:g}",))  # the server's default, said in the title
-    assert page.find_element(By.ID, "alpha").get_attribute("placeholder") == f"{PUBLISHED_ALPHA['slerp']:g}"
+    wait_results(page, (f"slerp a={DEFAULT_ALPHA['slerp']:g}",))  # the server's default, said in the title
+    assert page.find_element(By.ID, "alpha").get_attribute("placeholder") == f"{DEFAULT_ALPHA['slerp']:g}"
     page.find_element(By.ID, "alpha").send_keys("0.3", Keys.ENTER)
     Select(page.find_element(By.ID, "compare")).select_by_value("pic2word")
     both = wait_results(page, ("slerp a=0.3", "pic2word (baseline)"))

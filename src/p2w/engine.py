@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from p2w.core.backbone import Backbone
-from p2w.core.compose import FUSIONS, MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
+from p2w.core.compose import FUSIONS, MAPPED, MAPPER_NEEDED, QueryPlan, fill, plan, prompt_ids
 from p2w.core.fusion import fuse
 from p2w.core.images import ImageLike, open_image
 from p2w.core.resolve import mapper_dims
@@ -200,9 +200,13 @@ class Engine:
             several = image.dim() == 3
             if qp.mode == "image":
                 return F.normalize(image, dim=-1).sum(dim=1) if several else image
-            if qp.mode == "pic2word":
+            if qp.mode in MAPPED:
                 tokens = self._require_mapper()(image)  # (batch, token_width) or (batch, k, token_width)
-                return bb.encode_text(prompt_ids(bb, prompts, need_star=image.shape[1] if several else 1), tokens)
+                composed = bb.encode_text(prompt_ids(bb, prompts, need_star=image.shape[1] if several else 1), tokens)
+                if qp.mode == "pic2word":
+                    return composed
+                assert qp.alpha is not None, f"mode {qp.mode} needs an alpha"
+                return fuse(qp.mode, qp.alpha, image, composed)  # pic2word-slerp: from the image to ``composed``
             text = bb.encode_text(prompt_ids(bb, prompts, need_star=False))
             if qp.mode in FUSIONS:
                 assert qp.alpha is not None, f"mode {qp.mode} needs an alpha"

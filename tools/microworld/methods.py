@@ -105,10 +105,13 @@ def table(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
     return "\n".join(lines)
 
 
-def two_image(engine, world, feats: np.ndarray, baselines: bool = True, seed: int = 0) -> dict[str, dict[str, float]]:
+def two_image(
+    engine, world, feats: np.ndarray, baselines: bool = True, seed: int = 0, extra=None
+) -> dict[str, dict[str, float]]:
     """Class of image A, colour of image B: A is each held-out item in its benchmark reference colour c1 (class X),
     B a seeded other held-out item of another class in another colour c2. Relevant: every gallery image of class X
-    in colour c2 (``P@10``, 100 of them); ``R@10``: A's own item in colour c2. A and B are never results."""
+    in colour c2 (``P@10``, 100 of them); ``R@10``: A's own item in colour c2. A and B are never results.
+    ``extra``: more rows, ``{name: f(A features, B features) -> query vectors}``."""
     import torch
 
     from p2w.core.compose import QueryPlan, fill
@@ -158,6 +161,8 @@ def two_image(engine, world, feats: np.ndarray, baselines: bool = True, seed: in
     if baselines:
         out["image: A + B"] = score(compose("image", "*", [fa, fb], [None] * n))
         out["image: A"] = score(fa)
+    for name, make in (extra or {}).items():
+        out[name] = score(make(fa, fb))
     # references: the colour *named* instead of shown (the benchmark's colour-change prompt, image A alone)
     names = [mw.COLOUR_NAMES[c] for c in c2]
     for mode in ("pic2word", "average") if baselines else ("pic2word",):

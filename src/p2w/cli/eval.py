@@ -23,6 +23,7 @@ from p2w.cli.root import (
     out_console,
     user_errors,
 )
+from p2w.core.compose import MAPPED
 from p2w.settings import Settings
 
 
@@ -34,7 +35,8 @@ def eval_command(
         typer.Option("--data", help="the benchmark's folder, in its published layout (micro-fashion: Fashion-MNIST)"),
     ] = None,
     mode: Annotated[
-        str, typer.Option("--mode", help="pic2word, slerp, weighted, average, image, text or all")
+        str,
+        typer.Option("--mode", help="pic2word, slerp, weighted, pic2word-slerp, average, image, text or all"),
     ] = "pic2word",
     alpha: AlphaOpt = None,
     alpha_sweep: Annotated[
@@ -104,7 +106,7 @@ def eval_command(
             mapper=mapper or "default",
             force_mapper=force_mapper,
             download=download,
-            need_mapper=mode in ("pic2word", "all"),  # the other modes need none
+            need_mapper=mode in (*MAPPED, "all"),  # the other modes need none
         )
         results = bench.evaluate(
             engine,

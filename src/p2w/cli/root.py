@@ -58,12 +58,15 @@ OutOpt = Annotated[Path | None, typer.Option("-o", "--output", help="write a flo
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite an existing output file")]
 ModeOpt = Annotated[
     str | None,
-    typer.Option("--mode", help="pic2word, slerp, weighted, average, image or text [default: from the query]"),
+    typer.Option(
+        "--mode", help="pic2word, slerp, weighted, pic2word-slerp, average, image or text [default: from the query]"
+    ),
 ]
 AlphaOpt = Annotated[
     float | None,
     typer.Option(
-        "--alpha", help="modes slerp and weighted: the text's weight, 0 (the image) to 1 (the text) [default: 0.8]"
+        "--alpha",
+        help="slerp, weighted, pic2word-slerp: the text side's weight, 0 (the image) to 1 [default: the backbone's]",
     ),
 ]
 MapperOpt = Annotated[str | None, typer.Option("--mapper", help="mapper name or file [default: the model's default]")]

@@ -1,6 +1,7 @@
 """Prompt templates and query modes: ``pic2word`` (the mapped image at ``*``), the baselines ``image``, ``text`` and
-``average`` of the Pic2Word paper, and the training-free fusions ``slerp`` (Jang et al., ECCV 2024) and ``weighted``
-(WeiMoCIR, Wu et al. 2024), which weigh the text by ``alpha`` (0: the image alone, 1: the text alone).
+``average`` of the Pic2Word paper, the training-free fusions ``slerp`` (Jang et al., ECCV 2024) and ``weighted``
+(WeiMoCIR, Wu et al. 2024), and ``pic2word-slerp``, p2w's composition of the two families: the slerp from the image
+to the pic2word vector. The last three weigh the text side by ``alpha`` (0: the image alone, 1: the text side alone).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("pic2word", "image", "text", "average", "slerp", "weighted")
-FUSIONS = ("slerp", "weighted")  # training-free: the image's and the text's embeddings, weighed by alpha
-# alpha of a fusion on a backbone p2w has not measured: WeiMoCIR's published value for CLIP ViT-B/L/H/G on FashionIQ
-# and CIRR (its README, with its caption weight beta 0.1; p2w has no captions of the gallery, beta 0). The Slerp
-# authors' code publishes none (youngkyunJang/SLERP-TAT: slerp.py has no default); 0.8 is used for it alike.
-PUBLISHED_ALPHA = {"slerp": 0.8, "weighted": 0.8}
-# measured on a validation split: backbone model -> mode -> alpha (docs/microworld.md, "Training-free composition")
+MODES = ("pic2word", "image", "text", "average", "slerp", "weighted", "pic2word-slerp")
+MAPPED = ("pic2word", "pic2word-slerp")  # the image's token at the prompt's '*': they need a mapper
+FUSIONS = ("slerp", "weighted")  # training-free: the image's and the words' own embeddings
+WEIGHED = (*FUSIONS, "pic2word-slerp")  # the modes weighed by alpha
+# alpha on a backbone p2w has not measured (docs/methods.md): for weighted, WeiMoCIR's published value for CLIP
+# ViT-B/L/H/G on FashionIQ and CIRR (its README, with its caption weight beta 0.1; p2w has no captions of the gallery,
+# beta 0); the Slerp authors' code publishes none (youngkyunJang/SLERP-TAT: slerp.py has no default), 0.8 alike;
+# pic2word-slerp is p2w's own, its value the one chosen on the micro world's val split (not measured elsewhere)
+DEFAULT_ALPHA = {"slerp": 0.8, "weighted": 0.8, "pic2word-slerp": 0.85}
+# chosen on a validation split: backbone id prefix -> mode -> alpha (docs/microworld.md, "Training-free composition")
 MEASURED_ALPHA: dict[str, dict[str, float]] = {}
 DEFAULT_TEMPLATE = "a photo of * , {text}"
 TRAIN_PROMPT = "a photo of *"
@@ -40,7 +44,7 @@ MAPPER_NEEDED = (
 @dataclass(frozen=True)
 class QueryPlan:
     """How a query is encoded: its mode, the template its text goes into (``{text}`` is the slot), and for a fusion
-    the text's weight ``alpha`` (None for the other modes)."""
+    the text side's weight ``alpha`` (None for the modes that weigh nothing)."""
 
     mode: str
     template: str
@@ -48,8 +52,8 @@ class QueryPlan:
 
     @property
     def needs_mapper(self) -> bool:
-        """Only pic2word maps the image to a token."""
-        return self.mode == "pic2word"
+        """The modes that map the image to a token."""
+        return self.mode in MAPPED
 
     @property
     def needs_text_tower(self) -> bool:
@@ -77,26 +81,27 @@ def choose_mode(mode: str | None, has_image: bool | int, has_text: bool, prompt:
         raise PromptError("mode text needs TEXT or a --prompt")
     if mode in FUSIONS and not (has_text or prompt):
         raise PromptError(f"mode {mode} needs TEXT to weigh against the image (or use --mode image)")
-    if mode == "pic2word" and images > 1 and prompt is None:
+    if mode in MAPPED and images > 1 and prompt is None:
         raise PromptError(f"{images} query images need a --prompt with one '*' each, e.g. 'a * wearing the hat of *'")
     return mode
 
 
 def default_alpha(mode: str, backbone: str = "") -> float:
-    """The text's weight of fusion ``mode`` when none is given: measured on a validation split for the backbones in
-    ``MEASURED_ALPHA`` (by backbone id prefix, e.g. ``p2w-micro-fashion/builtin``), else ``PUBLISHED_ALPHA``."""
+    """The text side's weight of ``mode`` (one of ``WEIGHED``) when none is given: chosen on a validation split for
+    the backbones in ``MEASURED_ALPHA`` (by backbone id prefix, e.g. ``p2w-micro-fashion/builtin``), else
+    ``DEFAULT_ALPHA``."""
     for prefix, alphas in MEASURED_ALPHA.items():
         if backbone.startswith(prefix) and mode in alphas:
             return alphas[mode]
-    return PUBLISHED_ALPHA[mode]
+    return DEFAULT_ALPHA[mode]
 
 
 def alpha_for(mode: str, alpha: float | None, backbone: str = "") -> float | None:
     """The alpha a query of ``mode`` is encoded with: ``alpha`` checked (0 to 1), or ``default_alpha``; None for the
     modes that weigh nothing, where a given alpha is an error rather than silently unused."""
-    if mode not in FUSIONS:
+    if mode not in WEIGHED:
         if alpha is not None:
-            raise PromptError(f"--alpha weighs the text of modes {' and '.join(FUSIONS)}, not of mode {mode}")
+            raise PromptError(f"--alpha weighs the text of modes {', '.join(WEIGHED)}, not of mode {mode}")
         return None
     if alpha is None:
         return default_alpha(mode, backbone)
@@ -129,10 +134,10 @@ def plan(
     if chosen in FUSIONS:
         default = SLOT
     template = prompt if prompt is not None else default
-    if chosen == "pic2word" and "*" not in template:
-        raise PromptError(f"pic2word prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
+    if chosen in MAPPED and "*" not in template:
+        raise PromptError(f"{chosen} prompt {template!r} has no '*' where the image goes, e.g. {DEFAULT_TEMPLATE!r}")
     stars = template.count("*")
-    if chosen == "pic2word" and images > 1 and stars != images:
+    if chosen in MAPPED and images > 1 and stars != images:
         raise PromptError(
             f"prompt {template!r} has {stars} '*' but {images} images were given; the i-th '*' takes the i-th image"
         )
@@ -150,7 +155,7 @@ def fill(template: str, text: str | None, mode: str = "pic2word") -> str:
         raise PromptError(f"prompt {template!r} has a {SLOT} slot but no TEXT was given")
     if not has_slot and text:
         raise PromptError(f"TEXT {text!r} was given but prompt {template!r} has no {SLOT} slot to put it in")
-    if mode == "pic2word" and text and "*" in text:
+    if mode in MAPPED and text and "*" in text:
         raise PromptError(f"TEXT {text!r} contains '*', which stands for the image in pic2word prompts; remove it")
     filled = template.replace(SLOT, text or "")
     return _STAR_RUN.sub(" * ", filled).strip()

@@ -7,6 +7,8 @@ weight: 0 gives the image's direction, 1 the text's), written from the authors' 
 - ``weighted`` (WeiMoCIR, Wu et al. 2024): ``(1 - a) * image + a * text`` of the *unnormalised* embeddings (the
   authors normalise only the result), so each side weighs by its norm too.
 
+``pic2word-slerp`` (p2w's own) is ``slerp`` with the pic2word composed vector in place of the words' embedding.
+
 A query with several images: ``slerp`` starts from the direction of their unit vectors' sum (as ``image`` and
 ``average`` read several images); ``weighted`` from the mean of their embeddings.
 """
@@ -24,7 +26,7 @@ def fuse(mode: str, alpha: float, image: torch.Tensor, text: torch.Tensor) -> to
     ``(batch, k, dim)``) and text features ``(batch, dim)``; ``slerp``'s are unit, ``weighted``'s its sum before
     the normalisation."""
     image, text = image.float(), text.float()
-    if mode == "slerp":
+    if mode in ("slerp", "pic2word-slerp"):
         unit = F.normalize(image, dim=-1)
         start = F.normalize(unit.sum(dim=1), dim=-1) if image.dim() == 3 else unit
         return slerp(start, F.normalize(text, dim=-1), alpha)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from p2w.core.compose import FUSIONS
+from p2w.core.compose import FUSIONS, MAPPED
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
@@ -26,7 +26,9 @@ STYLES = {
 }
 # the baselines and the fusions read the relative caption as written (as CIRCO's authors and the Slerp and WeiMoCIR
 # code do)
-TEMPLATES = {"pic2word": "a photo of * , {text}"} | dict.fromkeys(("text", "average", "image", *FUSIONS), "{text}")
+TEMPLATES = dict.fromkeys(MAPPED, "a photo of * , {text}") | dict.fromkeys(
+    ("text", "average", "image", *FUSIONS), "{text}"
+)
 
 
 def check_layout(data: Path) -> None:

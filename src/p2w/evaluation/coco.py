@@ -37,6 +37,7 @@ INSTANCES = Path("annotations") / "instances_val2017.json"
 CSV = "coco_eval.csv"
 TEMPLATES = {
     "pic2word": "a photo of * and {text}",
+    "pic2word-slerp": "a photo of * and {text}",
     "image": "",
     "text": "a photo of {text}",
     "average": "a photo of {text}",

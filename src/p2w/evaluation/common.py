@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2w.core.compose import FUSIONS, MODES, QueryPlan, alpha_for, fill, prompt_ids
+from p2w.core.compose import FUSIONS, MAPPED, MODES, WEIGHED, QueryPlan, alpha_for, fill, prompt_ids
 from p2w.core.features import FeatureCache, Views, fill_cache, hash_files
 from p2w.core.fusion import fuse
 from p2w.engine import Engine
@@ -148,7 +148,7 @@ def template_for(engine: Engine, benchmark: str, mode: str, default: str, prompt
     """The template a benchmark's queries use in ``mode``: the benchmark's own ``default`` in the baselines' modes;
     in pic2word mode the library's choice (``p2w.mappers.choice.query_template``: ``--prompt`` when given, else the
     one the mapper's method is evaluated with on this benchmark, else ``default``)."""
-    if mode != "pic2word":
+    if mode not in MAPPED:
         return default
     return query_template(engine.method, prompt, benchmark, default)
 
@@ -183,12 +183,12 @@ def modes_of(
     if mode != "all" and mode not in MODES:
         raise P2WError(f"unknown mode {mode!r}; use one of {', '.join(MODES)} or all")
     modes = list(MODES) if mode == "all" else [mode]
-    if (alpha is not None or sweep) and not set(modes) & set(FUSIONS):
-        raise P2WError(f"--alpha and --alpha-sweep weigh the text of modes {' and '.join(FUSIONS)}, not of {mode}")
+    if (alpha is not None or sweep) and not set(modes) & set(WEIGHED):
+        raise P2WError(f"--alpha and --alpha-sweep weigh the text of modes {', '.join(WEIGHED)}, not of {mode}")
     if sweep and alpha is not None:
         raise P2WError("give --alpha or --alpha-sweep, not both")
     try:
-        alphas = {md: SWEEP if sweep else (alpha_for(md, alpha, backbone),) for md in modes if md in FUSIONS}
+        alphas = {md: SWEEP if sweep else (alpha_for(md, alpha, backbone),) for md in modes if md in WEIGHED}
     except PromptError as exc:
         raise P2WError(str(exc)) from exc
     return [(md, a) for md in modes for a in alphas.get(md, (None,))]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2w.core.compose import MODES
+from p2w.core.compose import MAPPED, MODES
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
@@ -95,7 +95,7 @@ def _lists(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
 
 def _templates(domain: str) -> dict[str, str]:
     """``a {domain} of *``; the baselines read ``a {domain} of`` (the reference's prompt with ``*`` removed)."""
-    return {md: f"a {domain} of *" if md == "pic2word" else f"a {domain} of" for md in MODES}
+    return {md: f"a {domain} of *" if md in MAPPED else f"a {domain} of" for md in MODES}
 
 
 def _score(gallery_labels: np.ndarray, scores: np.ndarray, tops: list[list[str]], qs: QuerySet) -> dict[str, float]:

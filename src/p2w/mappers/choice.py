@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2w.core.compose import QueryPlan, choose_mode, plan
+from p2w.core.compose import MAPPED, QueryPlan, choose_mode, plan
 from p2w.errors import MapperError
 from p2w.mappers.methods import METHODS, Method
 from p2w.mappers.registry import (
@@ -136,7 +136,7 @@ def plan_query(
     A query of image and words with no mode asked for, on a backbone that has no mapper at all (``has_mapper``), is
     composed without one: ``AUTO_FUSION`` (slerp), which ``notify`` hears of, rather than refused. A backbone with a
     mapper that is not set up (none default, or a published one not downloaded) is told how, as before."""
-    if choose_mode(mode, images, has_text, prompt) != "pic2word":
+    if choose_mode(mode, images, has_text, prompt) not in MAPPED:
         return plan(mode, images, has_text, prompt, alpha=alpha, backbone=backbone), None
     fuse = mode is None and mapper is None and not has_mapper(backbone, settings)
     choice = choose_mapper(mapper, backbone, settings, download, notify, required=not fuse)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from p2w import fspath
-from p2w.core.compose import FUSIONS, MODES, default_alpha
+from p2w.core.compose import MODES, WEIGHED, default_alpha
 from p2w.core.cutoff import DROP
 from p2w.core.dates import Where
 from p2w.core.gallery import Gallery, Hit, LocalFile
@@ -83,7 +83,7 @@ class Service:
             "backbone": self.backbone,
             "mapper": mapper,
             "modes": list(MODES),
-            "alphas": {m: default_alpha(m, self.backbone) for m in FUSIONS},  # the page's text weight placeholder
+            "alphas": {m: default_alpha(m, self.backbone) for m in WEIGHED},  # the page's text weight placeholder
             "prompt": self.engine.default_prompt,  # the page's placeholder: the mapper's method's template
             "drop": DROP,  # the page's cutoff (``p2w search --cutoff``)
             "photos": 0,

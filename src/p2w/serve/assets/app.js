@@ -55,7 +55,9 @@ async function loadStatus() {
     if (!s.mapper) {
       notes.push(`no mapper for ${s.backbone}, so pic2word is off (restart with p2w serve --mapper NAME|FILE); ` +
                  "image and words are composed by slerp, and every other mode works");
-      for (const id of ["mode", "compare"]) $(id).querySelector("option[value=pic2word]").disabled = true;
+      for (const option of document.querySelectorAll("#mode option, #compare option")) {
+        if (MAPPED.includes(option.value)) option.disabled = true;
+      }
     }
     showAlpha();
     state.notice = notes.join(". ");
@@ -197,7 +199,8 @@ function queryBody() {
   const template = body.prompt || (state.status && state.status.prompt) || "";
   const stars = (template.match(/\*/g) || []).length;
   // pic2word: one * an image (the server's rule, p2w.core.compose.plan), said here before a request is sent
-  if (refs.length && resolvedMode(body) === "pic2word" && (refs.length > 1 || body.prompt) && stars !== refs.length) {
+  const mapped = MAPPED.includes(resolvedMode(body));
+  if (refs.length && mapped && (refs.length > 1 || body.prompt) && stars !== refs.length) {
     throw new Error(refs.length > 1
       ? `${refs.length} reference images need a prompt with one * each (the i-th * takes the i-th image), ` +
         'e.g. "a * wearing the hat of *"; or choose the average mode'
@@ -221,8 +224,9 @@ function resolvedMode(body) {
   return hasMapper() ? "pic2word" : "slerp";
 }
 
-// The training-free modes, which weigh the words by alpha (p2w.core.compose.FUSIONS).
-const FUSIONS = ["slerp", "weighted"];
+// The modes weighed by alpha (p2w.core.compose.WEIGHED), and those that need a mapper (MAPPED).
+const FUSIONS = ["slerp", "weighted", "pic2word-slerp"];
+const MAPPED = ["pic2word", "pic2word-slerp"];
 
 function checkedAlpha(value) {
   const alpha = Number(value);
