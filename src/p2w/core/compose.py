@@ -31,7 +31,11 @@ WEIGHED = (*FUSIONS, "pic2word-slerp")  # the modes weighed by alpha
 # pic2word-slerp is p2w's own, its value the one chosen on the micro world's val split (not measured elsewhere)
 DEFAULT_ALPHA = {"slerp": 0.8, "weighted": 0.8, "pic2word-slerp": 0.85}
 # chosen on a validation split: backbone id prefix -> mode -> alpha (docs/microworld.md, "Training-free composition")
-MEASURED_ALPHA: dict[str, dict[str, float]] = {}
+MEASURED_ALPHA: dict[str, dict[str, float]] = {
+    # the embedded micro CLIP: the best mean of class-change P@10 and colour-change R@10 on micro-fashion's val split
+    # (tools/microworld/fusion_study.py; pic2word-slerp with the shipped mapper)
+    "p2w-micro-fashion/builtin-": {"slerp": 0.7, "weighted": 0.65, "pic2word-slerp": 0.85},
+}
 DEFAULT_TEMPLATE = "a photo of * , {text}"
 TRAIN_PROMPT = "a photo of *"
 SLOT = "{text}"

@@ -11,7 +11,8 @@ seeded order (disjoint from ``test``'s), for choosing what ``test`` then measure
   Prompt ``a photo of * , in {text}.``. Metric: R@1/10/50 of that single target.
 
 Every query's reference colour and asked class or colour are seeded draws (``seed``), different from its own.
-Baselines use the same filled prompt, as in the other benchmarks (``text`` reads ``*`` as a literal word).
+Baselines use the same filled prompt, as in the other benchmarks (``text`` reads ``*`` as a literal word); the
+training-free fusions read the asked class or colour as written, as their authors' code reads the modifier.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2w.core.compose import MODES
+from p2w.core.compose import FUSIONS, MODES, SLOT
 from p2w.engine import Engine
 from p2w.errors import P2WError
 from p2w.evaluation import metrics as m
@@ -127,7 +128,8 @@ def _task(world: World, images: Mapping[str, np.ndarray], task: str, dim: int) -
     refs, texts, asked = world.queries[task]
     names = [world.names[r] for r in refs]
     queries = [Query(n, (t,), int(a), exclude=n) for n, t, a in zip(names, texts, asked, strict=True)]
-    qs = query_set(task, dict.fromkeys(MODES, TASKS[task]), images, world.names, queries, dim)
+    templates = dict.fromkeys(MODES, TASKS[task]) | dict.fromkeys(FUSIONS, SLOT)  # the fusions: TEXT as written
+    qs = query_set(task, templates, images, world.names, queries, dim)
     return replace(qs, missing={f"{task}_queries": 0})
 
 

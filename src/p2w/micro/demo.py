@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2w.core.compose import MODES
+from p2w.core.compose import FUSIONS, MODES
 from p2w.errors import P2WError
 from p2w.micro import world as mw
 from p2w.settings import Settings
@@ -152,7 +152,8 @@ def run(
             row = []
             _, _, qrow = parse_name(qpath)
             for mode in MODES:
-                vec = engine.encode_query(qpath, q.text, mode=mode, prompt=q.template)
+                prompt = None if mode in FUSIONS else q.template  # the fusions: the words as written
+                vec = engine.encode_query(qpath, q.text, mode=mode, prompt=prompt)
                 found = search(catalog, vec, k=SHOW + 1, where=Where.parse(gallery))  # the demo's own photos only
                 hits = [Path(h.path) for h in found if Path(h.path) != qpath][:SHOW]
                 row.append(Result(mode, hits, [_right(q, qrow, h) for h in hits]))
