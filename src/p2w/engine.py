@@ -112,8 +112,9 @@ class Engine:
         """Query embeddings ``(n, embed_dim)`` for paired images and texts (either may be None where the mode allows).
 
         ``mode``: ``pic2word`` (the mapped image at the template's ``*``), ``image``, ``text`` (the filled template
-        with a literal ``*``), ``average`` (``l2n(l2n(image) + l2n(text))``), or the training-free fusions ``slerp``
-        and ``weighted`` (``p2w.core.fusion``; ``alpha`` is the text's weight, default ``compose.default_alpha``).
+        with a literal ``*``), ``average`` (``l2n(l2n(image) + l2n(text))``), the training-free fusions ``slerp`` and
+        ``weighted``, or ``pic2word-slerp`` (the slerp from the image to the pic2word vector); ``p2w.core.fusion``:
+        ``alpha`` is the text side's weight, default ``compose.default_alpha`` of this backbone.
         ``prompt`` is the template, with ``*`` and optionally ``{text}`` (default ``a photo of * , {text}``; the
         fusions': ``{text}``, TEXT as written). With ``normalize=False`` the unnormalised output is returned (for
         ``average``: the sum before the final normalisation).

@@ -14,8 +14,9 @@ score matrix per row below, scored by the benchmark's own metric code (``micro_f
   p2w's default) and in the task's prompt (``tmpl``: the text the average reads);
 - per mapper: ``pic2word``, and two compositions of the families: ``img>p2w`` (slerp from the image to the
   pic2word vector) and ``p2w>txt`` (slerp from the pic2word vector to the words' vector), at every alpha;
-- the two-image task (class of image A, colour of image B; ``methods.two_image``'s queries): ``pic2word`` per
-  mapper with the ``* *`` prompt, and ``slerp`` from A to B at every alpha (no words: the fusions have no text).
+- the two-image task (class of image A, colour of image B; ``methods.two_image``'s queries): per mapper
+  ``pic2word`` with the ``* *`` prompt and ``pic2word-slerp`` (``img>p2w``: from the images' unit sum to that vector)
+  at every alpha, and ``slerp`` from A to B at every alpha (the task has no words for slerp and weighted to weigh).
 
 Alpha is chosen on ``val`` (the best mean of class-change P@10 and colour-change R@10) and reported on ``test``.
 """
@@ -90,17 +91,30 @@ def task_rows(engines: dict[str, p2w.Engine], world: mf.World, feats: np.ndarray
 
 
 def two_image_rows(engines: dict[str, p2w.Engine], world: mf.World, feats: np.ndarray) -> dict:
-    """The two-image task: pic2word per mapper (``* *``, B's colour then A's class), and slerp from A to B."""
+    """The two-image task: per mapper pic2word (``* *``: B's colour, then A's class) and pic2word-slerp from the
+    images' unit sum to that vector, at every alpha; and slerp from A to B (the task has no words to weigh)."""
     out: dict[str, dict] = {}
-    first = True
-    for label, eng in engines.items():
-        extra = {a: (lambda fa, fb, a=a: arc(fa, fb, a)) for a in SWEEP} if first else {}
+    for i, (label, eng) in enumerate(engines.items()):
+        extra = {("p2w-slerp", a): _two_slerp(eng, a) for a in SWEEP}
+        if i == 0:
+            extra |= {("A>B", a): (lambda fa, fb, a=a: arc(fa, fb, a)) for a in SWEEP}
         rows = two_image(eng, world, feats, baselines=False, extra=extra)
         out[f"pic2word ({label})"] = {"-": rows["pic2word: * *"]}
-        if first:
-            out["slerp A>B"] = {a: rows[a] for a in SWEEP}
-            first = False
+        out[f"img>p2w ({label})"] = {a: rows[("p2w-slerp", a)] for a in SWEEP}
+        if i == 0:
+            out["slerp A>B"] = {a: rows[("A>B", a)] for a in SWEEP}
     return out
+
+
+def _two_slerp(engine: p2w.Engine, a: float):
+    """pic2word-slerp of images B and A with the prompt ``* *`` (``Engine.compose``, the mode itself)."""
+
+    def make(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.stack([fb, fa], 1))
+        with torch.inference_mode():
+            return engine.compose(QueryPlan("pic2word-slerp", "* *", a), x, ["* *"] * len(fa)).float().numpy()
+
+    return make
 
 
 def choose(val: dict) -> dict[str, object]:

@@ -32,7 +32,7 @@ class EvalResult:
     metrics: dict[str, Any]
     missing: dict[str, int]
     predictions: dict[str, list[list[str]]] = field(default_factory=dict)
-    alpha: float | None = None  # the text's weight of a fusion mode (slerp, weighted)
+    alpha: float | None = None  # the text side's weight of a weighed mode (compose.WEIGHED)
 
     @property
     def label(self) -> str:

@@ -189,7 +189,7 @@ function queryBody() {
     if (value) body[key] = value;
   }
   const alpha = $("alpha").value.trim();
-  if (alpha && FUSIONS.includes(resolvedMode(body))) body.alpha = checkedAlpha(alpha);
+  if (alpha && WEIGHED.includes(resolvedMode(body))) body.alpha = checkedAlpha(alpha);
   const floor = $("min-score").value.trim();
   if (floor !== "" && Number.isFinite(Number(floor))) body.min_score = Number(floor);
   if ($("cutoff").checked) body.drop = (state.status && state.status.drop) || 30;
@@ -225,7 +225,7 @@ function resolvedMode(body) {
 }
 
 // The modes weighed by alpha (p2w.core.compose.WEIGHED), and those that need a mapper (MAPPED).
-const FUSIONS = ["slerp", "weighted", "pic2word-slerp"];
+const WEIGHED = ["slerp", "weighted", "pic2word-slerp"];
 const MAPPED = ["pic2word", "pic2word-slerp"];
 
 function checkedAlpha(value) {
@@ -238,14 +238,14 @@ function checkedAlpha(value) {
 
 // A column's title: the mode, and for a fusion the alpha it ran with (the server's default when none is given).
 function modeLabel(mode, alpha) {
-  if (!FUSIONS.includes(mode)) return mode;
+  if (!WEIGHED.includes(mode)) return mode;
   const defaults = (state.status && state.status.alphas) || {};
   return `${mode} a=${alpha ?? defaults[mode]}`;
 }
 
 // The text weight is asked for only while a fusion mode is chosen, as the mode or beside it.
 function showAlpha() {
-  const fused = [$("mode").value, $("compare").value].filter((m) => FUSIONS.includes(m));
+  const fused = [$("mode").value, $("compare").value].filter((m) => WEIGHED.includes(m));
   $("alpha-field").hidden = fused.length === 0;
   const defaults = (state.status && state.status.alphas) || {};
   if (fused.length) $("alpha").placeholder = String(defaults[fused[0]] ?? "");
@@ -286,7 +286,7 @@ async function search(event, quiet = false) {
     if (beside && beside !== mode) {
       if (mode !== "text" && (body.text || body.prompt)) {
         const other = { ...body, mode: beside };
-        if (!FUSIONS.includes(beside)) delete other.alpha;
+        if (!WEIGHED.includes(beside)) delete other.alpha;
         else if ($("alpha").value.trim()) other.alpha = checkedAlpha($("alpha").value.trim());
         const answer = await api("/api/search", { ...JSON_POST, body: JSON.stringify(other) });
         columns.push({ title: `${modeLabel(beside, other.alpha)} (baseline)`, results: answer.results });
