@@ -132,15 +132,66 @@ def choose(val: dict) -> dict[str, object]:
     return chosen
 
 
+COLUMNS = [
+    ("class-change", "P@10"),
+    ("class-change", "P@50"),
+    ("colour-change", "R@1"),
+    ("colour-change", "R@10"),
+    ("colour-change", "R@50"),
+]
+
+
+def table(results: dict, label: str = "") -> list[str]:
+    """Markdown rows of the test split: each swept row at the alpha chosen on val (``both``), the two-image task's
+    P@10 / R@10 where the row has one (its alpha chosen on val's two-image P@10)."""
+    test, val, chosen = results["test"], results["val"], results["chosen"]
+    lines = []
+    for row, by_alpha in test["class-change"].items():
+        a = "-" if "-" in by_alpha else chosen[row]["both"]
+        cells = [f"{test[t][row][str(a) if a != '-' else a][k]:.2f}" for t, k in COLUMNS]
+        two = ""
+        if row in test["two-image"]:
+            sweep = val["two-image"][row]
+            b = "-" if "-" in sweep else max(sweep, key=lambda x: sweep[x]["P@10"])
+            got = test["two-image"][row][b]
+            two = f"{got['P@10']:.2f} / {got['R@10']:.2f}" + ("" if b == "-" else f" (a={b})")
+        lines.append(f"| {label}{row} | {'' if a == '-' else a} | " + " | ".join(cells) + f" | {two} |")
+    for row, sweep in test["two-image"].items():
+        if row not in test["class-change"]:
+            b = max(val["two-image"][row], key=lambda x: val["two-image"][row][x]["P@10"])
+            got = sweep[b]
+            empty = " | ".join("" for _ in COLUMNS)
+            lines.append(f"| {label}{row} | | {empty} | {got['P@10']:.2f} / {got['R@10']:.2f} (a={b}) |")
+    return lines
+
+
+def sweep_table(results: dict, rows: list[str], alphas: list[str]) -> list[str]:
+    """class-change P@10 / colour-change R@10 of ``rows`` on test at each of ``alphas``."""
+    test = results["test"]
+    lines = ["| mode | " + " | ".join(f"a={a}" for a in alphas) + " |", "|---|" + "---|" * len(alphas)]
+    for row in rows:
+        cells = [
+            f"{test['class-change'][row][a]['P@10']:.1f} / {test['colour-change'][row][a]['R@10']:.1f}" for a in alphas
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("build/fusion-study"))
     ap.add_argument("--model", default="p2w-micro-fashion")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--mapper", action="append", default=[], help="LABEL=FILE (FILE 'builtin': the shipped one)")
     ap.add_argument("--data", type=Path, default=None, help="Fashion-MNIST IDX folder")
     ap.add_argument("--seed", type=int, default=0, help="the benchmark's seed (items and queries)")
+    ap.add_argument("--table", type=Path, nargs="+", help="print the docs' tables of these study.json files, and stop")
     args = ap.parse_args()
+    if args.table:
+        for path in args.table:
+            results = json.loads(path.read_text())
+            print("\n".join(table(results, f"{path.parent.name}: " if len(args.table) > 1 else "")))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     engines = {}
     for spec in args.mapper:
