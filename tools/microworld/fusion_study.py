@@ -41,7 +41,7 @@ from p2w.evaluation.common import SWEEP, l2n, query_vectors, text_features
 from p2w.spec import builtin_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import two_image
+from methods import COLUMNS, two_image
 
 HEAD = (("class-change", "P@10"), ("colour-change", "R@10"))
 
@@ -132,13 +132,6 @@ def choose(val: dict) -> dict[str, object]:
     return chosen
 
 
-COLUMNS = [
-    ("class-change", "P@10"),
-    ("class-change", "P@50"),
-    ("colour-change", "R@1"),
-    ("colour-change", "R@10"),
-    ("colour-change", "R@50"),
-]
 
 
 def table(results: dict, label: str = "") -> list[str]:
