@@ -132,8 +132,6 @@ def choose(val: dict) -> dict[str, object]:
     return chosen
 
 
-
-
 def table(results: dict, label: str = "") -> list[str]:
     """Markdown rows of the test split: each swept row at the alpha chosen on val (``both``), the two-image task's
     P@10 / R@10 where the row has one (its alpha chosen on val's two-image P@10)."""
