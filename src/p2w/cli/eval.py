@@ -40,7 +40,7 @@ def eval_command(
     ] = "pic2word",
     alpha: AlphaOpt = None,
     alpha_sweep: Annotated[
-        bool, typer.Option("--alpha-sweep", help="modes slerp and weighted at every alpha 0, 0.05, ..., 1 (a row each)")
+        bool, typer.Option("--alpha-sweep", help="each weighed mode at every alpha 0, 0.05, ..., 1 (a row each)")
     ] = False,
     split: Annotated[str | None, typer.Option("--split", help="val (or test1 for CIRR) [default: val]")] = None,
     category: Annotated[list[str] | None, typer.Option("--category", help="FashionIQ category (repeatable)")] = None,

@@ -122,10 +122,9 @@ def query_vectors(
 ) -> np.ndarray:
     """Unit query vectors ``(n, dim)`` of plan ``qp`` from reference image features ``(n, dim)`` and texts; a fusion
     may be given its text features ``(n, dim)`` (``text_features``) already computed, e.g. for a sweep of alpha."""
-    prompts = [fill(qp.template, t, qp.mode) if qp.mode != "image" else "" for t in texts]
-    if qp.mode in FUSIONS and image is not None and qp.alpha is not None:
-        text = text if text is not None else text_features(engine, prompts, batch_size)
+    if text is not None and image is not None and qp.mode in FUSIONS and qp.alpha is not None:
         return l2n(fuse(qp.mode, qp.alpha, torch.from_numpy(image), torch.from_numpy(text)).numpy())
+    prompts = [fill(qp.template, t, qp.mode) if qp.mode != "image" else "" for t in texts]
     out = []
     for i in range(0, len(texts), batch_size):
         feats = None if image is None else torch.from_numpy(np.ascontiguousarray(image[i : i + batch_size]))

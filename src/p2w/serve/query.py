@@ -50,8 +50,8 @@ class Request:
     """What to search for: reference images (paths; the i-th ``*`` of the prompt takes the i-th), words, mode and
     template (None: the library's choice), how many results, which photos may be among them (a folder, a date range:
     ``Where.parse(within, after, before)``), the ANN's search breadth, in what gallery (``GalleryChoice``; the catalog
-    by default), which results are kept (``Cutoff``; all by default), and the text's weight in modes slerp and
-    weighted (None: the backbone's default, ``p2w.core.compose.default_alpha``)."""
+    by default), which results are kept (``Cutoff``; all by default), and the text side's weight in the modes
+    weighed by alpha (None: the backbone's default, ``p2w.core.compose.default_alpha``)."""
 
     images: tuple[str, ...] = ()
     text: str | None = None

@@ -34,7 +34,7 @@ class Query:
     text: str | None = None
     mode: str | None = None
     prompt: str | None = None
-    alpha: float | None = None  # the text's weight in modes slerp and weighted (None: the backbone's default)
+    alpha: float | None = None  # the text side's weight in compose.WEIGHED (None: the backbone's default)
     photo: int | None = None  # a catalog photo id as the reference image
     upload: str | None = None  # an upload id (``Service.upload``) as the reference image
     images: tuple[Reference, ...] = ()  # several references, in order: the i-th '*' of the prompt takes the i-th
